@@ -1,0 +1,60 @@
+# Thin: each target is one cargo command plus the environment it needs.
+#   make pipeline [TASK=dtd]   run pipelines/$(TASK).toml, or the embedded default
+#   make test                  flex build + tests, then the tch build's tests
+#   make bench                 benchmarks; figures go to BENCHMARKS.md by hand
+# PyTorch 2.9.0 (for burn-tch and the reference scripts) is installed by pip into
+# .venv on first use; nothing is downloaded by the programs themselves.
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+TORCH     := 2.9.0
+STORE     ?= artifacts
+CARGO     ?= cargo
+TASK      ?=
+ARGS      ?=
+
+# Environment for building and running against LibTorch from the venv's torch.
+TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	LD_LIBRARY_PATH="$$($(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$$LD_LIBRARY_PATH"
+
+.PHONY: pipeline status gc test test-flex test-tch bench venv clean-venv
+
+$(VENV)/.installed:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH) pyarrow pandas numpy
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Uses tch when PyTorch can be installed, flex otherwise (said out loud).
+pipeline:
+	@if $(MAKE) --no-print-directory venv; then \
+		echo "backend: tch (LibTorch from $(VENV))"; \
+		$(TCH_ENV) $(CARGO) run --release --features graft-backend/tch --bin graft -- --store $(STORE) run $(TASK) $(ARGS); \
+	else \
+		echo "PyTorch $(TORCH) could not be installed into $(VENV): falling back to the flex backend (about 3x slower)"; \
+		$(CARGO) build --release --workspace --bins && \
+		$(CARGO) run --release --bin graft -- --store $(STORE) run $(TASK) $(ARGS); \
+	fi
+
+status:
+	$(CARGO) run --release --bin graft -- --store $(STORE) status $(TASK) $(ARGS)
+
+gc:
+	$(CARGO) run --release --bin graft -- --store $(STORE) gc $(ARGS)
+
+test: test-flex test-tch
+
+test-flex: venv
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+test-tch: venv
+	$(TCH_ENV) $(CARGO) test -p graft-backend --features tch
+
+bench:
+	$(CARGO) build --release --workspace --bins
+	bash bench/pipeline.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,125 @@
+//! The one place in the workspace that names burn backends.
+//!
+//! In burn 0.22 tensors carry no backend type: the backend lives in the [`Device`]. Model
+//! and training code take a `Device`; this crate turns a `--device` flag (`cpu`, `cuda`,
+//! `cuda:1`) into one, according to the cargo features the binary was built with:
+//!
+//! | features | `cpu` | `cuda[:k]` |
+//! |---|---|---|
+//! | `flex` (default) | burn-flex, pure Rust | error |
+//! | `tch` | LibTorch CPU | LibTorch CUDA device k |
+//! | `cuda` (without `tch`) | burn-flex | CubeCL CUDA device k |
+//!
+//! `tch` wins over `flex` when both are enabled, so `--features tch` on top of the
+//! defaults selects LibTorch.
+
+pub use burn::tensor::Device;
+
+/// Errors of device selection.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("--device {spec:?}: expected cpu, cuda or cuda:<index>")]
+    BadSpec { spec: String },
+    #[error(
+        "--device {spec:?}: this build has no CUDA backend (backend {backend}); rebuild with --features tch or --features cuda"
+    )]
+    NoCuda { spec: String, backend: &'static str },
+    #[error("--device cpu: this build has no CPU backend (enable the flex or tch feature)")]
+    NoCpu,
+}
+
+/// Name of the backend this build uses for `cpu`: `tch`, `flex` or `none`.
+pub fn backend_name() -> &'static str {
+    if cfg!(feature = "tch") {
+        "tch"
+    } else if cfg!(feature = "flex") {
+        "flex"
+    } else {
+        "none"
+    }
+}
+
+/// A device kind parsed from a `--device` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, BackendError> {
+        let bad = || BackendError::BadSpec { spec: s.to_owned() };
+        match s.trim() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|k| k.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+/// The device for a `--device` flag in this build.
+#[allow(deprecated, unreachable_code)] // burn marks tch deprecated; it is our fastest backend here
+pub fn device(spec: &str) -> Result<Device, BackendError> {
+    let parsed: DeviceSpec = spec.parse()?;
+    match parsed {
+        DeviceSpec::Cpu => {
+            #[cfg(feature = "tch")]
+            return Ok(Device::libtorch());
+            #[cfg(feature = "flex")]
+            return Ok(Device::flex());
+            Err(BackendError::NoCpu)
+        }
+        DeviceSpec::Cuda(_k) => {
+            #[cfg(feature = "tch")]
+            return Ok(Device::libtorch_cuda(_k));
+            #[cfg(feature = "cuda")]
+            return Ok(Device::cuda(_k));
+            Err(BackendError::NoCuda {
+                spec: spec.to_owned(),
+                backend: backend_name(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Tensor, TensorData};
+
+    #[test]
+    fn parses_device_flags() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert!("gpu".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    /// One forward and backward pass on the build's CPU backend: d/dw sum(x * w) = x.
+    #[test]
+    fn autodiff_runs_on_the_cpu_backend() {
+        let dev = device("cpu").unwrap().autodiff();
+        let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]), &dev);
+        let w = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, -1.0, 0.0, 2.0], [2, 2]), &dev)
+            .require_grad();
+        let loss = (x.clone() * w.clone()).sum();
+        assert_eq!(loss.clone().into_scalar::<f32>(), 0.5 - 2.0 + 0.0 + 8.0);
+        let grads = loss.backward();
+        let g = w.grad(&grads).expect("w requires grad");
+        let g: Vec<f32> = g.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(g, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[cfg(not(any(feature = "tch", feature = "cuda")))]
+    #[test]
+    fn cuda_on_a_cpu_only_build_is_a_clear_error() {
+        let e = device("cuda:1").unwrap_err().to_string();
+        assert!(e.contains("no CUDA backend") && e.contains("flex"), "{e}");
+    }
+}

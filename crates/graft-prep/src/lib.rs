@@ -1,0 +1,279 @@
+//! The dataset-prep stage: DTD as distributed, a generic image folder, or a procedural
+//! texture task, turned into one Parquet table per split.
+//!
+//! Principal types: [`PrepParams`] (the stage's parameters), [`sources::Plan`] (which
+//! samples go where, decided before any pixel is read), and [`Prep`], the [`Stage`] that
+//! decodes or draws every image in parallel (rayon), resizes it with the `image` crate and
+//! writes the tables.
+//!
+//! Table columns (`train.parquet`, `val.parquet`, `test.parquet`):
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `id` | utf8 | DTD: `class/file.jpg`; image folder: `class/file`; procedural: `split/index` |
+//! | `label` | int32 | index into the sorted class names |
+//! | `label_name` | utf8 | class name |
+//! | `image` | binary | `image_size * image_size * 3` bytes, uint8, HWC, RGB |
+//!
+//! `dataset.json` in the same artifact records the classes, the split sizes and the
+//! preprocessing (size, interpolation, mean, std) that later stages apply.
+
+mod error;
+mod params;
+pub mod procedural;
+pub mod sources;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{BinaryArray, Int32Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use graft_stage::{BoxError, Stage};
+use graft_store::{ArtifactId, Publisher};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde_json::{Value, json};
+
+pub use error::PrepError;
+pub use params::{Interpolation, PrepParams, SourceKind};
+use sources::{Pixels, Plan};
+
+/// Name of the environment variable that locates DTD when `path` is not given.
+pub const DTD_DIR_ENV: &str = "DTD_DIR";
+
+/// The table schema shared by every split.
+pub fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("label", DataType::Int32, false),
+        Field::new("label_name", DataType::Utf8, false),
+        Field::new("image", DataType::Binary, false),
+    ]))
+}
+
+/// The stage.
+pub struct Prep;
+
+impl Stage for Prep {
+    const NAME: &'static str = "prep";
+    const VERSION: u32 = 1;
+    type Params = PrepParams;
+
+    fn input_names(_: &PrepParams) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    fn validate(params: PrepParams) -> Result<PrepParams, BoxError> {
+        Ok(params.normalize()?)
+    }
+
+    fn location_params() -> &'static [&'static str] {
+        &["path"]
+    }
+
+    fn fingerprints(params: &PrepParams) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
+        if params.source == SourceKind::Procedural {
+            return Ok(BTreeMap::new());
+        }
+        let plan = plan(params)?;
+        Ok([("source".to_owned(), fingerprint(&plan)?)].into())
+    }
+
+    fn run(
+        params: &PrepParams,
+        _inputs: &BTreeMap<String, graft_store::Artifact>,
+        out: &Publisher,
+    ) -> Result<BTreeMap<String, Value>, BoxError> {
+        let plan = plan(params)?;
+        Ok(write_dataset(&plan, params, out.dir())?)
+    }
+}
+
+/// The data set's directory for DTD or an image folder.
+fn location(params: &PrepParams) -> Result<PathBuf, PrepError> {
+    match (&params.path, params.source) {
+        (Some(p), _) => Ok(PathBuf::from(p)),
+        (None, SourceKind::Dtd) => std::env::var_os(DTD_DIR_ENV)
+            .map(PathBuf::from)
+            .ok_or(PrepError::DtdUnset),
+        (None, _) => Err(PrepError::Layout {
+            path: PathBuf::new(),
+            message: "params.path is required".into(),
+        }),
+    }
+}
+
+/// Decides the samples of every split (normalised parameters).
+pub fn plan(params: &PrepParams) -> Result<Plan, PrepError> {
+    let counts = [params.train, params.val, params.test];
+    match params.source {
+        SourceKind::Procedural => Ok(sources::procedural(
+            params.task.as_deref().unwrap_or("textures"),
+            params.seed.unwrap_or(0),
+            counts.map(|c| c.unwrap_or(0)),
+            params.render_size.unwrap_or(2 * params.image_size),
+        )),
+        SourceKind::Dtd => sources::dtd(&location(params)?, params.fold.unwrap_or(1), counts),
+        SourceKind::ImageFolder => sources::image_folder(&location(params)?, counts),
+    }
+}
+
+/// Content fingerprint of the files a plan reads: its index files, every sample's id,
+/// label and file content hash, and the class names. Paths on this machine do not enter.
+pub fn fingerprint(plan: &Plan) -> Result<ArtifactId, PrepError> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"graft-prep-source-v1");
+    let put = |h: &mut blake3::Hasher, s: &[u8]| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s);
+    };
+    for c in &plan.classes {
+        put(&mut h, c.as_bytes());
+    }
+    for f in &plan.index_files {
+        let bytes = std::fs::read(f).map_err(PrepError::io(f))?;
+        put(&mut h, &bytes);
+    }
+    for split in &plan.splits {
+        put(&mut h, split.name.as_bytes());
+        let hashes: Vec<[u8; 32]> = split
+            .samples
+            .par_iter()
+            .map(|s| match &s.pixels {
+                Pixels::File(p) => {
+                    let mut fh = blake3::Hasher::new();
+                    let mut f = std::fs::File::open(p).map_err(PrepError::io(p))?;
+                    std::io::copy(&mut f, &mut fh).map_err(PrepError::io(p))?;
+                    Ok(*fh.finalize().as_bytes())
+                }
+                Pixels::Procedural { .. } => Ok([0; 32]),
+            })
+            .collect::<Result<_, PrepError>>()?;
+        for (s, fh) in split.samples.iter().zip(hashes) {
+            put(&mut h, s.id.as_bytes());
+            h.update(&s.label.to_le_bytes());
+            h.update(&fh);
+        }
+    }
+    Ok(ArtifactId::parse(&h.finalize().to_hex()).expect("blake3 hex is a valid id"))
+}
+
+/// Decodes (or draws) and resizes every image of `plan` and writes the split tables and
+/// `dataset.json` into `dir`. Returns the manifest extras.
+pub fn write_dataset(
+    plan: &Plan,
+    params: &PrepParams,
+    dir: &Path,
+) -> Result<BTreeMap<String, Value>, PrepError> {
+    let size = params.image_size;
+    let total: usize = plan.splits.iter().map(|s| s.samples.len()).sum();
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("prep {bar:30} {pos}/{len} images {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut counts = BTreeMap::new();
+    for split in &plan.splits {
+        let pixels: Vec<Vec<u8>> = split
+            .samples
+            .par_iter()
+            .map(|s| {
+                let img = load(&s.pixels, size, params.interpolation);
+                bar.inc(1);
+                img
+            })
+            .collect::<Result<_, _>>()?;
+        let ids: Vec<&str> = split.samples.iter().map(|s| s.id.as_str()).collect();
+        let labels: Vec<i32> = split.samples.iter().map(|s| s.label).collect();
+        let names: Vec<&str> = split
+            .samples
+            .iter()
+            .map(|s| plan.classes[s.label as usize].as_str())
+            .collect();
+        let images: Vec<&[u8]> = pixels.iter().map(Vec::as_slice).collect();
+        let path = dir.join(format!("{}.parquet", split.name));
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(Int32Array::from(labels)),
+                Arc::new(StringArray::from(names)),
+                Arc::new(BinaryArray::from(images)),
+            ],
+        )
+        .map_err(|source| graft_store::StoreError::Arrow {
+            path: path.clone(),
+            source,
+        })?;
+        let meta: BTreeMap<String, String> =
+            [("graft.image_shape".to_owned(), format!("{size},{size},3"))].into();
+        graft_store::table::write_parquet(&path, schema(), &[batch], &meta)?;
+        counts.insert(split.name.to_owned(), json!(split.samples.len()));
+    }
+    bar.finish_and_clear();
+
+    let preprocessing = json!({
+        "image_size": size,
+        "channels": 3,
+        "layout": "HWC",
+        "dtype": "uint8",
+        "interpolation": params.interpolation,
+        "mean": params.mean,
+        "std": params.std,
+    });
+    let description = json!({
+        "source": params.source,
+        "task": params.task,
+        "classes": plan.classes,
+        "splits": counts,
+        "preprocessing": preprocessing,
+    });
+    let desc_path = dir.join("dataset.json");
+    let text = serde_json::to_string_pretty(&description).unwrap_or_default();
+    std::fs::write(&desc_path, text + "\n").map_err(PrepError::io(&desc_path))?;
+    Ok([
+        ("preprocessing".to_owned(), preprocessing),
+        ("classes".to_owned(), json!(plan.classes.len())),
+        (
+            "splits".to_owned(),
+            Value::Object(counts.into_iter().collect()),
+        ),
+    ]
+    .into())
+}
+
+/// One image as `size * size * 3` RGB bytes.
+fn load(pixels: &Pixels, size: u32, interpolation: Interpolation) -> Result<Vec<u8>, PrepError> {
+    let img = match pixels {
+        Pixels::File(path) => {
+            let decode_err = |message: String| PrepError::Decode {
+                path: path.clone(),
+                message,
+            };
+            image::ImageReader::open(path)
+                .map_err(PrepError::io(path))?
+                .with_guessed_format()
+                .map_err(PrepError::io(path))?
+                .decode()
+                .map_err(|e| decode_err(e.to_string()))?
+                .to_rgb8()
+        }
+        Pixels::Procedural {
+            task,
+            seed,
+            index,
+            pattern,
+            render_size,
+        } => {
+            let mut rng = procedural::image_rng(task, "", *seed, *index);
+            procedural::render(*pattern, *render_size, &mut rng)
+        }
+    };
+    let resized = if img.width() == size && img.height() == size {
+        img
+    } else {
+        image::imageops::resize(&img, size, size, interpolation.filter())
+    };
+    Ok(resized.into_raw())
+}

@@ -1,0 +1,509 @@
+//! The pipeline runner: reads `pipelines/<task>.toml`, orders its stages by their inputs
+//! and runs each stage's own binary (`graft-<kind>`) as a subprocess, passing parameters and
+//! input artifact ids. Each stage decides freshness itself (see `graft_stage`), so the
+//! runner holds no cache logic: it validates the whole pipeline first, then runs or asks
+//! for status stage by stage, and prints one line per stage.
+//!
+//! A pipeline file:
+//!
+//! ```toml
+//! description = "what this pipeline is for"
+//!
+//! [stages.prep]                 # stage name: unique in the pipeline, used by -S prep.seed=3
+//! kind = "prep"                 # which stage binary: graft-prep
+//! inputs = {}                   # input name -> name of the stage that produces it
+//! [stages.prep.params]          # the stage's parameters; unknown ones are an error
+//! source = "procedural"
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use graft_stage::{Outcome, Status};
+use graft_store::{ArtifactId, Store};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The embedded default pipeline: procedural data, no download.
+pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/default.toml");
+
+/// Stage kinds that have a binary in this build.
+pub const BUILT_KINDS: &[&str] = &["prep"];
+
+/// Stage kinds of the method that are not built yet; a pipeline may list them, and the
+/// runner reports them (and whatever depends on them) as not built.
+pub const PLANNED_KINDS: &[&str] = &["pretrain", "probe", "propose", "finetune", "report"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("{path}: {message}")]
+    Pipeline { path: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("override {arg:?}: {message}")]
+    Override { arg: String, message: String },
+    #[error("stage {stage}: {message}")]
+    Stage { stage: String, message: String },
+    #[error(transparent)]
+    Store(#[from] graft_store::StoreError),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    #[serde(default)]
+    description: Option<String>,
+    stages: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageFile {
+    kind: String,
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+    #[serde(default)]
+    params: toml::Table,
+}
+
+/// One stage of a pipeline, parameters as they will be passed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSpec {
+    pub name: String,
+    pub kind: String,
+    /// Input name -> producing stage's name.
+    pub inputs: BTreeMap<String, String>,
+    pub params: serde_json::Map<String, Value>,
+}
+
+/// A parsed pipeline, stages in dependency order (file order among independent ones).
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub source: String,
+    pub description: Option<String>,
+    pub stages: Vec<StageSpec>,
+}
+
+impl Pipeline {
+    /// Loads `pipelines/<name>.toml` when `arg` is a bare name, the file when it is a path,
+    /// and the embedded default when it is `None`.
+    pub fn load(arg: Option<&str>) -> Result<Pipeline, RunnerError> {
+        match arg {
+            None => Pipeline::parse("default", "embedded default pipeline", DEFAULT_PIPELINE),
+            Some(a) => {
+                let path = if a.ends_with(".toml") || a.contains('/') {
+                    PathBuf::from(a)
+                } else {
+                    Path::new("pipelines").join(format!("{a}.toml"))
+                };
+                let text = std::fs::read_to_string(&path).map_err(|source| RunnerError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Pipeline::parse(&name, &path.display().to_string(), &text)
+            }
+        }
+    }
+
+    /// Parses pipeline TOML; `source` names it in errors.
+    pub fn parse(name: &str, source: &str, text: &str) -> Result<Pipeline, RunnerError> {
+        let err = |message: String| RunnerError::Pipeline {
+            path: source.to_owned(),
+            message,
+        };
+        let file: PipelineFile = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let mut stages = Vec::new();
+        for (stage_name, value) in file.stages {
+            let spec: StageFile = value.try_into().map_err(|e: toml::de::Error| {
+                err(format!("stages.{stage_name}: {}", e.message()))
+            })?;
+            if !BUILT_KINDS.contains(&spec.kind.as_str())
+                && !PLANNED_KINDS.contains(&spec.kind.as_str())
+            {
+                return Err(err(format!(
+                    "stages.{stage_name}.kind = {:?} is not a stage kind (known: {}, planned: {})",
+                    spec.kind,
+                    BUILT_KINDS.join(", "),
+                    PLANNED_KINDS.join(", ")
+                )));
+            }
+            let params = match serde_json::to_value(&spec.params) {
+                Ok(Value::Object(m)) => m,
+                _ => return Err(err(format!("stages.{stage_name}.params must be a table"))),
+            };
+            stages.push(StageSpec {
+                name: stage_name,
+                kind: spec.kind,
+                inputs: spec.inputs,
+                params,
+            });
+        }
+        let stages = order(stages).map_err(err)?;
+        Ok(Pipeline {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            description: file.description,
+            stages,
+        })
+    }
+
+    /// Applies `-S stage.param=value` overrides, as if the file said so.
+    pub fn apply_override(&mut self, arg: &str) -> Result<(), RunnerError> {
+        let bad = |message: String| RunnerError::Override {
+            arg: arg.to_owned(),
+            message,
+        };
+        let (path, value) = graft_stage::parse_assignment(arg)
+            .ok_or_else(|| bad("expected STAGE.PARAM=VALUE".into()))?;
+        let (stage, param) = path
+            .split_once('.')
+            .ok_or_else(|| bad("expected STAGE.PARAM=VALUE".into()))?;
+        let names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
+        let spec = self
+            .stages
+            .iter_mut()
+            .find(|s| s.name == stage)
+            .ok_or_else(|| {
+                bad(format!(
+                    "no stage {stage:?} in this pipeline (stages: {})",
+                    names.join(", ")
+                ))
+            })?;
+        spec.params.insert(param.to_owned(), value);
+        Ok(())
+    }
+}
+
+/// Topological order by inputs, keeping file order among ready stages.
+fn order(mut pending: Vec<StageSpec>) -> Result<Vec<StageSpec>, String> {
+    let names: BTreeSet<String> = pending.iter().map(|s| s.name.clone()).collect();
+    for s in &pending {
+        for (input, producer) in &s.inputs {
+            if !names.contains(producer) {
+                return Err(format!(
+                    "stages.{}.inputs.{input} = {producer:?} is not a stage of this pipeline",
+                    s.name
+                ));
+            }
+        }
+    }
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        let Some(pos) = pending
+            .iter()
+            .position(|s| s.inputs.values().all(|p| done.contains(p)))
+        else {
+            let cycle: Vec<&str> = pending.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!(
+                "stages form a cycle through their inputs: {}",
+                cycle.join(", ")
+            ));
+        };
+        let s = pending.remove(pos);
+        done.insert(s.name.clone());
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// What the runner does with each stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Run,
+    Status,
+}
+
+/// Options of one runner invocation.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub store: PathBuf,
+    pub bin_dir: PathBuf,
+    pub mode: Mode,
+    /// Stages to run even when fresh.
+    pub force: BTreeSet<String>,
+}
+
+/// The result of one stage in a pipeline run.
+#[derive(Debug, Clone)]
+pub enum StageResult {
+    Done(Outcome),
+    /// `--status` only: an input is stale, so this stage would rerun unless early cutoff saves it.
+    Waiting {
+        input: String,
+    },
+    NotBuilt,
+    /// Skipped because an input is not available.
+    Blocked {
+        input: String,
+    },
+}
+
+fn placeholder_id() -> ArtifactId {
+    ArtifactId::parse(&"0".repeat(64)).expect("64 zeros is a valid id")
+}
+
+impl RunOptions {
+    fn command(&self, pipeline: &Pipeline, spec: &StageSpec) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(format!("graft-{}", spec.kind)));
+        cmd.arg("--store")
+            .arg(&self.store)
+            .arg("--slot")
+            .arg(format!("{}/{}", pipeline.name, spec.name))
+            .arg("--params-json")
+            .arg(Value::Object(spec.params.clone()).to_string())
+            .arg("--json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        cmd
+    }
+
+    /// Runs one stage binary and reads its outcome.
+    fn invoke(&self, stage: &str, mut cmd: Command) -> Result<Outcome, RunnerError> {
+        let program = cmd.get_program().to_owned();
+        let out = cmd.output().map_err(|e| RunnerError::Stage {
+            stage: stage.to_owned(),
+            message: format!("cannot start {}: {e}", Path::new(&program).display()),
+        })?;
+        if !out.status.success() {
+            return Err(RunnerError::Stage {
+                stage: stage.to_owned(),
+                message: format!("failed ({}); its error is printed above", out.status),
+            });
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        serde_json::from_str(last).map_err(|e| RunnerError::Stage {
+            stage: stage.to_owned(),
+            message: format!("unreadable outcome {last:?}: {e}"),
+        })
+    }
+
+    /// Checks every built stage's parameters and input names before anything runs, so a bad
+    /// parameter anywhere leaves the store untouched.
+    pub fn check(&self, pipeline: &Pipeline) -> Result<(), RunnerError> {
+        for spec in pipeline
+            .stages
+            .iter()
+            .filter(|s| BUILT_KINDS.contains(&s.kind.as_str()))
+        {
+            let mut cmd = self.command(pipeline, spec);
+            cmd.arg("--check");
+            for input in spec.inputs.keys() {
+                cmd.arg("--input")
+                    .arg(format!("{input}={}", placeholder_id()));
+            }
+            self.invoke(&spec.name, cmd)?;
+        }
+        Ok(())
+    }
+
+    /// Runs (or asks the status of) every stage in order, calling `report` after each.
+    /// Stops at the first failing stage.
+    pub fn execute(
+        &self,
+        pipeline: &Pipeline,
+        mut report: impl FnMut(&StageSpec, &StageResult, f64),
+    ) -> Result<Vec<(String, StageResult)>, RunnerError> {
+        self.check(pipeline)?;
+        // Opening the store cleans leftovers of killed stages before anything runs.
+        Store::open(&self.store)?;
+        let mut produced: BTreeMap<String, StageResult> = BTreeMap::new();
+        let mut results = Vec::new();
+        for spec in &pipeline.stages {
+            let start = Instant::now();
+            let mut ids = BTreeMap::new();
+            let mut result = None;
+            for (input, producer) in &spec.inputs {
+                match produced.get(producer) {
+                    Some(StageResult::Done(Outcome {
+                        artifact: Some(id), ..
+                    })) => {
+                        ids.insert(input.clone(), id.clone());
+                    }
+                    Some(StageResult::Done(_)) | Some(StageResult::Waiting { .. })
+                        if self.mode == Mode::Status =>
+                    {
+                        result = Some(StageResult::Waiting {
+                            input: input.clone(),
+                        });
+                    }
+                    _ => {
+                        result.get_or_insert(StageResult::Blocked {
+                            input: input.clone(),
+                        });
+                    }
+                }
+            }
+            let result = match result {
+                Some(r) => r,
+                None if !BUILT_KINDS.contains(&spec.kind.as_str()) => StageResult::NotBuilt,
+                None => {
+                    let mut cmd = self.command(pipeline, spec);
+                    for (input, id) in &ids {
+                        cmd.arg("--input").arg(format!("{input}={id}"));
+                    }
+                    match self.mode {
+                        Mode::Status => {
+                            cmd.arg("--status");
+                        }
+                        Mode::Run if self.force.contains(&spec.name) => {
+                            cmd.arg("--force");
+                        }
+                        Mode::Run => {}
+                    }
+                    StageResult::Done(self.invoke(&spec.name, cmd)?)
+                }
+            };
+            report(spec, &result, start.elapsed().as_secs_f64());
+            produced.insert(spec.name.clone(), result.clone());
+            results.push((spec.name.clone(), result));
+        }
+        Ok(results)
+    }
+}
+
+/// One line per stage, as the runner prints it.
+pub fn describe(spec: &StageSpec, result: &StageResult, seconds: f64, width: usize) -> String {
+    let name = &spec.name;
+    match result {
+        StageResult::Done(o) => {
+            let mut o = o.clone();
+            o.slot = name.clone();
+            if o.status != Status::Stale {
+                o.seconds = seconds;
+            }
+            o.line(width)
+        }
+        StageResult::Waiting { input } => {
+            format!(
+                "{name:<width$}  stale  {:>7} s  (input {input} is stale)",
+                "-"
+            )
+        }
+        StageResult::NotBuilt => format!(
+            "{name:<width$}  -      {:>7} s  (stage kind {} is not built yet)",
+            "-", spec.kind
+        ),
+        StageResult::Blocked { input } => {
+            format!(
+                "{name:<width$}  -      {:>7} s  (skipped: input {input} is not available)",
+                "-"
+            )
+        }
+    }
+}
+
+/// Artifacts that the named pipelines' stages last produced: the roots of `gc`.
+pub fn gc_roots(store: &Store, pipelines: &[Pipeline]) -> Result<Vec<ArtifactId>, RunnerError> {
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+    for p in pipelines {
+        for s in &p.stages {
+            wanted.insert((format!("{}/{}", p.name, s.name), s.kind.clone()));
+        }
+    }
+    let mut roots = Vec::new();
+    for (slot, record) in store.slots()? {
+        if wanted.contains(&(slot, record.stage.clone())) {
+            roots.push(record.artifact);
+        }
+    }
+    Ok(roots)
+}
+
+/// The embedded default and every `*.toml` in `dir`.
+pub fn all_pipelines(dir: &Path) -> Result<Vec<Pipeline>, RunnerError> {
+    let mut out = vec![Pipeline::load(None)?];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        {
+            let pipeline = Pipeline::load(Some(&p.display().to_string()))?;
+            if pipeline.name != "default" {
+                out.push(pipeline);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pipeline_parses() {
+        let p = Pipeline::load(None).unwrap();
+        assert!(p.stages.iter().any(|s| s.kind == "prep"));
+    }
+
+    #[test]
+    fn orders_by_inputs_and_rejects_cycles() {
+        let text = r#"
+            [stages.b]
+            kind = "probe"
+            inputs = { dataset = "a" }
+            [stages.a]
+            kind = "prep"
+        "#;
+        let p = Pipeline::parse("t", "t.toml", text).unwrap();
+        assert_eq!(
+            p.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let cyc = r#"
+            [stages.a]
+            kind = "prep"
+            inputs = { x = "b" }
+            [stages.b]
+            kind = "prep"
+            inputs = { x = "a" }
+        "#;
+        let e = Pipeline::parse("t", "t.toml", cyc).unwrap_err().to_string();
+        assert!(e.contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Pipeline::parse("t", "t.toml", "[stages.a]\nkind = \"prepp\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stages.a.kind") && e.contains("t.toml"), "{e}");
+        let e = Pipeline::parse("t", "t.toml", "[stages.a]\nkind = \"prep\"\nparms = {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stages.a") && e.contains("parms"), "{e}");
+        let e = Pipeline::parse("t", "t.toml", "[stages.a\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.toml"), "{e}");
+    }
+
+    #[test]
+    fn overrides_set_params() {
+        let mut p = Pipeline::parse("t", "t.toml", "[stages.prep]\nkind = \"prep\"\n").unwrap();
+        p.apply_override("prep.seed=3").unwrap();
+        assert_eq!(p.stages[0].params["seed"], serde_json::json!(3));
+        assert!(p.apply_override("nope.seed=3").is_err());
+        assert!(p.apply_override("prep=3").is_err());
+    }
+}

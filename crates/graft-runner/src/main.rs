@@ -1,0 +1,184 @@
+//! `graft`: runs pipelines of stage binaries over an artifact store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use graft_runner::{
+    Mode, PLANNED_KINDS, Pipeline, RunOptions, StageResult, all_pipelines, describe, gc_roots,
+};
+use graft_store::Store;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Run graft pipelines: each stage reruns only when its inputs, parameters or code changed"
+)]
+struct Cli {
+    /// The artifact store.
+    #[arg(long, global = true, env = "GRAFT_STORE", default_value = "artifacts")]
+    store: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a pipeline: every stage is fresh or runs, with the reason printed.
+    Run(PipelineArgs),
+    /// Say which stages are fresh and why the others would run, without running anything.
+    Status(PipelineArgs),
+    /// Remove artifacts that no pipeline's last run reaches (dry run without --yes).
+    Gc {
+        /// Directory of pipeline files whose stages are kept (besides the embedded default).
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Delete; without it, only list.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Check every artifact's files against its manifest.
+    Verify,
+}
+
+#[derive(clap::Args)]
+struct PipelineArgs {
+    /// A pipeline name (pipelines/<name>.toml) or file; the embedded default if omitted.
+    pipeline: Option<String>,
+    /// Override a parameter, as if the pipeline file said so: -S prep.seed=3.
+    #[arg(short = 'S', long = "set", value_name = "STAGE.PARAM=VALUE")]
+    set: Vec<String>,
+    /// Run this stage even if it is fresh (repeatable).
+    #[arg(long)]
+    force: Vec<String>,
+    /// Where the stage binaries are (default: beside this program).
+    #[arg(long, env = "GRAFT_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Run(args) => pipeline(&cli.store, args, Mode::Run),
+        Cmd::Status(args) => pipeline(&cli.store, args, Mode::Status),
+        Cmd::Gc { pipelines, yes } => {
+            let store = Store::open(&cli.store)?;
+            let all = all_pipelines(&pipelines)?;
+            let roots = gc_roots(&store, &all)?;
+            let report = store.gc(&roots, yes)?;
+            let bytes: u64 = report.unreachable.iter().map(|(_, b)| b).sum();
+            for (id, size) in &report.unreachable {
+                println!(
+                    "{} {id}  {:.1} MiB",
+                    if yes { "removed" } else { "would remove" },
+                    *size as f64 / 1048576.0
+                );
+            }
+            println!(
+                "{} artifacts kept, {} unreachable ({:.1} MiB), {} stale key records{}",
+                report.kept.len(),
+                report.unreachable.len(),
+                bytes as f64 / 1048576.0,
+                report.stale_keys,
+                if yes {
+                    " removed"
+                } else {
+                    "; run with --yes to delete"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify => {
+            let store = Store::open(&cli.store)?;
+            let mut bad = 0;
+            let ids = store.objects()?;
+            for id in &ids {
+                if let Err(e) = store.verify(id) {
+                    bad += 1;
+                    println!("corrupt: {}: {}", e.path.display(), e.reason);
+                }
+            }
+            println!("{} artifacts, {bad} corrupt", ids.len());
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn pipeline(store: &std::path::Path, args: PipelineArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let mut pipeline = Pipeline::load(args.pipeline.as_deref())?;
+    for s in &args.set {
+        pipeline.apply_override(s)?;
+    }
+    for f in &args.force {
+        if !pipeline.stages.iter().any(|s| &s.name == f) {
+            bail!("--force {f}: no such stage in {}", pipeline.source);
+        }
+    }
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()
+            .context("cannot locate this program")?
+            .parent()
+            .map(PathBuf::from)
+            .context("cannot locate the stage binaries")?,
+    };
+    let options = RunOptions {
+        store: store.to_path_buf(),
+        bin_dir,
+        mode,
+        force: args.force.into_iter().collect(),
+    };
+    let width = pipeline
+        .stages
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(4);
+    println!(
+        "pipeline {} ({}), store {}",
+        pipeline.name,
+        pipeline.source,
+        store.display()
+    );
+    let results = options.execute(&pipeline, |spec, result, seconds| {
+        println!("{}", describe(spec, result, seconds, width));
+    })?;
+    let not_built: Vec<&str> = results
+        .iter()
+        .filter(|(_, r)| matches!(r, StageResult::NotBuilt))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let missing_kinds: Vec<&str> = PLANNED_KINDS
+        .iter()
+        .copied()
+        .filter(|k| !pipeline.stages.iter().any(|s| s.kind == *k))
+        .collect();
+    if !not_built.is_empty() {
+        println!(
+            "not built yet: {} (listed in the pipeline, skipped)",
+            not_built.join(", ")
+        );
+    }
+    if !missing_kinds.is_empty() {
+        println!("later stages not built yet: {}", missing_kinds.join(", "));
+    }
+    println!("done in {:.2} s", start.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}

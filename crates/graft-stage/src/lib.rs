@@ -1,0 +1,438 @@
+//! The stage protocol every stage binary speaks, so that running a stage by hand and running
+//! it from the pipeline runner do the same thing.
+//!
+//! A stage implements [`Stage`]: a name, an implementation version, a typed parameter struct
+//! (unknown fields rejected), the names of its input artifacts and a `run` that writes files
+//! into a [`graft_store::Publisher`]. [`execute`] does the rest: parses [`StageArgs`], computes
+//! the [`graft_store::StageKey`], takes the key's lock, decides fresh or stale (with the
+//! reasons from [`rerun_reasons`]), runs, publishes and records the slot.
+
+mod reasons;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use graft_store::{
+    Artifact, ArtifactId, KeyInput, Lookup, PublishInfo, SlotRecord, StageKey, Store, StoreError,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+pub use reasons::rerun_reasons;
+
+/// Boxed error of a stage's own work.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// One pipeline stage.
+pub trait Stage {
+    /// Stage name: the key's stage field; the binary is `graft-<NAME>`.
+    const NAME: &'static str;
+    /// Bump when the stage's output for the same parameters and inputs would change.
+    const VERSION: u32;
+    /// Parameters; deserialised with unknown fields rejected and defaults filled in.
+    type Params: Serialize + DeserializeOwned;
+
+    /// Names of the input artifacts the stage needs with these parameters.
+    fn input_names(params: &Self::Params) -> Vec<&'static str>;
+
+    /// Checks the parameters beyond their types and fills in defaults that depend on other
+    /// parameters; cheap, touches nothing.
+    fn validate(params: Self::Params) -> Result<Self::Params, BoxError>;
+
+    /// Parameter names that say where something is, not what it is (a directory path).
+    /// They are recorded in the manifest but left out of the key; the content they point
+    /// at enters the key through [`Stage::fingerprints`].
+    fn location_params() -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Content fingerprints of external data (name -> blake3), added to the key's inputs.
+    fn fingerprints(_params: &Self::Params) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// Does the work: reads `inputs`, writes files into `out`, returns manifest extras.
+    fn run(
+        params: &Self::Params,
+        inputs: &BTreeMap<String, Artifact>,
+        out: &graft_store::Publisher,
+    ) -> Result<BTreeMap<String, Value>, BoxError>;
+}
+
+/// Command-line arguments shared by every stage binary.
+#[derive(Debug, Clone, Args)]
+pub struct StageArgs {
+    /// The artifact store.
+    #[arg(long, env = "GRAFT_STORE", default_value = "artifacts")]
+    pub store: PathBuf,
+    /// A parameter, `key=value`; the value is read as TOML (`3`, `0.5`, `"text"`, `[1, 2]`)
+    /// or taken as a plain string. Repeatable; applied after `--params-json`.
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// All parameters as one JSON object (what the pipeline runner passes).
+    #[arg(long, value_name = "JSON")]
+    pub params_json: Option<String>,
+    /// An input artifact, `name=id`. Repeatable.
+    #[arg(short = 'i', long = "input", value_name = "NAME=ID")]
+    pub inputs: Vec<String>,
+    /// Name under which this run is remembered, to explain the next rerun
+    /// (the runner uses `<pipeline>/<stage>`). Defaults to the stage name.
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// Only check parameters and inputs; touch nothing.
+    #[arg(long, conflicts_with = "status")]
+    pub check: bool,
+    /// Say whether the stage is fresh, or why it would run, without running it.
+    #[arg(long)]
+    pub status: bool,
+    /// Run even when fresh.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the outcome as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Errors of the protocol; the stage's own errors arrive as [`StageError::Run`].
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{stage}: bad parameter: {message}")]
+    Params {
+        stage: &'static str,
+        message: String,
+    },
+    #[error("{stage}: bad input {arg:?}: {message}")]
+    Input {
+        stage: &'static str,
+        arg: String,
+        message: String,
+    },
+    #[error("{stage}: {error}")]
+    Store {
+        stage: &'static str,
+        error: StoreError,
+    },
+    #[error("{stage}: {error}")]
+    Run {
+        stage: &'static str,
+        error: BoxError,
+    },
+}
+
+/// What happened to a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The store already held the output for this key.
+    Fresh,
+    /// It ran and published.
+    Ran,
+    /// `--status`: it would run.
+    Stale,
+    /// `--check`: the parameters and inputs are valid.
+    Checked,
+}
+
+/// The outcome of one stage invocation, printed as one line (or JSON with `--json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub stage: String,
+    pub slot: String,
+    pub status: Status,
+    pub reasons: Vec<String>,
+    pub key: Option<StageKey>,
+    pub artifact: Option<ArtifactId>,
+    pub seconds: f64,
+    /// Problems that did not stop the stage (a corrupt artifact that was rebuilt).
+    pub warnings: Vec<String>,
+}
+
+impl Outcome {
+    /// The one human line: `prep  ran  1.20 s  (params.seed changed 0 -> 3)  -> 3fa2c9e1b2d4`.
+    pub fn line(&self, name_width: usize) -> String {
+        let status = match self.status {
+            Status::Fresh => "fresh",
+            Status::Ran => "ran",
+            Status::Stale => "stale",
+            Status::Checked => "ok",
+        };
+        let mut s = format!(
+            "{:<name_width$}  {status:<5}  {:>7.2} s",
+            self.slot, self.seconds
+        );
+        if !self.reasons.is_empty() {
+            s.push_str(&format!("  ({})", self.reasons.join("; ")));
+        }
+        if let Some(id) = &self.artifact {
+            s.push_str(&format!("  -> {}", id.short()));
+        }
+        s
+    }
+}
+
+/// Parses `key=value` pairs; the value is TOML when it parses as TOML, else a string.
+pub fn parse_assignment(arg: &str) -> Option<(String, Value)> {
+    let (k, v) = arg.split_once('=')?;
+    let k = k.trim();
+    if k.is_empty() {
+        return None;
+    }
+    Some((k.to_owned(), parse_value(v.trim())))
+}
+
+/// A command-line value: TOML if it parses (`3`, `true`, `[1, 2]`, `"s"`), else a plain string.
+pub fn parse_value(v: &str) -> Value {
+    let doc = format!("v = {v}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t
+            .remove("v")
+            .and_then(|v| serde_json::to_value(v).ok())
+            .unwrap_or(Value::Null),
+        Err(_) => Value::String(v.to_owned()),
+    }
+}
+
+struct Resolved<P> {
+    params: P,
+    canonical: BTreeMap<String, Value>,
+    recorded: BTreeMap<String, Value>,
+    input_ids: BTreeMap<String, ArtifactId>,
+}
+
+fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError> {
+    let perr = |message: String| StageError::Params {
+        stage: S::NAME,
+        message,
+    };
+    let mut obj = match &args.params_json {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(perr("--params-json must be a JSON object".into())),
+            Err(e) => return Err(perr(format!("--params-json: {e}"))),
+        },
+        None => serde_json::Map::new(),
+    };
+    for p in &args.params {
+        let (k, v) = parse_assignment(p).ok_or_else(|| perr(format!("{p:?} is not KEY=VALUE")))?;
+        obj.insert(k, v);
+    }
+    let params: S::Params =
+        serde_json::from_value(Value::Object(obj)).map_err(|e| perr(e.to_string()))?;
+    let params = S::validate(params).map_err(|e| perr(e.to_string()))?;
+    let recorded: BTreeMap<String, Value> = match serde_json::to_value(&params) {
+        Ok(Value::Object(m)) => m.into_iter().collect(),
+        _ => return Err(perr("parameters must serialise to a table".into())),
+    };
+    let mut canonical = recorded.clone();
+    for name in S::location_params() {
+        canonical.remove(*name);
+    }
+
+    let mut input_ids = BTreeMap::new();
+    for arg in &args.inputs {
+        let ierr = |message: String| StageError::Input {
+            stage: S::NAME,
+            arg: arg.clone(),
+            message,
+        };
+        let (name, id) = arg
+            .split_once('=')
+            .ok_or_else(|| ierr("expected NAME=ID".into()))?;
+        let id = ArtifactId::parse(id.trim()).map_err(|e| ierr(e.to_string()))?;
+        input_ids.insert(name.trim().to_owned(), id);
+    }
+    let wanted = S::input_names(&params);
+    for name in &wanted {
+        if !input_ids.contains_key(*name) {
+            return Err(StageError::Input {
+                stage: S::NAME,
+                arg: name.to_string(),
+                message: format!("missing; pass it with --input {name}=<artifact id>"),
+            });
+        }
+    }
+    if let Some(extra) = input_ids.keys().find(|k| !wanted.contains(&k.as_str())) {
+        return Err(StageError::Input {
+            stage: S::NAME,
+            arg: extra.clone(),
+            message: format!(
+                "not an input of {} (expected: {})",
+                S::NAME,
+                wanted.join(", ")
+            ),
+        });
+    }
+    Ok(Resolved {
+        params,
+        canonical,
+        recorded,
+        input_ids,
+    })
+}
+
+/// Runs the stage protocol for `S` with `args`.
+pub fn execute<S: Stage>(args: &StageArgs) -> Result<Outcome, StageError> {
+    let start = Instant::now();
+    let slot = args.slot.clone().unwrap_or_else(|| S::NAME.to_owned());
+    let r = resolve::<S>(args)?;
+    let mut outcome = Outcome {
+        stage: S::NAME.to_owned(),
+        slot: slot.clone(),
+        status: Status::Checked,
+        reasons: Vec::new(),
+        key: None,
+        artifact: None,
+        seconds: 0.0,
+        warnings: Vec::new(),
+    };
+    if args.check {
+        outcome.seconds = start.elapsed().as_secs_f64();
+        return Ok(outcome);
+    }
+    let serr = |error| StageError::Store {
+        stage: S::NAME,
+        error,
+    };
+    let store = Store::open(&args.store).map_err(serr)?;
+
+    // Inputs must exist and verify before anything is decided.
+    let mut inputs = BTreeMap::new();
+    for (name, id) in &r.input_ids {
+        let artifact = store.artifact(id).map_err(|e| StageError::Input {
+            stage: S::NAME,
+            arg: format!("{name}={id}"),
+            message: e.to_string(),
+        })?;
+        inputs.insert(name.clone(), artifact);
+    }
+    let mut key_inputs = r.input_ids.clone();
+    let fingerprints = S::fingerprints(&r.params).map_err(|source| StageError::Run {
+        stage: S::NAME,
+        error: source,
+    })?;
+    for (name, fp) in fingerprints {
+        key_inputs.insert(name, fp);
+    }
+    let key = KeyInput {
+        stage: S::NAME,
+        stage_version: S::VERSION,
+        params: &r.canonical,
+        inputs: &key_inputs,
+    }
+    .key();
+    outcome.key = Some(key.clone());
+
+    let _lock = if args.status {
+        None
+    } else {
+        Some(store.lock_key(&key).map_err(serr)?)
+    };
+    let previous = store.read_slot(&slot).map_err(serr)?;
+    let mut reasons = Vec::new();
+    match store.lookup(&key).map_err(serr)? {
+        Lookup::Hit(artifact) if !args.force => {
+            outcome.status = Status::Fresh;
+            outcome.artifact = Some(artifact.id().clone());
+            if !args.status {
+                let record = slot_record::<S>(&key, &r, &key_inputs, artifact.id());
+                if previous.as_ref() != Some(&record) {
+                    store.write_slot(&slot, &record).map_err(serr)?;
+                }
+            }
+            outcome.seconds = start.elapsed().as_secs_f64();
+            return Ok(outcome);
+        }
+        Lookup::Hit(_) => reasons.push("forced".to_owned()),
+        Lookup::Corrupt {
+            path,
+            reason,
+            moved_to,
+        } => {
+            let w = format!(
+                "artifact {} is corrupt ({reason}); moved to {}",
+                path.display(),
+                moved_to.display()
+            );
+            outcome.warnings.push(w);
+            reasons.push("output corrupt".to_owned());
+        }
+        Lookup::Missing { id } => {
+            reasons.push(format!("output {} missing from the store", id.short()))
+        }
+        Lookup::Miss => {}
+    }
+    if reasons.is_empty() {
+        reasons = rerun_reasons(
+            previous.as_ref(),
+            S::VERSION,
+            &r.recorded,
+            &key_inputs,
+            &key,
+        );
+    }
+    outcome.reasons = reasons;
+    if args.status {
+        outcome.status = Status::Stale;
+        outcome.seconds = start.elapsed().as_secs_f64();
+        return Ok(outcome);
+    }
+
+    let publisher = store.begin().map_err(serr)?;
+    let extra = S::run(&r.params, &inputs, &publisher).map_err(|source| StageError::Run {
+        stage: S::NAME,
+        error: source,
+    })?;
+    let wall_seconds = start.elapsed().as_secs_f64();
+    let manifest = publisher
+        .publish(PublishInfo {
+            stage: S::NAME,
+            stage_version: S::VERSION,
+            key: &key,
+            params: &r.recorded,
+            inputs: &key_inputs,
+            extra,
+            wall_seconds,
+        })
+        .map_err(serr)?;
+    store
+        .write_slot(
+            &slot,
+            &slot_record::<S>(&key, &r, &key_inputs, &manifest.id),
+        )
+        .map_err(serr)?;
+    outcome.status = Status::Ran;
+    outcome.artifact = Some(manifest.id);
+    outcome.seconds = start.elapsed().as_secs_f64();
+    Ok(outcome)
+}
+
+fn slot_record<S: Stage>(
+    key: &StageKey,
+    r: &Resolved<S::Params>,
+    inputs: &BTreeMap<String, ArtifactId>,
+    id: &ArtifactId,
+) -> SlotRecord {
+    SlotRecord {
+        stage: S::NAME.to_owned(),
+        stage_version: S::VERSION,
+        key: key.clone(),
+        params: r.recorded.clone(),
+        inputs: inputs.clone(),
+        artifact: id.clone(),
+    }
+}
+
+/// Prints an outcome the way every stage binary does: warnings to stderr, then one line
+/// (or one JSON object with `--json`) to stdout.
+pub fn print_outcome(outcome: &Outcome, json: bool) {
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
+    if json {
+        println!("{}", serde_json::to_string(outcome).unwrap_or_default());
+    } else {
+        println!("{}", outcome.line(outcome.slot.len()));
+    }
+}

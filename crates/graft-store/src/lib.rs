@@ -1,0 +1,34 @@
+//! The artifact store: where stages leave their outputs and find their inputs.
+//!
+//! An [`Artifact`] is a directory of files (Parquet tables, safetensors, HTML) plus a
+//! [`Manifest`]. Its [`ArtifactId`] is the blake3 of its files' contents, so two runs that
+//! produce the same bytes produce the same id. A stage run is identified by its [`StageKey`]
+//! ([`key`] documents exactly what goes into it); the store maps keys to artifact ids.
+//!
+//! Decisions behind the shape:
+//! - Publishing is a rename of a fully written, fsynced directory ([`Publisher`]), with the
+//!   key record written after it, so a killed stage never leaves anything that looks complete.
+//! - Each key has an advisory file lock ([`Store::lock_key`]) so two pipelines on one store
+//!   run a given stage once and agree on its id.
+//! - A corrupt artifact is a warning and a miss: [`Store::lookup`] moves it aside and reports
+//!   its path; it is never handed to a reader.
+//!
+//! The store knows nothing about tensors or models: it moves files and hashes.
+
+mod error;
+mod id;
+pub mod key;
+mod manifest;
+mod store;
+pub mod table;
+
+pub use error::StoreError;
+pub use id::{ArtifactId, StageKey};
+pub use key::{KEY_FORMAT_VERSION, KeyInput};
+pub use manifest::{FileEntry, MANIFEST_FILE, Manifest};
+pub use store::{
+    Artifact, GcReport, KeyLock, Lookup, PublishInfo, Publisher, SlotRecord, Store, VerifyError,
+};
+
+/// Version of the program that wrote an artifact, recorded in every manifest.
+pub const PROGRAM_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,51 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{ArtifactId, StageKey};
+
+/// Name of the manifest inside an artifact directory. It is written last.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// One file of an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// What an artifact is and how it was made. Not part of the artifact id (it holds the
+/// wall time); the id covers the files listed here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub id: ArtifactId,
+    pub stage: String,
+    pub stage_version: u32,
+    pub key: StageKey,
+    pub params: BTreeMap<String, Value>,
+    pub inputs: BTreeMap<String, ArtifactId>,
+    pub files: Vec<FileEntry>,
+    pub program_version: String,
+    pub wall_seconds: f64,
+    /// Stage-specific facts (preprocessing, class names, costs), free-form.
+    #[serde(default)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// Artifact id of a file list: blake3 over (name, size, file hash) of each file, sorted by name.
+pub(crate) fn artifact_id(files: &[FileEntry]) -> ArtifactId {
+    let mut sorted: Vec<&FileEntry> = files.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut h = blake3::Hasher::new();
+    h.update(b"graft-artifact-v1");
+    h.update(&(sorted.len() as u64).to_le_bytes());
+    for f in sorted {
+        h.update(&(f.name.len() as u64).to_le_bytes());
+        h.update(f.name.as_bytes());
+        h.update(&f.size.to_le_bytes());
+        h.update(f.blake3.as_bytes());
+    }
+    ArtifactId::from_hash(h.finalize())
+}

@@ -1,0 +1,213 @@
+use crate::common::*;
+
+#[test]
+fn rerun_is_fresh_and_one_changed_param_reruns_only_that_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let pipe = small_pipeline(dir.path(), "small");
+    let p = pipe.to_str().unwrap();
+
+    let first = ok(graft(&store).args(["run", p]));
+    assert_eq!(status_of(&first, "src"), "ran", "{first}");
+    assert!(first.contains("no previous run"), "{first}");
+    assert!(first.contains("later stages not built yet"), "{first}");
+
+    let status = ok(graft(&store).args(["status", p]));
+    assert_eq!(status_of(&status, "src"), "fresh", "{status}");
+    assert_eq!(status_of(&status, "tgt"), "fresh", "{status}");
+
+    let second = ok(graft(&store).args(["run", p]));
+    assert_eq!(status_of(&second, "src"), "fresh", "{second}");
+    assert_eq!(status_of(&second, "tgt"), "fresh", "{second}");
+    assert_eq!(short_id(&first, "tgt"), short_id(&second, "tgt"));
+
+    // status says why without running; run then does exactly that.
+    let before = snapshot(&store);
+    let status = ok(graft(&store).args(["status", p, "-S", "tgt.image_size=24"]));
+    assert_eq!(status_of(&status, "tgt"), "stale", "{status}");
+    assert!(
+        status.contains("params.image_size changed 16 -> 24"),
+        "{status}"
+    );
+    assert_eq!(snapshot(&store), before, "status wrote to the store");
+
+    let third = ok(graft(&store).args(["run", p, "-S", "tgt.image_size=24"]));
+    assert_eq!(status_of(&third, "src"), "fresh", "{third}");
+    assert_eq!(status_of(&third, "tgt"), "ran", "{third}");
+    assert!(
+        third.contains("params.image_size changed 16 -> 24"),
+        "{third}"
+    );
+
+    // Back to the file's value: the earlier artifact is still in the store.
+    let fourth = ok(graft(&store).args(["run", p]));
+    assert_eq!(status_of(&fourth, "tgt"), "fresh", "{fourth}");
+    assert_eq!(short_id(&fourth, "tgt"), short_id(&first, "tgt"));
+
+    // Writing a default explicitly changes nothing.
+    let fifth = ok(graft(&store).args(["run", p, "-S", "tgt.interpolation=bilinear"]));
+    assert_eq!(status_of(&fifth, "tgt"), "fresh", "{fifth}");
+}
+
+#[test]
+fn forced_rerun_reproduces_the_same_id() {
+    // Early cutoff rests on this: a rerun with the same output keeps the same id, so every
+    // stage keyed on that id stays fresh.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let pipe = small_pipeline(dir.path(), "small");
+    let p = pipe.to_str().unwrap();
+    let first = ok(graft(&store).args(["run", p]));
+    let forced = ok(graft(&store).args(["run", p, "--force", "tgt"]));
+    assert_eq!(status_of(&forced, "tgt"), "ran", "{forced}");
+    assert!(forced.contains("forced"), "{forced}");
+    assert_eq!(short_id(&forced, "tgt"), short_id(&first, "tgt"));
+}
+
+#[test]
+fn same_seed_gives_byte_identical_tables_in_two_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let args = [
+        "-p",
+        "source=procedural",
+        "-p",
+        "task=textures",
+        "-p",
+        "image_size=16",
+        "-p",
+        "train=40",
+        "-p",
+        "val=8",
+        "-p",
+        "test=8",
+    ];
+    ok(prep(&a).args(args));
+    ok(prep(&b).args(args).env("RAYON_NUM_THREADS", "1"));
+    let ida = slot_artifact(&a, "prep");
+    assert_eq!(ida, slot_artifact(&b, "prep"));
+    for f in [
+        "train.parquet",
+        "val.parquet",
+        "test.parquet",
+        "dataset.json",
+    ] {
+        let fa = std::fs::read(a.join("objects").join(&ida).join(f)).unwrap();
+        let fb = std::fs::read(b.join("objects").join(&ida).join(f)).unwrap();
+        assert_eq!(fa, fb, "{f}");
+    }
+    ok(prep(&b).args(args).args(["-p", "seed=5"]));
+    assert_ne!(
+        ida,
+        slot_artifact(&b, "prep"),
+        "another seed gives other images"
+    );
+}
+
+#[test]
+fn concurrent_runs_on_one_store_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let pipe = small_pipeline(dir.path(), "small");
+    let p = pipe.to_str().unwrap();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            graft(&store)
+                .args(["run", p])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            stdout(&o)
+        })
+        .collect();
+    for stage in ["src", "tgt"] {
+        let ids: Vec<String> = outs.iter().map(|o| short_id(o, stage)).collect();
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{stage}: {ids:?}");
+        // The key lock makes one run build it and the others find it.
+        let ran = outs.iter().filter(|o| status_of(o, stage) == "ran").count();
+        assert_eq!(ran, 1, "{stage} ran {ran} times:\n{outs:#?}");
+    }
+    ok(graft(&store).arg("verify"));
+    assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn gc_removes_only_what_no_pipeline_reaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let pipe = small_pipeline(&pipes, "small");
+    let p = pipe.to_str().unwrap();
+    ok(graft(&store).args(["run", p]));
+    ok(graft(&store).args(["run", p, "-S", "tgt.seed=9"]));
+    let objects = || std::fs::read_dir(store.join("objects")).unwrap().count();
+    assert_eq!(objects(), 3);
+    let dry = ok(graft(&store).args(["gc", "--pipelines", pipes.to_str().unwrap()]));
+    assert!(dry.contains("1 unreachable"), "{dry}");
+    assert_eq!(objects(), 3, "dry run deletes nothing");
+    ok(graft(&store).args(["gc", "--yes", "--pipelines", pipes.to_str().unwrap()]));
+    assert_eq!(objects(), 2);
+    let after = ok(graft(&store).args(["run", p, "-S", "tgt.seed=9"]));
+    assert_eq!(status_of(&after, "tgt"), "fresh", "{after}");
+    ok(graft(&store).arg("verify"));
+}
+
+#[test]
+fn bad_pipeline_inputs_are_clear_errors_and_leave_the_store_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let pipe = small_pipeline(dir.path(), "small");
+    let p = pipe.to_str().unwrap();
+    ok(graft(&store).args(["run", p]));
+    let before = snapshot(&store);
+
+    let bad_toml = dir.path().join("broken.toml");
+    std::fs::write(&bad_toml, "[stages.a\nkind = 'prep'\n").unwrap();
+    let o = run(graft(&store).args(["run", bad_toml.to_str().unwrap()]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("broken.toml"), "{}", stderr(&o));
+
+    // An unknown parameter in the second stage: the first stage must not run either.
+    let o = run(graft(&store).args(["run", p, "-S", "src.seed=4", "-S", "tgt.imag_size=3"]));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("imag_size") && err.contains("unknown field"),
+        "{err}"
+    );
+
+    let o = run(graft(&store).args(["run", p, "-S", "tgt.image_size=0"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("image_size"), "{}", stderr(&o));
+
+    let o = run(graft(&store).args(["run", p, "-S", "nostage.seed=1"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nostage"), "{}", stderr(&o));
+
+    let o = run(prep(&store).args(["-p", "source=procedural", "-p", "task=nonsense"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nonsense"), "{}", stderr(&o));
+
+    assert_eq!(snapshot(&store), before);
+}
+
+#[test]
+fn default_pipeline_is_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let out = ok(graft(&store).current_dir(dir.path()).args(["status"]));
+    assert!(
+        out.contains("pipeline default (embedded default pipeline)"),
+        "{out}"
+    );
+    assert_eq!(status_of(&out, "prep"), "stale", "{out}");
+    assert!(out.contains("no previous run"), "{out}");
+}
