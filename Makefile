@@ -26,19 +26,30 @@ $(VENV)/.installed:
 
 venv: $(VENV)/.installed
 
+# Stage binaries without tensors, and those with (built with the backend feature).
+PLAIN_BINS  := graft-runner graft-prep
+TENSOR_BINS :=
+
 # Uses tch when PyTorch can be installed, flex otherwise (said out loud).
 pipeline:
 	@if $(MAKE) --no-print-directory venv; then \
-		echo "backend: tch (LibTorch from $(VENV))"; \
-		$(TCH_ENV) $(CARGO) run --release --features graft-backend/tch --bin graft -- --store $(STORE) run $(TASK) $(ARGS); \
+		echo "backend: tch (LibTorch from $(VENV)) for the stages that use tensors"; \
+		backend=tch; \
 	else \
 		echo "PyTorch $(TORCH) could not be installed into $(VENV): falling back to the flex backend (about 3x slower)"; \
-		$(CARGO) build --release --workspace --bins && \
-		$(CARGO) run --release --bin graft -- --store $(STORE) run $(TASK) $(ARGS); \
-	fi
+		backend=flex; \
+	fi; \
+	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS)) || exit 1; \
+	if [ -n "$(strip $(TENSOR_BINS))" ]; then \
+		if [ $$backend = tch ]; then $(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --features tch || exit 1; \
+		else $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) || exit 1; fi; \
+	fi; \
+	if [ $$backend = tch ]; then export $(TCH_ENV); fi; \
+	target/release/graft --store $(STORE) run $(TASK) $(ARGS)
 
 status:
-	$(CARGO) run --release --bin graft -- --store $(STORE) status $(TASK) $(ARGS)
+	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
+	target/release/graft --store $(STORE) status $(TASK) $(ARGS)
 
 gc:
 	$(CARGO) run --release --bin graft -- --store $(STORE) gc $(ARGS)
@@ -50,7 +61,7 @@ test-flex: venv
 	$(CARGO) test --workspace
 
 test-tch: venv
-	$(TCH_ENV) $(CARGO) test -p graft-backend --features tch
+	$(TCH_ENV) $(CARGO) test -p graft-backend -p graft-model --no-default-features --features tch
 
 bench:
 	$(CARGO) build --release --workspace --bins

@@ -332,3 +332,20 @@ print(json.dumps({"rows": len(df), "first": df.id[0], "label": int(df.label[0]),
     assert_eq!(v["first"], "train/000000");
     assert_eq!(v["label"], 0);
 }
+
+#[test]
+fn dtd_pipeline_file_runs_on_a_miniature_dtd() {
+    let dir = tempfile::tempdir().unwrap();
+    mini_dtd(dir.path());
+    let store = dir.path().join("store");
+    let pipe = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/dtd.toml");
+    let small = ["-S", "prep.image_size=16", "-S", "prep.train=7", "-S", "prep.val=3"];
+    // Without the data set: a clear error, nothing written.
+    let o = run(graft(&store).args(["run", pipe]).args(small));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("DTD_DIR"), "{}", stderr(&o));
+    let out = ok(graft(&store).args(["run", pipe]).args(small).env("DTD_DIR", dir.path()));
+    assert_eq!(status_of(&out, "prep"), "ran", "{out}");
+    let out = ok(graft(&store).args(["run", pipe]).args(small).env("DTD_DIR", dir.path()));
+    assert_eq!(status_of(&out, "prep"), "fresh", "{out}");
+}

@@ -457,6 +457,14 @@ mod tests {
     }
 
     #[test]
+    fn every_pipeline_file_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+        let all = all_pipelines(&dir).unwrap();
+        let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["default", "ci", "dtd"]);
+    }
+
+    #[test]
     fn orders_by_inputs_and_rejects_cycles() {
         let text = r#"
             [stages.b]

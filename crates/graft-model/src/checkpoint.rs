@@ -1,0 +1,248 @@
+//! Checkpoints in timm's names, and adapter-only files.
+//!
+//! A timm ViT safetensors file loads as it is: keys are checked against what the model's
+//! shape requires before anything is applied, and every missing, unexpected or misshapen
+//! key is listed in one error. `head` is optional (timm's in21k checkpoints have none, or
+//! one of another size): without a matching head the model keeps its fresh head and the
+//! [`LoadReport`] says so. Our own checkpoints are written in the same names and layout,
+//! so timm loads them.
+//!
+//! Adapter files hold `adapters.{i}_{j}.{down,up}.{weight,bias}` and `head.*` in PyTorch
+//! layout, with the placement, the adapter hyper-parameters, the preset and the base
+//! checkpoint's id in the safetensors metadata.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::Path;
+
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use graft_graph::{Edge, Placement};
+use serde::{Deserialize, Serialize};
+
+use crate::{AdapterConfig, ModelError, Vit, VitConfig};
+
+/// What a load did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    pub tensors: usize,
+    /// `None` when the head was loaded; otherwise why it was kept fresh.
+    pub head_kept_fresh: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct HeaderEntry {
+    shape: Vec<usize>,
+    dtype: String,
+}
+
+/// Keys, shapes and dtypes of a safetensors file, and its metadata, from the header alone.
+pub fn read_header(path: &Path) -> Result<(BTreeMap<String, (Vec<usize>, String)>, BTreeMap<String, String>), ModelError> {
+    let err = |message: String| ModelError::Checkpoint { path: path.display().to_string(), message };
+    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(err(format!("not a safetensors file: header length {len}")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| err(format!("truncated safetensors header: {e}")))?;
+    let mut map: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| err(format!("invalid safetensors header: {e}")))?;
+    let metadata: BTreeMap<String, String> = map
+        .remove("__metadata__")
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| err(format!("invalid safetensors metadata: {e}")))?
+        .unwrap_or_default();
+    let mut tensors = BTreeMap::new();
+    for (k, v) in map {
+        let e: HeaderEntry = serde_json::from_value(v).map_err(|e| err(format!("tensor {k}: {e}")))?;
+        tensors.insert(k, (e.shape, e.dtype));
+    }
+    Ok((tensors, metadata))
+}
+
+/// The keys and shapes a timm checkpoint of this shape has (PyTorch layout).
+pub fn timm_keys(c: &VitConfig) -> BTreeMap<String, Vec<usize>> {
+    let (d, m, p) = (c.dim, c.mlp_dim(), c.patch_size);
+    let mut k = BTreeMap::new();
+    k.insert("cls_token".into(), vec![1, 1, d]);
+    k.insert("pos_embed".into(), vec![1, c.tokens(), d]);
+    k.insert("patch_embed.proj.weight".into(), vec![d, c.channels, p, p]);
+    k.insert("patch_embed.proj.bias".into(), vec![d]);
+    for b in 0..c.depth {
+        let mut put = |name: &str, shape: Vec<usize>| k.insert(format!("blocks.{b}.{name}"), shape);
+        for n in ["norm1", "norm2"] {
+            put(&format!("{n}.weight"), vec![d]);
+            put(&format!("{n}.bias"), vec![d]);
+        }
+        put("attn.qkv.weight", vec![3 * d, d]);
+        put("attn.qkv.bias", vec![3 * d]);
+        put("attn.proj.weight", vec![d, d]);
+        put("attn.proj.bias", vec![d]);
+        put("mlp.fc1.weight", vec![m, d]);
+        put("mlp.fc1.bias", vec![m]);
+        put("mlp.fc2.weight", vec![d, m]);
+        put("mlp.fc2.bias", vec![d]);
+    }
+    k.insert("norm.weight".into(), vec![d]);
+    k.insert("norm.bias".into(), vec![d]);
+    k.insert("head.weight".into(), vec![c.classes, d]);
+    k.insert("head.bias".into(), vec![c.classes]);
+    k
+}
+
+fn not_adapter(path: &str, _container: &str) -> bool {
+    !path.starts_with("adapters.")
+}
+
+fn backbone_only(path: &str, _container: &str) -> bool {
+    !path.starts_with("adapters.") && !path.starts_with("head.")
+}
+
+fn adapters_and_head(path: &str, _container: &str) -> bool {
+    path.starts_with("adapters.") || path.starts_with("head.")
+}
+
+/// Loads a timm ViT safetensors file into `vit` (its adapters are left as they are).
+pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
+    let shown = path.display().to_string();
+    let (tensors, metadata) = read_header(path)?;
+    let expected = timm_keys(&vit.config);
+    let mut missing = Vec::new();
+    let mut shapes = Vec::new();
+    for (key, shape) in &expected {
+        match tensors.get(key) {
+            None if key.starts_with("head.") => {}
+            None => missing.push(key.clone()),
+            Some((found, dtype)) => {
+                if found != shape && !key.starts_with("head.") {
+                    shapes.push(format!("{key} {found:?} (expected {shape:?})"));
+                }
+                if dtype != "F32" {
+                    shapes.push(format!("{key} has dtype {dtype} (expected F32)"));
+                }
+            }
+        }
+    }
+    let unexpected: Vec<String> = tensors.keys().filter(|k| !expected.contains_key(*k)).cloned().collect();
+    if !missing.is_empty() || !unexpected.is_empty() || !shapes.is_empty() {
+        return Err(ModelError::Mismatch {
+            path: shown,
+            preset: format!("d={} L={} patch={} image={}", vit.config.dim, vit.config.depth, vit.config.patch_size, vit.config.image_size),
+            missing,
+            unexpected,
+            shapes,
+        });
+    }
+    let head_fits = ["head.weight", "head.bias"].iter().all(|k| tensors.get(*k).map(|t| &t.0) == expected.get(*k));
+    let head_kept_fresh = if head_fits {
+        None
+    } else if let Some((shape, _)) = tensors.get("head.weight") {
+        Some(format!("the file's head has {} classes, the model {}", shape.first().copied().unwrap_or(0), vit.config.classes))
+    } else {
+        Some("the file has no head".to_owned())
+    };
+    let mut store = SafetensorsStore::from_file(path)
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .with_predicate(if head_fits { not_adapter } else { backbone_only })
+        .allow_partial(true)
+        .validate(false);
+    let result = vit
+        .load_from(&mut store)
+        .map_err(|e| ModelError::Checkpoint { path: shown.clone(), message: e.to_string() })?;
+    if !result.errors.is_empty() {
+        let msgs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        return Err(ModelError::Checkpoint { path: shown, message: msgs.join("; ") });
+    }
+    Ok(LoadReport { tensors: result.applied.len(), head_kept_fresh, metadata })
+}
+
+/// Writes the backbone and head in timm's names and layout (adapters left out).
+pub fn save_timm(vit: &Vit, path: &Path) -> Result<(), ModelError> {
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .with_predicate(not_adapter)
+        .metadata("format", "pt")
+        .overwrite(true);
+    vit.save_into(&mut store)
+        .map_err(|e| ModelError::Checkpoint { path: path.display().to_string(), message: e.to_string() })
+}
+
+/// What an adapter file says about itself (its safetensors metadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterMeta {
+    pub placement: Vec<Edge>,
+    pub adapter: AdapterConfig,
+    pub preset: String,
+    /// Id of the base checkpoint the adapters were trained on.
+    pub base: String,
+}
+
+/// Writes the adapters (as `adapters.{i}_{j}.*`) and the head.
+pub fn save_adapters(vit: &Vit, path: &Path, preset: &str, base: &str) -> Result<(), ModelError> {
+    let Some(first) = vit.adapters.first() else {
+        return Err(ModelError::Checkpoint { path: path.display().to_string(), message: "the model has no adapters".into() });
+    };
+    let adapter = AdapterConfig { rank: first.down.weight.val().dims()[1], act: first.act, scale: first.scale };
+    let meta = AdapterMeta {
+        placement: vit.adapters.iter().map(|a| a.edge()).collect(),
+        adapter,
+        preset: preset.to_owned(),
+        base: base.to_owned(),
+    };
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .with_predicate(adapters_and_head)
+        .metadata("graft.adapters", serde_json::to_string(&meta).unwrap_or_default())
+        .overwrite(true);
+    for (idx, a) in vit.adapters.iter().enumerate() {
+        store = store.with_key_remapping(format!(r"^adapters\.{idx}\."), format!("adapters.{}_{}.", a.src, a.dst));
+    }
+    vit.save_into(&mut store)
+        .map_err(|e| ModelError::Checkpoint { path: path.display().to_string(), message: e.to_string() })
+}
+
+/// Reads an adapter file's metadata.
+pub fn adapter_meta(path: &Path) -> Result<AdapterMeta, ModelError> {
+    let (_, metadata) = read_header(path)?;
+    let err = |message: String| ModelError::Checkpoint { path: path.display().to_string(), message };
+    let text = metadata.get("graft.adapters").ok_or_else(|| err("no graft.adapters metadata: not a graft adapter file".into()))?;
+    serde_json::from_str(text).map_err(|e| err(format!("invalid graft.adapters metadata: {e}")))
+}
+
+/// Replaces `vit`'s adapters and head with those of an adapter file.
+pub fn load_adapters(vit: Vit, path: &Path) -> Result<(Vit, AdapterMeta), ModelError> {
+    let meta = adapter_meta(path)?;
+    let shown = path.display().to_string();
+    let placement = Placement::new(vit.graph(), meta.placement.iter().copied())?;
+    let mut vit = vit.with_placement(&placement, &meta.adapter)?;
+    let mut store = SafetensorsStore::from_file(path)
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .with_predicate(adapters_and_head)
+        .allow_partial(true)
+        .validate(false);
+    for (idx, e) in placement.edges().iter().enumerate() {
+        store = store.with_key_remapping(format!(r"^adapters\.{}_{}\.", e.i, e.j), format!("adapters.{idx}."));
+    }
+    let result = vit.load_from(&mut store).map_err(|e| ModelError::Checkpoint { path: shown.clone(), message: e.to_string() })?;
+    let missing: Vec<String> = result
+        .missing
+        .iter()
+        .map(|(p, _)| p.clone())
+        .filter(|p| p.starts_with("adapters.") || p.starts_with("head."))
+        .collect();
+    if !result.errors.is_empty() || !missing.is_empty() || !result.unused.is_empty() {
+        let mut msgs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        if !missing.is_empty() {
+            msgs.push(format!("missing: {}", missing.join(", ")));
+        }
+        if !result.unused.is_empty() {
+            msgs.push(format!("unexpected: {}", result.unused.join(", ")));
+        }
+        return Err(ModelError::Checkpoint { path: shown, message: msgs.join("; ") });
+    }
+    Ok((vit, meta))
+}

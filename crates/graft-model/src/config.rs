@@ -1,0 +1,112 @@
+use burn::config::Config;
+use graft_graph::Dims;
+use serde::{Deserialize, Serialize};
+
+/// Shape of a ViT (timm's `VisionTransformer` with class-token pooling).
+#[derive(Config, Debug, PartialEq)]
+pub struct VitConfig {
+    /// Side of the square input image, in pixels.
+    pub image_size: usize,
+    pub patch_size: usize,
+    /// Token width d.
+    pub dim: usize,
+    /// Number of blocks L.
+    pub depth: usize,
+    pub heads: usize,
+    /// Classes of the linear head.
+    pub classes: usize,
+    #[config(default = 3)]
+    pub channels: usize,
+    /// MLP hidden width = dim * mlp_ratio.
+    #[config(default = 4.0)]
+    pub mlp_ratio: f64,
+    /// LayerNorm epsilon (timm: 1e-6).
+    #[config(default = 1e-6)]
+    pub norm_eps: f64,
+}
+
+/// Named presets: the timm ViTs and two small CPU models.
+pub const PRESETS: &[&str] = &["vit-b16", "vit-s16", "vit-ti16", "vit-cpu-small", "vit-cpu-tiny"];
+
+impl VitConfig {
+    /// A named preset with `classes` outputs.
+    ///
+    /// | preset | image | patch | d | L | heads |
+    /// |---|---|---|---|---|---|
+    /// | vit-b16 | 224 | 16 | 768 | 12 | 12 |
+    /// | vit-s16 | 224 | 16 | 384 | 12 | 6 |
+    /// | vit-ti16 | 224 | 16 | 192 | 12 | 3 |
+    /// | vit-cpu-small | 32 | 4 | 192 | 6 | 3 |
+    /// | vit-cpu-tiny | 16 | 4 | 64 | 2 | 2 |
+    pub fn preset(name: &str, classes: usize) -> Option<VitConfig> {
+        let (image, patch, dim, depth, heads) = match name {
+            "vit-b16" => (224, 16, 768, 12, 12),
+            "vit-s16" => (224, 16, 384, 12, 6),
+            "vit-ti16" => (224, 16, 192, 12, 3),
+            "vit-cpu-small" => (32, 4, 192, 6, 3),
+            "vit-cpu-tiny" => (16, 4, 64, 2, 2),
+            _ => return None,
+        };
+        Some(VitConfig::new(image, patch, dim, depth, heads, classes))
+    }
+
+    pub fn mlp_dim(&self) -> usize {
+        (self.dim as f64 * self.mlp_ratio).round() as usize
+    }
+
+    /// Patches plus the class token.
+    pub fn tokens(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2) + 1
+    }
+
+    pub fn graph(&self) -> graft_graph::Graph {
+        graft_graph::Graph::new(self.depth)
+    }
+
+    pub fn dims(&self) -> Dims {
+        Dims {
+            image_size: self.image_size,
+            patch_size: self.patch_size,
+            channels: self.channels,
+            dim: self.dim,
+            layers: self.depth,
+            mlp_dim: self.mlp_dim(),
+            classes: self.classes,
+        }
+    }
+}
+
+/// Non-linearity inside an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterAct {
+    #[default]
+    Gelu,
+    Relu,
+}
+
+/// A(x) = s * W_up(act(W_down x + b_down)) + b_up.
+#[derive(Config, Debug, PartialEq)]
+pub struct AdapterConfig {
+    /// Bottleneck width r.
+    #[config(default = 8)]
+    pub rank: usize,
+    #[config(default = "AdapterAct::Gelu")]
+    pub act: AdapterAct,
+    /// Output scale s.
+    #[config(default = 1.0)]
+    pub scale: f64,
+}
+
+/// Which parameters train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trainable {
+    /// Adapters and head; the backbone is frozen.
+    #[default]
+    Adapters,
+    /// Everything.
+    Full,
+    /// The head only (linear probe).
+    HeadOnly,
+}

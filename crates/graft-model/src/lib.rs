@@ -1,0 +1,99 @@
+//! A Vision Transformer whose residual stream is a graph: nodes 0..=2L (see
+//! `graft_graph`), with one bottleneck [`Adapter`] per edge of a placement.
+//!
+//! Principal types: [`VitConfig`] (shape and presets) builds a [`Vit`];
+//! [`Vit::with_placement`] attaches adapters (parallel, sequential, long-range and
+//! recurrent edges; recurrent ones run the spec's two-pass forward);
+//! [`Vit::with_trainable`] freezes the backbone; [`Vit::trace`] records every node's
+//! activation and, after one backward pass, every node's gradient, which is all the probe
+//! needs. [`checkpoint`] reads and writes timm's safetensors names and adapter-only files.
+//!
+//! Model code takes a burn `Device`; `graft-backend` picks it. Adapters start with
+//! W_up = 0 and b_up = 0, so any placement gives exactly the pretrained logits at init.
+
+pub mod checkpoint;
+mod config;
+mod vit;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+
+pub use config::{AdapterAct, AdapterConfig, PRESETS, Trainable, VitConfig};
+pub use vit::{Adapter, Attention, Block, Mlp, NodeTrace, PatchEmbed, Vit};
+
+/// Errors of the model crate. Every variant names the file, edge or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Graph(#[from] graft_graph::GraphError),
+    #[error("trace needs a placement without recurrent edges (the probe traces the plain network)")]
+    TraceRecurrent,
+    #[error("unknown preset {0:?} (known: {list})", list = PRESETS.join(", "))]
+    UnknownPreset(String),
+    #[error("{path}: {message}")]
+    Checkpoint { path: String, message: String },
+    #[error(
+        "{path} does not fit {preset}:{missing}{unexpected}{shapes}",
+        missing = list("missing keys", missing),
+        unexpected = list("unexpected keys", unexpected),
+        shapes = list("shape mismatches", shapes)
+    )]
+    Mismatch { path: String, preset: String, missing: Vec<String>, unexpected: Vec<String>, shapes: Vec<String> },
+}
+
+fn list(what: &str, items: &[String]) -> String {
+    if items.is_empty() { String::new() } else { format!("\n  {what} ({}): {}", items.len(), items.join(", ")) }
+}
+
+/// Touches every parameter so lazily initialised weights are drawn now, in module order.
+pub(crate) fn materialize<M: Module>(module: M) -> M {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}
+
+/// Parameter counts in the style of PEFT's `print_trainable_parameters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCount {
+    pub trainable: usize,
+    pub all: usize,
+}
+
+impl std::fmt::Display for ParamCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            self.trainable,
+            self.all,
+            100.0 * self.trainable as f64 / self.all.max(1) as f64
+        )
+    }
+}
+
+impl Vit {
+    /// Trainable and total parameters for the current [`Trainable`] mode.
+    pub fn param_count(&self) -> ParamCount {
+        let all = self.num_params();
+        let trainable = match self.trainable {
+            Trainable::Full => all,
+            Trainable::HeadOnly => self.head.num_params(),
+            Trainable::Adapters => self.head.num_params() + self.adapters.iter().map(Module::num_params).sum::<usize>(),
+        };
+        ParamCount { trainable, all }
+    }
+
+    /// Analytic forward FLOPs per image of this model with its placement.
+    pub fn forward_flops(&self) -> u64 {
+        let rank = self.adapters.first().map(|a| a.down.weight.val().dims()[1]).unwrap_or(0);
+        graft_graph::forward_flops(&self.config.dims(), &self.placement(), rank)
+    }
+}
+
+#[cfg(test)]
+mod tests;

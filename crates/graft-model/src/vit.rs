@@ -1,0 +1,358 @@
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, relu, softmax};
+use burn::tensor::Gradients;
+use burn::tensor::{Device, Tensor};
+use graft_graph::{Edge, EdgeKind, Placement};
+
+use crate::{AdapterAct, AdapterConfig, ModelError, Trainable, VitConfig};
+
+/// Patch embedding: a p x p convolution with stride p.
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    pub proj: Conv2d,
+}
+
+impl PatchEmbed {
+    /// # Shapes
+    /// images `[batch, channels, height, width]` -> tokens `[batch, patches, dim]`
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<3> {
+        let x = self.proj.forward(images); // [batch, dim, h, w]
+        let [b, d, h, w] = x.dims();
+        x.reshape([b, d, h * w]).swap_dims(1, 2)
+    }
+}
+
+/// Multi-head self-attention with timm's fused `qkv` projection.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub heads: usize,
+}
+
+impl Attention {
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let dh = d / self.heads;
+        // timm lays out qkv's output as (3, heads, head_dim).
+        let mut parts = self.qkv.forward(x).chunk(3, 2); // 3 x [batch, tokens, dim]
+        let split = |p: Tensor<3>| p.reshape([b, t, self.heads, dh]).swap_dims(1, 2); // [b, heads, t, dh]
+        let v = split(parts.pop().expect("three chunks"));
+        let k = split(parts.pop().expect("three chunks"));
+        let q = split(parts.pop().expect("three chunks"));
+        let scores = q.matmul(k.swap_dims(2, 3)) * (dh as f64).powf(-0.5); // [b, heads, t, t]
+        let out = softmax(scores, 3).matmul(v); // [b, heads, t, dh]
+        self.proj.forward(out.swap_dims(1, 2).reshape([b, t, d]))
+    }
+}
+
+/// The block's MLP: fc1, exact GELU, fc2.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.fc2.forward(gelu(self.fc1.forward(x)))
+    }
+}
+
+/// A pre-norm transformer block; its two sub-layers are exposed separately because each
+/// ends at a node of the residual graph.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+/// A bottleneck adapter on edge (`src`, `dst`): A(x) = s * W_up(act(W_down x + b_down)) + b_up.
+#[derive(Module, Debug)]
+pub struct Adapter {
+    pub down: Linear,
+    pub up: Linear,
+    pub src: usize,
+    pub dst: usize,
+    #[module(skip)]
+    pub act: AdapterAct,
+    #[module(skip)]
+    pub scale: f64,
+}
+
+impl Adapter {
+    pub fn new(edge: Edge, dim: usize, config: &AdapterConfig, device: &Device) -> Adapter {
+        Adapter {
+            down: LinearConfig::new(dim, config.rank).init(device),
+            up: LinearConfig::new(config.rank, dim).with_initializer(Initializer::Zeros).init(device),
+            src: edge.i,
+            dst: edge.j,
+            act: config.act,
+            scale: config.scale,
+        }
+    }
+
+    pub fn edge(&self) -> Edge {
+        Edge::new(self.src, self.dst)
+    }
+
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.down.forward(x); // [batch, tokens, rank]
+        let h = match self.act {
+            AdapterAct::Gelu => gelu(h),
+            AdapterAct::Relu => relu(h),
+        };
+        let y = burn::tensor::module::linear(h, self.up.weight.val(), None) * self.scale;
+        match &self.up.bias {
+            Some(b) => y + b.val().unsqueeze::<3>(),
+            None => y,
+        }
+    }
+}
+
+/// A ViT whose residual stream has nodes 0..=2L and adapters on edges between them.
+#[derive(Module, Debug)]
+pub struct Vit {
+    pub patch_embed: PatchEmbed,
+    pub cls_token: Param<Tensor<3>>,
+    pub pos_embed: Param<Tensor<3>>,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+    pub head: Linear,
+    pub adapters: Vec<Adapter>,
+    #[module(skip)]
+    pub config: VitConfig,
+    #[module(skip)]
+    pub trainable: Trainable,
+}
+
+impl VitConfig {
+    /// A randomly initialised ViT without adapters, every weight drawn now (so the draw
+    /// order, and thus the weights for a seed, do not depend on what runs first).
+    pub fn init(&self, device: &Device) -> Vit {
+        let d = self.dim;
+        let ln = || LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device);
+        let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 }).init(device);
+        let blocks = (0..self.depth)
+            .map(|_| Block {
+                norm1: ln(),
+                attn: Attention { qkv: lin(d, 3 * d), proj: lin(d, d), heads: self.heads },
+                norm2: ln(),
+                mlp: Mlp { fc1: lin(d, self.mlp_dim()), fc2: lin(self.mlp_dim(), d) },
+            })
+            .collect();
+        let p = self.patch_size;
+        let vit = Vit {
+            patch_embed: PatchEmbed {
+                proj: Conv2dConfig::new([self.channels, d], [p, p]).with_stride([p, p]).init(device),
+            },
+            cls_token: Initializer::Normal { mean: 0.0, std: 0.02 }.init([1, 1, d], device),
+            pos_embed: Initializer::Normal { mean: 0.0, std: 0.02 }.init([1, self.tokens(), d], device),
+            blocks,
+            norm: ln(),
+            head: lin(d, self.classes),
+            adapters: Vec::new(),
+            config: self.clone(),
+            trainable: Trainable::Full,
+        };
+        crate::materialize(vit)
+    }
+}
+
+/// Every node of one forward pass with a zero "tap" added at each, so that one backward
+/// pass gives the gradient of the loss at every node.
+#[derive(Debug)]
+pub struct NodeTrace {
+    /// `[batch, classes]`
+    pub logits: Tensor<2>,
+    /// X_i, detached: `n` tensors `[batch, tokens, dim]`.
+    pub nodes: Vec<Tensor<3>>,
+    taps: Vec<Tensor<3>>,
+}
+
+impl NodeTrace {
+    /// Δ_j = ∂loss/∂x_j for every node j, `[batch, tokens, dim]` each, from the gradients
+    /// of one backward pass of a loss computed from `logits`.
+    pub fn node_grads(&self, grads: &Gradients) -> Vec<Tensor<3>> {
+        self.taps
+            .iter()
+            .map(|t| t.grad(grads).unwrap_or_else(|| t.zeros_like()))
+            .collect()
+    }
+}
+
+impl Vit {
+    pub fn graph(&self) -> graft_graph::Graph {
+        self.config.graph()
+    }
+
+    /// The placement of the attached adapters.
+    pub fn placement(&self) -> Placement {
+        Placement::new(self.graph(), self.adapters.iter().map(Adapter::edge)).unwrap_or_default()
+    }
+
+    /// Replaces the adapters with one new adapter per edge of `placement`.
+    pub fn with_placement(mut self, placement: &Placement, config: &AdapterConfig) -> Result<Vit, ModelError> {
+        let device = self.cls_token.val().device();
+        let graph = self.graph();
+        for e in placement.edges() {
+            graph.check(*e)?;
+        }
+        self.adapters = placement.edges().iter().map(|e| Adapter::new(*e, self.config.dim, config, &device)).collect();
+        let trainable = self.trainable;
+        Ok(crate::materialize(self).with_trainable(trainable))
+    }
+
+    /// Sets which parameters train: the adapters and the head, everything, or the head.
+    pub fn with_trainable(self, mode: Trainable) -> Vit {
+        let mut m = match mode {
+            Trainable::Full => self.set_require_grad(true),
+            Trainable::Adapters | Trainable::HeadOnly => self.no_grad(),
+        };
+        m.head = m.head.set_require_grad(true);
+        if mode == Trainable::Adapters {
+            m.adapters = m.adapters.into_iter().map(|a| a.set_require_grad(true)).collect();
+        }
+        m.trainable = mode;
+        m
+    }
+
+    /// x_0: patch embedding, class token, position embedding.
+    ///
+    /// # Shapes
+    /// images `[batch, channels, height, width]` -> `[batch, tokens, dim]`
+    pub fn embed(&self, images: Tensor<4>) -> Tensor<3> {
+        let x = self.patch_embed.forward(images);
+        let b = x.dims()[0];
+        let cls = self.cls_token.val().repeat_dim(0, b);
+        Tensor::cat(vec![cls, x], 1) + self.pos_embed.val()
+    }
+
+    /// Sub-layer k (1..=2L) with its residual: x_k = x_{k-1} + F_k(x_{k-1}).
+    ///
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    pub fn sublayer(&self, k: usize, x: Tensor<3>) -> Tensor<3> {
+        let block = &self.blocks[(k - 1) / 2];
+        let f = if k % 2 == 1 {
+            block.attn.forward(block.norm1.forward(x.clone()))
+        } else {
+            block.mlp.forward(block.norm2.forward(x.clone()))
+        };
+        x + f
+    }
+
+    /// One pass over nodes `start..=2L`: `nodes` holds the nodes below `start` on entry and
+    /// all of them on return. `first` (pass 1's nodes) feeds the recurrent edges.
+    fn pass(&self, x0: &Tensor<3>, nodes: &mut Vec<Tensor<3>>, start: usize, first: Option<&[Tensor<3>]>) {
+        for k in start..=2 * self.config.depth {
+            let mut x = if k == 0 { x0.clone() } else { self.sublayer(k, nodes[k - 1].clone()) };
+            for a in &self.adapters {
+                match a.edge().kind() {
+                    EdgeKind::Parallel | EdgeKind::LongRange if a.dst == k => x = x + a.forward(nodes[a.src].clone()),
+                    EdgeKind::Recurrent if a.dst == k => {
+                        if let Some(first) = first {
+                            x = x + a.forward(first[a.src].clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for a in self.adapters.iter().filter(|a| a.src == k && a.dst == k) {
+                x = x.clone() + a.forward(x);
+            }
+            nodes.push(x);
+        }
+    }
+
+    /// Every node of the forward pass that produces the logits: pass 1, then, when there
+    /// are recurrent edges, pass 2 from the smallest recurrent output node.
+    ///
+    /// # Shapes
+    /// images `[batch, channels, height, width]` -> n nodes `[batch, tokens, dim]`
+    pub fn nodes(&self, images: Tensor<4>) -> Vec<Tensor<3>> {
+        let x0 = self.embed(images);
+        let mut first = Vec::with_capacity(self.graph().nodes());
+        self.pass(&x0, &mut first, 0, None);
+        match self.placement().second_pass_start() {
+            None => first,
+            Some(start) => {
+                let mut second: Vec<Tensor<3>> = first[..start].to_vec();
+                self.pass(&x0, &mut second, start, Some(&first));
+                second
+            }
+        }
+    }
+
+    /// Class-token features after the final LayerNorm.
+    ///
+    /// # Shapes
+    /// last node `[batch, tokens, dim]` -> `[batch, dim]`
+    pub fn pool(&self, last: Tensor<3>) -> Tensor<2> {
+        let [b, _, d] = last.dims();
+        self.norm.forward(last).narrow(1, 0, 1).reshape([b, d])
+    }
+
+    /// # Shapes
+    /// images `[batch, channels, height, width]` -> logits `[batch, classes]`
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let last = self.nodes(images).pop().expect("n >= 1 nodes");
+        self.head.forward(self.pool(last))
+    }
+
+    /// # Shapes
+    /// images `[batch, channels, height, width]` -> features `[batch, dim]`
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        self.pool(self.nodes(images).pop().expect("n >= 1 nodes"))
+    }
+
+    /// One forward pass recording X_i at every node and inserting a zero tap there, so that
+    /// [`NodeTrace::node_grads`] after one backward pass gives Δ_j at every node: all n²
+    /// edge gradients G_ij = Δ_jᵀ X_i come from one forward and one backward pass. The
+    /// device must be an autodiff device. Adapters with recurrent edges are refused (the
+    /// probe traces the plain network).
+    ///
+    /// # Shapes
+    /// images `[batch, channels, height, width]` -> n nodes `[batch, tokens, dim]`, logits `[batch, classes]`
+    pub fn trace(&self, images: Tensor<4>) -> Result<NodeTrace, ModelError> {
+        if self.placement().has_recurrent() {
+            return Err(ModelError::TraceRecurrent);
+        }
+        let mut x = self.embed(images);
+        let mut nodes = Vec::new();
+        let mut taps = Vec::new();
+        let tap = |x: Tensor<3>, nodes: &mut Vec<Tensor<3>>, taps: &mut Vec<Tensor<3>>| {
+            let t = x.zeros_like().detach().require_grad();
+            nodes.push(x.clone().detach());
+            taps.push(t.clone());
+            x + t
+        };
+        // Node 0 with its sequential adapter, then each sub-layer.
+        let mut plain: Vec<Tensor<3>> = Vec::new();
+        for k in 0..=2 * self.config.depth {
+            if k > 0 {
+                x = self.sublayer(k, plain[k - 1].clone());
+            }
+            for a in self.adapters.iter().filter(|a| a.dst == k && a.src < k) {
+                x = x + a.forward(plain[a.src].clone());
+            }
+            for a in self.adapters.iter().filter(|a| a.src == k && a.dst == k) {
+                x = x.clone() + a.forward(x);
+            }
+            x = tap(x, &mut nodes, &mut taps);
+            plain.push(x.clone());
+        }
+        let logits = self.head.forward(self.pool(x));
+        Ok(NodeTrace { logits, nodes, taps })
+    }
+}
