@@ -8,6 +8,8 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 TORCH     := 2.9.0
+TORCHVISION := 0.24.0
+TIMM      := 1.0.22
 STORE     ?= artifacts
 CARGO     ?= cargo
 TASK      ?=
@@ -19,12 +21,12 @@ TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 
 .PHONY: pipeline status gc test test-flex test-tch bench venv clean-venv
 
-$(VENV)/.installed:
+$(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH) pyarrow pandas numpy
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH) torchvision==$(TORCHVISION) timm==$(TIMM) pyarrow pandas numpy
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed-$(TORCH)-$(TIMM)
 
 # Stage binaries without tensors, and those with (built with the backend feature).
 PLAIN_BINS  := graft-runner graft-prep

@@ -339,13 +339,26 @@ fn dtd_pipeline_file_runs_on_a_miniature_dtd() {
     mini_dtd(dir.path());
     let store = dir.path().join("store");
     let pipe = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/dtd.toml");
-    let small = ["-S", "prep.image_size=16", "-S", "prep.train=7", "-S", "prep.val=3"];
+    let small = [
+        "-S",
+        "prep.image_size=16",
+        "-S",
+        "prep.train=7",
+        "-S",
+        "prep.val=3",
+    ];
     // Without the data set: a clear error, nothing written.
     let o = run(graft(&store).args(["run", pipe]).args(small));
     assert!(!o.status.success());
     assert!(stderr(&o).contains("DTD_DIR"), "{}", stderr(&o));
-    let out = ok(graft(&store).args(["run", pipe]).args(small).env("DTD_DIR", dir.path()));
+    let out = ok(graft(&store)
+        .args(["run", pipe])
+        .args(small)
+        .env("DTD_DIR", dir.path()));
     assert_eq!(status_of(&out, "prep"), "ran", "{out}");
-    let out = ok(graft(&store).args(["run", pipe]).args(small).env("DTD_DIR", dir.path()));
+    let out = ok(graft(&store)
+        .args(["run", pipe])
+        .args(small)
+        .env("DTD_DIR", dir.path()));
     assert_eq!(status_of(&out, "prep"), "fresh", "{out}");
 }

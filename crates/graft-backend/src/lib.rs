@@ -28,10 +28,12 @@ pub enum BackendError {
     NoCpu,
 }
 
-/// Name of the backend this build uses for `cpu`: `tch`, `flex` or `none`.
+/// Name of the backend this build uses for `cuda` (or `cpu` without CUDA): `tch`, `cuda`, `flex` or `none`.
 pub fn backend_name() -> &'static str {
     if cfg!(feature = "tch") {
         "tch"
+    } else if cfg!(feature = "cuda") {
+        "cuda"
     } else if cfg!(feature = "flex") {
         "flex"
     } else {

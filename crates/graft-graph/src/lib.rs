@@ -15,7 +15,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
     #[error("edge ({i}, {j}) is outside the graph: nodes are 0..={max} for {layers} blocks")]
-    OutOfRange { i: usize, j: usize, max: usize, layers: usize },
+    OutOfRange {
+        i: usize,
+        j: usize,
+        max: usize,
+        layers: usize,
+    },
     #[error("edge ({i}, {j}) appears twice in the placement")]
     Duplicate { i: usize, j: usize },
     #[error("cannot read {text:?} as an edge: expected \"i-j\", \"(i, j)\" or \"i,j\"")]
@@ -37,7 +42,12 @@ pub enum EdgeKind {
 }
 
 impl EdgeKind {
-    pub const ALL: [EdgeKind; 4] = [EdgeKind::Parallel, EdgeKind::Sequential, EdgeKind::LongRange, EdgeKind::Recurrent];
+    pub const ALL: [EdgeKind; 4] = [
+        EdgeKind::Parallel,
+        EdgeKind::Sequential,
+        EdgeKind::LongRange,
+        EdgeKind::Recurrent,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -80,9 +90,13 @@ impl Edge {
         match parts.as_slice() {
             [a, b] => match (a.parse(), b.parse()) {
                 (Ok(i), Ok(j)) => Ok(Edge { i, j }),
-                _ => Err(GraphError::Parse { text: text.to_owned() }),
+                _ => Err(GraphError::Parse {
+                    text: text.to_owned(),
+                }),
             },
-            _ => Err(GraphError::Parse { text: text.to_owned() }),
+            _ => Err(GraphError::Parse {
+                text: text.to_owned(),
+            }),
         }
     }
 }
@@ -112,7 +126,12 @@ impl Graph {
     pub fn check(self, e: Edge) -> Result<Edge, GraphError> {
         let max = 2 * self.layers;
         if e.i > max || e.j > max {
-            return Err(GraphError::OutOfRange { i: e.i, j: e.j, max, layers: self.layers });
+            return Err(GraphError::OutOfRange {
+                i: e.i,
+                j: e.j,
+                max,
+                layers: self.layers,
+            });
         }
         Ok(e)
     }
@@ -129,7 +148,9 @@ impl Graph {
 
     /// The 2L parallel edges: "adapters in every block".
     pub fn parallel_all(self) -> Placement {
-        Placement { edges: self.edges_of(EdgeKind::Parallel).collect() }
+        Placement {
+            edges: self.edges_of(EdgeKind::Parallel).collect(),
+        }
     }
 }
 
@@ -140,7 +161,10 @@ pub struct Placement {
 }
 
 impl Placement {
-    pub fn new(graph: Graph, edges: impl IntoIterator<Item = Edge>) -> Result<Placement, GraphError> {
+    pub fn new(
+        graph: Graph,
+        edges: impl IntoIterator<Item = Edge>,
+    ) -> Result<Placement, GraphError> {
         let mut seen = BTreeSet::new();
         for e in edges {
             graph.check(e)?;
@@ -148,7 +172,9 @@ impl Placement {
                 return Err(GraphError::Duplicate { i: e.i, j: e.j });
             }
         }
-        Ok(Placement { edges: seen.into_iter().collect() })
+        Ok(Placement {
+            edges: seen.into_iter().collect(),
+        })
     }
 
     pub fn empty() -> Placement {
@@ -173,7 +199,11 @@ impl Placement {
 
     /// Where the second pass starts: the smallest output node of a recurrent edge.
     pub fn second_pass_start(&self) -> Option<usize> {
-        self.edges.iter().filter(|e| e.kind() == EdgeKind::Recurrent).map(|e| e.j).min()
+        self.edges
+            .iter()
+            .filter(|e| e.kind() == EdgeKind::Recurrent)
+            .map(|e| e.j)
+            .min()
     }
 }
 
@@ -199,7 +229,11 @@ impl Dims {
     /// odd k attention (qkv, scores, weighted sum, projection), even k MLP.
     pub fn sublayer_flops(&self, k: usize) -> u64 {
         let (t, d, m) = (self.tokens() as u64, self.dim as u64, self.mlp_dim as u64);
-        if k % 2 == 1 { 2 * (t * d * 3 * d + 2 * t * t * d + t * d * d) } else { 2 * (2 * t * d * m) }
+        if k % 2 == 1 {
+            2 * (t * d * 3 * d + 2 * t * t * d + t * d * d)
+        } else {
+            2 * (2 * t * d * m)
+        }
     }
 
     /// Patch embedding per image.
@@ -231,10 +265,16 @@ pub fn forward_flops(dims: &Dims, placement: &Placement, r: usize) -> u64 {
     let two_l = 2 * dims.layers;
     let blocks: u64 = (1..=two_l).map(|k| dims.sublayer_flops(k)).sum();
     let mut total = dims.embed_flops() + blocks + dims.head_flops();
-    let forward: Vec<&Edge> = placement.edges().iter().filter(|e| e.kind() != EdgeKind::Recurrent).collect();
+    let forward: Vec<&Edge> = placement
+        .edges()
+        .iter()
+        .filter(|e| e.kind() != EdgeKind::Recurrent)
+        .collect();
     total += forward.len() as u64 * dims.adapter_flops(r);
     if let Some(start) = placement.second_pass_start() {
-        total += (start + 1..=two_l).map(|k| dims.sublayer_flops(k)).sum::<u64>();
+        total += (start + 1..=two_l)
+            .map(|k| dims.sublayer_flops(k))
+            .sum::<u64>();
         let again = forward.iter().filter(|e| e.j >= start).count() as u64;
         let recurrent = (placement.len() - forward.len()) as u64;
         total += (again + recurrent) * dims.adapter_flops(r);
@@ -251,7 +291,10 @@ mod tests {
         let g = Graph::new(12);
         assert_eq!(g.nodes(), 25);
         assert_eq!(g.edges().count(), 625);
-        let counts: Vec<usize> = EdgeKind::ALL.iter().map(|k| g.edges_of(*k).count()).collect();
+        let counts: Vec<usize> = EdgeKind::ALL
+            .iter()
+            .map(|k| g.edges_of(*k).count())
+            .collect();
         assert_eq!(counts, [24, 25, 276, 300]);
         assert_eq!(g.parallel_all().len(), 24);
     }
@@ -260,7 +303,10 @@ mod tests {
     fn bad_edges_are_rejected_by_name() {
         let g = Graph::new(2);
         let e = Placement::new(g, [Edge::new(0, 5)]).unwrap_err();
-        assert_eq!(e.to_string(), "edge (0, 5) is outside the graph: nodes are 0..=4 for 2 blocks");
+        assert_eq!(
+            e.to_string(),
+            "edge (0, 5) is outside the graph: nodes are 0..=4 for 2 blocks"
+        );
         assert!(Placement::new(g, [Edge::new(1, 2), Edge::new(1, 2)]).is_err());
         assert_eq!(Edge::parse("(3, 5)").unwrap(), Edge::new(3, 5));
         assert_eq!(Edge::parse("3-5").unwrap(), Edge::new(3, 5));
@@ -268,7 +314,15 @@ mod tests {
     }
 
     fn dims() -> Dims {
-        Dims { image_size: 224, patch_size: 16, channels: 3, dim: 768, layers: 12, mlp_dim: 3072, classes: 47 }
+        Dims {
+            image_size: 224,
+            patch_size: 16,
+            channels: 3,
+            dim: 768,
+            layers: 12,
+            mlp_dim: 3072,
+            classes: 47,
+        }
     }
 
     #[test]
@@ -290,6 +344,9 @@ mod tests {
         let d = dims();
         let g = Graph::new(12);
         let plain = forward_flops(&d, &Placement::empty(), 8);
-        assert_eq!(forward_flops(&d, &g.parallel_all(), 8), plain + 24 * d.adapter_flops(8));
+        assert_eq!(
+            forward_flops(&d, &g.parallel_all(), 8),
+            plain + 24 * d.adapter_flops(8)
+        );
     }
 }

@@ -37,19 +37,32 @@ struct HeaderEntry {
 }
 
 /// Keys, shapes and dtypes of a safetensors file, and its metadata, from the header alone.
-pub fn read_header(path: &Path) -> Result<(BTreeMap<String, (Vec<usize>, String)>, BTreeMap<String, String>), ModelError> {
-    let err = |message: String| ModelError::Checkpoint { path: path.display().to_string(), message };
+pub fn read_header(
+    path: &Path,
+) -> Result<
+    (
+        BTreeMap<String, (Vec<usize>, String)>,
+        BTreeMap<String, String>,
+    ),
+    ModelError,
+> {
+    let err = |message: String| ModelError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
     let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    f.read_exact(&mut len)
+        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let len = u64::from_le_bytes(len);
     if len > 100_000_000 {
         return Err(err(format!("not a safetensors file: header length {len}")));
     }
     let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(|e| err(format!("truncated safetensors header: {e}")))?;
-    let mut map: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| err(format!("invalid safetensors header: {e}")))?;
+    f.read_exact(&mut header)
+        .map_err(|e| err(format!("truncated safetensors header: {e}")))?;
+    let mut map: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| err(format!("invalid safetensors header: {e}")))?;
     let metadata: BTreeMap<String, String> = map
         .remove("__metadata__")
         .map(serde_json::from_value)
@@ -58,7 +71,8 @@ pub fn read_header(path: &Path) -> Result<(BTreeMap<String, (Vec<usize>, String)
         .unwrap_or_default();
     let mut tensors = BTreeMap::new();
     for (k, v) in map {
-        let e: HeaderEntry = serde_json::from_value(v).map_err(|e| err(format!("tensor {k}: {e}")))?;
+        let e: HeaderEntry =
+            serde_json::from_value(v).map_err(|e| err(format!("tensor {k}: {e}")))?;
         tensors.insert(k, (e.shape, e.dtype));
     }
     Ok((tensors, metadata))
@@ -127,37 +141,64 @@ pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
             }
         }
     }
-    let unexpected: Vec<String> = tensors.keys().filter(|k| !expected.contains_key(*k)).cloned().collect();
+    let unexpected: Vec<String> = tensors
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .cloned()
+        .collect();
     if !missing.is_empty() || !unexpected.is_empty() || !shapes.is_empty() {
         return Err(ModelError::Mismatch {
             path: shown,
-            preset: format!("d={} L={} patch={} image={}", vit.config.dim, vit.config.depth, vit.config.patch_size, vit.config.image_size),
+            preset: format!(
+                "d={} L={} patch={} image={}",
+                vit.config.dim, vit.config.depth, vit.config.patch_size, vit.config.image_size
+            ),
             missing,
             unexpected,
             shapes,
         });
     }
-    let head_fits = ["head.weight", "head.bias"].iter().all(|k| tensors.get(*k).map(|t| &t.0) == expected.get(*k));
+    let head_fits = ["head.weight", "head.bias"]
+        .iter()
+        .all(|k| tensors.get(*k).map(|t| &t.0) == expected.get(*k));
     let head_kept_fresh = if head_fits {
         None
     } else if let Some((shape, _)) = tensors.get("head.weight") {
-        Some(format!("the file's head has {} classes, the model {}", shape.first().copied().unwrap_or(0), vit.config.classes))
+        Some(format!(
+            "the file's head has {} classes, the model {}",
+            shape.first().copied().unwrap_or(0),
+            vit.config.classes
+        ))
     } else {
         Some("the file has no head".to_owned())
     };
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter)
-        .with_predicate(if head_fits { not_adapter } else { backbone_only })
+        .with_predicate(if head_fits {
+            not_adapter
+        } else {
+            backbone_only
+        })
         .allow_partial(true)
         .validate(false);
     let result = vit
         .load_from(&mut store)
-        .map_err(|e| ModelError::Checkpoint { path: shown.clone(), message: e.to_string() })?;
+        .map_err(|e| ModelError::Checkpoint {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
     if !result.errors.is_empty() {
         let msgs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
-        return Err(ModelError::Checkpoint { path: shown, message: msgs.join("; ") });
+        return Err(ModelError::Checkpoint {
+            path: shown,
+            message: msgs.join("; "),
+        });
     }
-    Ok(LoadReport { tensors: result.applied.len(), head_kept_fresh, metadata })
+    Ok(LoadReport {
+        tensors: result.applied.len(),
+        head_kept_fresh,
+        metadata,
+    })
 }
 
 /// Writes the backbone and head in timm's names and layout (adapters left out).
@@ -168,7 +209,10 @@ pub fn save_timm(vit: &Vit, path: &Path) -> Result<(), ModelError> {
         .metadata("format", "pt")
         .overwrite(true);
     vit.save_into(&mut store)
-        .map_err(|e| ModelError::Checkpoint { path: path.display().to_string(), message: e.to_string() })
+        .map_err(|e| ModelError::Checkpoint {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
 }
 
 /// What an adapter file says about itself (its safetensors metadata).
@@ -184,9 +228,16 @@ pub struct AdapterMeta {
 /// Writes the adapters (as `adapters.{i}_{j}.*`) and the head.
 pub fn save_adapters(vit: &Vit, path: &Path, preset: &str, base: &str) -> Result<(), ModelError> {
     let Some(first) = vit.adapters.first() else {
-        return Err(ModelError::Checkpoint { path: path.display().to_string(), message: "the model has no adapters".into() });
+        return Err(ModelError::Checkpoint {
+            path: path.display().to_string(),
+            message: "the model has no adapters".into(),
+        });
     };
-    let adapter = AdapterConfig { rank: first.down.weight.val().dims()[1], act: first.act, scale: first.scale };
+    let adapter = AdapterConfig {
+        rank: first.down.weight.val().dims()[1],
+        act: first.act,
+        scale: first.scale,
+    };
     let meta = AdapterMeta {
         placement: vit.adapters.iter().map(|a| a.edge()).collect(),
         adapter,
@@ -196,20 +247,34 @@ pub fn save_adapters(vit: &Vit, path: &Path, preset: &str, base: &str) -> Result
     let mut store = SafetensorsStore::from_file(path)
         .with_to_adapter(BurnToPyTorchAdapter)
         .with_predicate(adapters_and_head)
-        .metadata("graft.adapters", serde_json::to_string(&meta).unwrap_or_default())
+        .metadata(
+            "graft.adapters",
+            serde_json::to_string(&meta).unwrap_or_default(),
+        )
         .overwrite(true);
     for (idx, a) in vit.adapters.iter().enumerate() {
-        store = store.with_key_remapping(format!(r"^adapters\.{idx}\."), format!("adapters.{}_{}.", a.src, a.dst));
+        store = store.with_key_remapping(
+            format!(r"^adapters\.{idx}\."),
+            format!("adapters.{}_{}.", a.src, a.dst),
+        );
     }
     vit.save_into(&mut store)
-        .map_err(|e| ModelError::Checkpoint { path: path.display().to_string(), message: e.to_string() })
+        .map_err(|e| ModelError::Checkpoint {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
 }
 
 /// Reads an adapter file's metadata.
 pub fn adapter_meta(path: &Path) -> Result<AdapterMeta, ModelError> {
     let (_, metadata) = read_header(path)?;
-    let err = |message: String| ModelError::Checkpoint { path: path.display().to_string(), message };
-    let text = metadata.get("graft.adapters").ok_or_else(|| err("no graft.adapters metadata: not a graft adapter file".into()))?;
+    let err = |message: String| ModelError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = metadata
+        .get("graft.adapters")
+        .ok_or_else(|| err("no graft.adapters metadata: not a graft adapter file".into()))?;
     serde_json::from_str(text).map_err(|e| err(format!("invalid graft.adapters metadata: {e}")))
 }
 
@@ -225,9 +290,17 @@ pub fn load_adapters(vit: Vit, path: &Path) -> Result<(Vit, AdapterMeta), ModelE
         .allow_partial(true)
         .validate(false);
     for (idx, e) in placement.edges().iter().enumerate() {
-        store = store.with_key_remapping(format!(r"^adapters\.{}_{}\.", e.i, e.j), format!("adapters.{idx}."));
+        store = store.with_key_remapping(
+            format!(r"^adapters\.{}_{}\.", e.i, e.j),
+            format!("adapters.{idx}."),
+        );
     }
-    let result = vit.load_from(&mut store).map_err(|e| ModelError::Checkpoint { path: shown.clone(), message: e.to_string() })?;
+    let result = vit
+        .load_from(&mut store)
+        .map_err(|e| ModelError::Checkpoint {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
     let missing: Vec<String> = result
         .missing
         .iter()
@@ -242,7 +315,10 @@ pub fn load_adapters(vit: Vit, path: &Path) -> Result<(Vit, AdapterMeta), ModelE
         if !result.unused.is_empty() {
             msgs.push(format!("unexpected: {}", result.unused.join(", ")));
         }
-        return Err(ModelError::Checkpoint { path: shown, message: msgs.join("; ") });
+        return Err(ModelError::Checkpoint {
+            path: shown,
+            message: msgs.join("; "),
+        });
     }
     Ok((vit, meta))
 }

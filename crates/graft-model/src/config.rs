@@ -26,7 +26,13 @@ pub struct VitConfig {
 }
 
 /// Named presets: the timm ViTs and two small CPU models.
-pub const PRESETS: &[&str] = &["vit-b16", "vit-s16", "vit-ti16", "vit-cpu-small", "vit-cpu-tiny"];
+pub const PRESETS: &[&str] = &[
+    "vit-b16",
+    "vit-s16",
+    "vit-ti16",
+    "vit-cpu-small",
+    "vit-cpu-tiny",
+];
 
 impl VitConfig {
     /// A named preset with `classes` outputs.

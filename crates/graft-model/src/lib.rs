@@ -38,11 +38,21 @@ pub enum ModelError {
         unexpected = list("unexpected keys", unexpected),
         shapes = list("shape mismatches", shapes)
     )]
-    Mismatch { path: String, preset: String, missing: Vec<String>, unexpected: Vec<String>, shapes: Vec<String> },
+    Mismatch {
+        path: String,
+        preset: String,
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+        shapes: Vec<String>,
+    },
 }
 
 fn list(what: &str, items: &[String]) -> String {
-    if items.is_empty() { String::new() } else { format!("\n  {what} ({}): {}", items.len(), items.join(", ")) }
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("\n  {what} ({}): {}", items.len(), items.join(", "))
+    }
 }
 
 /// Touches every parameter so lazily initialised weights are drawn now, in module order.
@@ -83,14 +93,20 @@ impl Vit {
         let trainable = match self.trainable {
             Trainable::Full => all,
             Trainable::HeadOnly => self.head.num_params(),
-            Trainable::Adapters => self.head.num_params() + self.adapters.iter().map(Module::num_params).sum::<usize>(),
+            Trainable::Adapters => {
+                self.head.num_params() + self.adapters.iter().map(Module::num_params).sum::<usize>()
+            }
         };
         ParamCount { trainable, all }
     }
 
     /// Analytic forward FLOPs per image of this model with its placement.
     pub fn forward_flops(&self) -> u64 {
-        let rank = self.adapters.first().map(|a| a.down.weight.val().dims()[1]).unwrap_or(0);
+        let rank = self
+            .adapters
+            .first()
+            .map(|a| a.down.weight.val().dims()[1])
+            .unwrap_or(0);
         graft_graph::forward_flops(&self.config.dims(), &self.placement(), rank)
     }
 }

@@ -1,8 +1,8 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, relu, softmax};
 use burn::tensor::Gradients;
+use burn::tensor::activation::{gelu, relu, softmax};
 use burn::tensor::{Device, Tensor};
 use graft_graph::{Edge, EdgeKind, Placement};
 
@@ -92,7 +92,9 @@ impl Adapter {
     pub fn new(edge: Edge, dim: usize, config: &AdapterConfig, device: &Device) -> Adapter {
         Adapter {
             down: LinearConfig::new(dim, config.rank).init(device),
-            up: LinearConfig::new(config.rank, dim).with_initializer(Initializer::Zeros).init(device),
+            up: LinearConfig::new(config.rank, dim)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
             src: edge.i,
             dst: edge.j,
             act: config.act,
@@ -141,23 +143,51 @@ impl VitConfig {
     /// order, and thus the weights for a seed, do not depend on what runs first).
     pub fn init(&self, device: &Device) -> Vit {
         let d = self.dim;
-        let ln = || LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device);
-        let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 }).init(device);
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.norm_eps)
+                .init(device)
+        };
+        let lin = |i, o| {
+            LinearConfig::new(i, o)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device)
+        };
         let blocks = (0..self.depth)
             .map(|_| Block {
                 norm1: ln(),
-                attn: Attention { qkv: lin(d, 3 * d), proj: lin(d, d), heads: self.heads },
+                attn: Attention {
+                    qkv: lin(d, 3 * d),
+                    proj: lin(d, d),
+                    heads: self.heads,
+                },
                 norm2: ln(),
-                mlp: Mlp { fc1: lin(d, self.mlp_dim()), fc2: lin(self.mlp_dim(), d) },
+                mlp: Mlp {
+                    fc1: lin(d, self.mlp_dim()),
+                    fc2: lin(self.mlp_dim(), d),
+                },
             })
             .collect();
         let p = self.patch_size;
         let vit = Vit {
             patch_embed: PatchEmbed {
-                proj: Conv2dConfig::new([self.channels, d], [p, p]).with_stride([p, p]).init(device),
+                proj: Conv2dConfig::new([self.channels, d], [p, p])
+                    .with_stride([p, p])
+                    .init(device),
             },
-            cls_token: Initializer::Normal { mean: 0.0, std: 0.02 }.init([1, 1, d], device),
-            pos_embed: Initializer::Normal { mean: 0.0, std: 0.02 }.init([1, self.tokens(), d], device),
+            cls_token: Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            }
+            .init([1, 1, d], device),
+            pos_embed: Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            }
+            .init([1, self.tokens(), d], device),
             blocks,
             norm: ln(),
             head: lin(d, self.classes),
@@ -202,13 +232,21 @@ impl Vit {
     }
 
     /// Replaces the adapters with one new adapter per edge of `placement`.
-    pub fn with_placement(mut self, placement: &Placement, config: &AdapterConfig) -> Result<Vit, ModelError> {
+    pub fn with_placement(
+        mut self,
+        placement: &Placement,
+        config: &AdapterConfig,
+    ) -> Result<Vit, ModelError> {
         let device = self.cls_token.val().device();
         let graph = self.graph();
         for e in placement.edges() {
             graph.check(*e)?;
         }
-        self.adapters = placement.edges().iter().map(|e| Adapter::new(*e, self.config.dim, config, &device)).collect();
+        self.adapters = placement
+            .edges()
+            .iter()
+            .map(|e| Adapter::new(*e, self.config.dim, config, &device))
+            .collect();
         let trainable = self.trainable;
         Ok(crate::materialize(self).with_trainable(trainable))
     }
@@ -221,7 +259,11 @@ impl Vit {
         };
         m.head = m.head.set_require_grad(true);
         if mode == Trainable::Adapters {
-            m.adapters = m.adapters.into_iter().map(|a| a.set_require_grad(true)).collect();
+            m.adapters = m
+                .adapters
+                .into_iter()
+                .map(|a| a.set_require_grad(true))
+                .collect();
         }
         m.trainable = mode;
         m
@@ -254,12 +296,24 @@ impl Vit {
 
     /// One pass over nodes `start..=2L`: `nodes` holds the nodes below `start` on entry and
     /// all of them on return. `first` (pass 1's nodes) feeds the recurrent edges.
-    fn pass(&self, x0: &Tensor<3>, nodes: &mut Vec<Tensor<3>>, start: usize, first: Option<&[Tensor<3>]>) {
+    fn pass(
+        &self,
+        x0: &Tensor<3>,
+        nodes: &mut Vec<Tensor<3>>,
+        start: usize,
+        first: Option<&[Tensor<3>]>,
+    ) {
         for k in start..=2 * self.config.depth {
-            let mut x = if k == 0 { x0.clone() } else { self.sublayer(k, nodes[k - 1].clone()) };
+            let mut x = if k == 0 {
+                x0.clone()
+            } else {
+                self.sublayer(k, nodes[k - 1].clone())
+            };
             for a in &self.adapters {
                 match a.edge().kind() {
-                    EdgeKind::Parallel | EdgeKind::LongRange if a.dst == k => x = x + a.forward(nodes[a.src].clone()),
+                    EdgeKind::Parallel | EdgeKind::LongRange if a.dst == k => {
+                        x = x + a.forward(nodes[a.src].clone())
+                    }
                     EdgeKind::Recurrent if a.dst == k => {
                         if let Some(first) = first {
                             x = x + a.forward(first[a.src].clone());
@@ -353,6 +407,10 @@ impl Vit {
             plain.push(x.clone());
         }
         let logits = self.head.forward(self.pool(x));
-        Ok(NodeTrace { logits, nodes, taps })
+        Ok(NodeTrace {
+            logits,
+            nodes,
+            taps,
+        })
     }
 }
