@@ -120,19 +120,7 @@ fn vtab_split_takes_the_first_lines_and_sorts_classes() {
     // The same data elsewhere on disk is the same key: the path is not part of it.
     let moved = dir.path().join("moved");
     std::fs::rename(&dtd, &moved).unwrap();
-    let out = ok(prep(&store)
-        .args([
-            "-p",
-            "source=dtd",
-            "-p",
-            "image_size=16",
-            "-p",
-            "train=7",
-            "-p",
-            "val=3",
-        ])
-        .arg("-p")
-        .arg(format!("path={}", moved.display())));
+    let out = ok(prep(&store).args(small_dtd(&moved)));
     assert!(out.contains("fresh"), "{out}");
     // Changing one image's content is a new key.
     let some = std::fs::read_dir(moved.join("images/banded"))
@@ -144,42 +132,27 @@ fn vtab_split_takes_the_first_lines_and_sorts_classes() {
     image::RgbImage::from_pixel(20, 20, image::Rgb([1, 2, 3]))
         .save(&some)
         .unwrap();
-    let out = ok(prep(&store)
-        .args([
-            "-p",
-            "source=dtd",
-            "-p",
-            "image_size=16",
-            "-p",
-            "train=7",
-            "-p",
-            "val=3",
-        ])
-        .arg("-p")
-        .arg(format!("path={}", moved.display())));
+    let out = ok(prep(&store).args(small_dtd(&moved)));
     assert!(
         out.contains("ran") && out.contains("input source changed"),
         "{out}"
     );
 }
 
+/// Parameters of a small DTD prep run on the tree at `path`.
+fn small_dtd(path: &Path) -> Vec<String> {
+    ["source=dtd", "image_size=16", "train=7", "val=3"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("path={}", path.display())])
+        .flat_map(|p| ["-p".to_owned(), p])
+        .collect()
+}
+
 /// Runs prep on a broken tree and checks the error and that the store did not change.
 fn expect_error(store: &Path, path: &Path, extra: &[&str], needles: &[&str]) {
     let before = snapshot(store);
-    let o = run(prep(store)
-        .args([
-            "-p",
-            "source=dtd",
-            "-p",
-            "image_size=16",
-            "-p",
-            "train=7",
-            "-p",
-            "val=3",
-        ])
-        .args(extra)
-        .arg("-p")
-        .arg(format!("path={}", path.display())));
+    let o = run(prep(store).args(small_dtd(path)).args(extra));
     assert!(!o.status.success(), "expected failure");
     let err = stderr(&o);
     for n in needles {

@@ -356,6 +356,13 @@ fn read_tensor(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
     (data, t.shape().to_vec())
 }
 
+fn worst_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max)
+}
+
 fn check_against_timm(config: VitConfig, seed: u64) {
     let json = serde_json::json!({
         "image_size": config.image_size, "patch_size": config.patch_size, "dim": config.dim,
@@ -379,11 +386,7 @@ fn check_against_timm(config: VitConfig, seed: u64) {
     );
     let got: Vec<f32> = vit.forward(x).into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(got.len(), wshape.iter().product::<usize>());
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = worst_diff(&got, &want);
     assert!(
         worst < 1e-4,
         "graft vs timm logits differ by {worst} for {config:?}"
@@ -406,11 +409,7 @@ fn check_against_timm(config: VitConfig, seed: u64) {
         out.to_str().unwrap(),
     ]);
     let (back, _) = read_tensor(&out, "logits");
-    let worst = back
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = worst_diff(&back, &want);
     assert!(
         worst < 1e-4,
         "timm on graft's checkpoint differs by {worst}"
