@@ -30,7 +30,7 @@ venv: $(VENV)/.installed-$(TORCH)-$(TIMM)
 
 # Stage binaries without tensors, and those with (built with the backend feature).
 PLAIN_BINS  := graft-runner graft-prep
-TENSOR_BINS :=
+TENSOR_BINS := graft-pretrain
 
 # Uses tch when PyTorch can be installed, flex otherwise (said out loud).
 pipeline:
@@ -43,7 +43,7 @@ pipeline:
 	fi; \
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS)) || exit 1; \
 	if [ -n "$(strip $(TENSOR_BINS))" ]; then \
-		if [ $$backend = tch ]; then $(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --features tch || exit 1; \
+		if [ $$backend = tch ]; then $(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch || exit 1; \
 		else $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) || exit 1; fi; \
 	fi; \
 	if [ $$backend = tch ]; then export $(TCH_ENV); fi; \
@@ -63,7 +63,7 @@ test-flex: venv
 	$(CARGO) test --workspace
 
 test-tch: venv
-	$(TCH_ENV) $(CARGO) test -p graft-backend -p graft-model --no-default-features --features tch
+	$(TCH_ENV) $(CARGO) test -p graft-backend -p graft-model -p graft-train --no-default-features --features tch
 
 bench:
 	$(CARGO) build --release --workspace --bins

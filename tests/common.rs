@@ -10,7 +10,7 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>")
         .to_path_buf();
-    for b in ["graft", "graft-prep"] {
+    for b in ["graft", "graft-prep", "graft-pretrain"] {
         assert!(
             dir.join(b).exists(),
             "{} is not built: run `cargo build --workspace --bins` first (`make test` does)",

@@ -211,3 +211,57 @@ fn default_pipeline_is_embedded() {
     assert_eq!(status_of(&out, "prep"), "stale", "{out}");
     assert!(out.contains("no previous run"), "{out}");
 }
+
+#[test]
+fn pretrain_stage_trains_once_and_publishes_a_timm_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let path = dir.path().join("pre.toml");
+    std::fs::write(
+        &path,
+        r#"
+[stages.src]
+kind = "prep"
+params = { source = "procedural", task = "source", image_size = 16, train = 96, val = 32, test = 32 }
+[stages.pretrain]
+kind = "pretrain"
+inputs = { dataset = "src" }
+params = { preset = "vit-cpu-tiny", epochs = 2, batch = 32, lr = 0.002 }
+"#,
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let first = ok(graft(&store).args(["run", p]));
+    assert_eq!(status_of(&first, "pretrain"), "ran", "{first}");
+    let id = slot_artifact(&store, "pre/pretrain");
+    let obj = store.join("objects").join(&id);
+    for f in ["model.safetensors", "history.parquet", "summary.json"] {
+        assert!(obj.join(f).exists(), "{f} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(obj.join("summary.json")).unwrap()).unwrap();
+    let acc = summary["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{summary}");
+    let (history, _) = graft_store::table::read_parquet(&obj.join("history.parquet")).unwrap();
+    assert_eq!(history.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+
+    let second = ok(graft(&store).args(["run", p]));
+    assert_eq!(status_of(&second, "pretrain"), "fresh", "{second}");
+    // Where it runs is not part of the key.
+    let third = ok(graft(&store).args(["run", p, "-S", "pretrain.device=cpu"]));
+    assert_eq!(status_of(&third, "pretrain"), "fresh", "{third}");
+
+    // A preset whose image size does not match the data set: a clear error, nothing published.
+    let before = snapshot(&store);
+    let o = run(graft(&store).args(["run", p, "-S", "pretrain.preset=vit-cpu-small"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("takes 32 px images") && stderr(&o).contains("has 16 px"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(snapshot(&store), before);
+    let o = run(graft(&store).args(["run", p, "-S", "pretrain.preset=vit-huge"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("vit-huge"), "{}", stderr(&o));
+}

@@ -1,0 +1,220 @@
+//! The pretrain stage: trains a ViT preset from scratch (every parameter trainable) on a
+//! dataset artifact, so the embedded default and CI have a pretrained backbone without any
+//! download. Outputs `model.safetensors` (timm names), `history.parquet` (one row per
+//! epoch) and `summary.json` (accuracies on the source task, speed, backend).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use graft_model::{Trainable, VitConfig};
+use graft_stage::{BoxError, Stage};
+use graft_store::{Artifact, Publisher};
+use graft_train::{DatasetInfo, Split, TrainConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Parameters of the pretrain stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainParams {
+    /// A preset of `graft_model::PRESETS`.
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_epochs: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:k`: where it runs, not what it computes (left out of the key).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_preset() -> String {
+    "vit-cpu-small".into()
+}
+fn default_epochs() -> usize {
+    10
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_wd() -> f64 {
+    0.05
+}
+fn default_warmup() -> f64 {
+    1.0
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// The stage.
+pub struct Pretrain;
+
+impl Stage for Pretrain {
+    const NAME: &'static str = "pretrain";
+    const VERSION: u32 = 1;
+    type Params = PretrainParams;
+
+    fn input_names(_: &PretrainParams) -> Vec<&'static str> {
+        vec!["dataset"]
+    }
+
+    fn validate(p: PretrainParams) -> Result<PretrainParams, BoxError> {
+        if VitConfig::preset(&p.preset, 1).is_none() {
+            return Err(format!(
+                "preset = {:?} is not a preset (known: {})",
+                p.preset,
+                graft_model::PRESETS.join(", ")
+            )
+            .into());
+        }
+        if p.epochs == 0 || p.batch == 0 {
+            return Err("epochs and batch must be at least 1".into());
+        }
+        if !(p.lr > 0.0 && p.lr.is_finite()) {
+            return Err(format!("lr = {} must be positive", p.lr).into());
+        }
+        graft_backend::device(&p.device)?;
+        Ok(p)
+    }
+
+    fn location_params() -> &'static [&'static str] {
+        &["device"]
+    }
+
+    fn run(
+        p: &PretrainParams,
+        inputs: &BTreeMap<String, Artifact>,
+        out: &Publisher,
+    ) -> Result<BTreeMap<String, Value>, BoxError> {
+        let dataset = &inputs["dataset"];
+        let info = DatasetInfo::read(dataset.dir())?;
+        let pre = &info.preprocessing;
+        let config = VitConfig::preset(&p.preset, info.classes.len()).expect("validated");
+        if config.image_size != pre.image_size {
+            return Err(format!(
+                "preset {} takes {} px images but dataset {} has {} px (set the prep stage's image_size)",
+                p.preset,
+                config.image_size,
+                dataset.id().short(),
+                pre.image_size
+            )
+            .into());
+        }
+        let train = Split::read(dataset.dir(), "train", pre.image_size)?;
+        let val = Split::read(dataset.dir(), "val", pre.image_size)?;
+        let test = Split::read(dataset.dir(), "test", pre.image_size)?;
+        let device = graft_backend::device(&p.device)?;
+        device.seed(p.seed);
+        let model = config.init(&device).with_trainable(Trainable::Full);
+        let tc = TrainConfig::new(p.epochs, p.lr)
+            .with_batch(p.batch)
+            .with_weight_decay(p.weight_decay)
+            .with_warmup_epochs(p.warmup_epochs)
+            .with_seed(p.seed);
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "pretrain {bar:30} {pos}/{len} steps loss {msg} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let result = graft_train::fit(
+            model,
+            &train,
+            &val,
+            pre,
+            &tc,
+            &device,
+            |step, total, loss| {
+                bar.set_length(total as u64);
+                bar.set_position(step as u64);
+                bar.set_message(format!("{loss:.3}"));
+            },
+        )?;
+        bar.finish_and_clear();
+        let test_accuracy = graft_train::evaluate(&result.model, &test, pre, &device, p.batch);
+        graft_model::checkpoint::save_timm(&result.model, &out.file("model.safetensors"))?;
+        write_history(&result.history, &out.file("history.parquet"))?;
+        let summary = json!({
+            "preset": p.preset,
+            "classes": info.classes,
+            "best_epoch": result.best_epoch,
+            "val_accuracy": result.best_val_accuracy,
+            "test_accuracy": test_accuracy,
+            "images_per_second": result.images_per_second,
+            "train_seconds": result.train_seconds,
+            "backend": graft_backend::backend_name(),
+            "device": p.device,
+            "params": result.model.param_count().all,
+        });
+        std::fs::write(
+            out.file("summary.json"),
+            serde_json::to_string_pretty(&summary)? + "\n",
+        )?;
+        eprintln!(
+            "pretrain: {} on {} classes, val {:.1} %, test {:.1} %, {:.0} images/s",
+            p.preset,
+            info.classes.len(),
+            100.0 * result.best_val_accuracy,
+            100.0 * test_accuracy,
+            result.images_per_second
+        );
+        Ok([
+            ("test_accuracy".to_owned(), json!(test_accuracy)),
+            ("val_accuracy".to_owned(), json!(result.best_val_accuracy)),
+            ("backend".to_owned(), json!(graft_backend::backend_name())),
+            ("device".to_owned(), json!(p.device)),
+            ("train_seconds".to_owned(), json!(result.train_seconds)),
+        ]
+        .into())
+    }
+}
+
+fn write_history(
+    history: &[graft_train::EpochRecord],
+    path: &std::path::Path,
+) -> Result<(), BoxError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("train_loss", DataType::Float64, false),
+        Field::new("val_accuracy", DataType::Float64, false),
+        Field::new("lr", DataType::Float64, false),
+        Field::new("seconds", DataType::Float64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                history.iter().map(|h| h.epoch as i64),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                history.iter().map(|h| h.train_loss),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                history.iter().map(|h| h.val_accuracy),
+            )),
+            Arc::new(Float64Array::from_iter_values(history.iter().map(|h| h.lr))),
+            Arc::new(Float64Array::from_iter_values(
+                history.iter().map(|h| h.seconds),
+            )),
+        ],
+    )?;
+    graft_store::table::write_parquet(path, schema, &[batch], &BTreeMap::new())?;
+    Ok(())
+}

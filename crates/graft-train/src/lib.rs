@@ -1,0 +1,210 @@
+//! The training protocol shared by the pretrain and fine-tune stages (spec section 4):
+//! AdamW, cosine schedule with linear warm-up, batches from a dataset artifact, accuracy on
+//! a held-out split after every epoch, and the weights of the best epoch kept.
+//!
+//! Principal types: [`TrainConfig`] (the protocol's knobs), [`Split`] and [`DatasetInfo`]
+//! (a dataset artifact in memory), [`fit`] (the loop) and [`evaluate`].
+//! A loss that is not finite stops the run with [`TrainError::NonFinite`].
+
+mod data;
+
+use std::time::Instant;
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::Device;
+use graft_model::Vit;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+pub use data::{DatasetInfo, Preprocessing, Split};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {message}")]
+    Data {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error(
+        "loss is {loss} at epoch {epoch}, step {step} (learning rate {lr:e}): training diverged"
+    )]
+    NonFinite {
+        loss: f32,
+        epoch: usize,
+        step: usize,
+        lr: f64,
+    },
+    #[error("empty split {0}")]
+    Empty(&'static str),
+}
+
+/// The training protocol.
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    #[config(default = 64)]
+    pub batch: usize,
+    #[config(default = 1e-4)]
+    pub weight_decay: f64,
+    /// Linear warm-up length, in epochs.
+    #[config(default = 1.0)]
+    pub warmup_epochs: f64,
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Learning rate at optimiser step `step` of `total`: linear warm-up, then cosine to 0.
+    pub fn lr_at(&self, step: usize, steps_per_epoch: usize) -> f64 {
+        let total = (self.epochs * steps_per_epoch).max(1) as f64;
+        let warm = (self.warmup_epochs * steps_per_epoch as f64)
+            .min(total - 1.0)
+            .max(0.0);
+        let s = step as f64;
+        if s < warm {
+            self.lr * (s + 1.0) / warm
+        } else {
+            let t = (s - warm) / (total - warm).max(1.0);
+            0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
+}
+
+/// One epoch of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_accuracy: f64,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+/// The outcome of [`fit`]: the best epoch's model and the curves.
+#[derive(Debug)]
+pub struct FitResult {
+    pub model: Vit,
+    pub best_epoch: usize,
+    pub best_val_accuracy: f64,
+    pub history: Vec<EpochRecord>,
+    /// Training throughput over all epochs (forward, backward and optimiser step).
+    pub images_per_second: f64,
+    pub train_seconds: f64,
+}
+
+/// Trains `model` (on the autodiff version of `device`) on `train`, choosing the epoch
+/// with the best accuracy on `val`. `on_step` is called after every optimiser step with
+/// (step, total steps, loss).
+pub fn fit(
+    model: Vit,
+    train: &Split,
+    val: &Split,
+    pre: &Preprocessing,
+    config: &TrainConfig,
+    device: &Device,
+    mut on_step: impl FnMut(usize, usize, f32),
+) -> Result<FitResult, TrainError> {
+    if train.is_empty() {
+        return Err(TrainError::Empty("train"));
+    }
+    if val.is_empty() {
+        return Err(TrainError::Empty("val"));
+    }
+    let ad = device.clone().autodiff();
+    // `train` moves the parameters onto the autodiff device as tracked leaves (`fork` and
+    // `to_device` to an autodiff device do not); the trainable mode is then applied there.
+    let mode = model.trainable;
+    let mut model = model.train().with_trainable(mode);
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let steps_per_epoch = train.len().div_ceil(config.batch);
+    let total = steps_per_epoch * config.epochs;
+    let mut step = 0;
+    let mut history = Vec::new();
+    let mut best: Option<(usize, f64, Vit)> = None;
+    let start = Instant::now();
+    let mut train_seconds = 0.0;
+    for epoch in 0..config.epochs {
+        let t0 = Instant::now();
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            config
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch as u64),
+        ));
+        let mut loss_sum = 0.0;
+        let mut lr = 0.0;
+        for chunk in order.chunks(config.batch) {
+            let (x, y) = train.batch(chunk, pre, &ad);
+            let loss = loss_fn.forward(model.forward(x), y);
+            let value = loss.clone().into_scalar::<f32>();
+            lr = config.lr_at(step, steps_per_epoch);
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    loss: value,
+                    epoch,
+                    step,
+                    lr,
+                });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            loss_sum += value as f64 * chunk.len() as f64;
+            step += 1;
+            on_step(step, total, value);
+        }
+        train_seconds += t0.elapsed().as_secs_f64();
+        let val_accuracy = evaluate(&model, val, pre, device, config.batch);
+        history.push(EpochRecord {
+            epoch,
+            train_loss: loss_sum / train.len() as f64,
+            val_accuracy,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        if best.as_ref().is_none_or(|(_, acc, _)| val_accuracy > *acc) {
+            best = Some((epoch, val_accuracy, model.clone()));
+        }
+    }
+    let _ = start;
+    let (best_epoch, best_val_accuracy, best_model) = best.ok_or(TrainError::Empty("epochs"))?;
+    Ok(FitResult {
+        model: best_model.valid().to_device(device),
+        best_epoch,
+        best_val_accuracy,
+        history,
+        images_per_second: (train.len() * config.epochs) as f64 / train_seconds.max(1e-9),
+        train_seconds,
+    })
+}
+
+/// Top-1 accuracy of `model` on `split`, without gradients, on `device`.
+pub fn evaluate(
+    model: &Vit,
+    split: &Split,
+    pre: &Preprocessing,
+    device: &Device,
+    batch: usize,
+) -> f64 {
+    let model = model.valid().to_device(device);
+    let mut correct = 0usize;
+    let rows: Vec<usize> = (0..split.len()).collect();
+    for chunk in rows.chunks(batch.max(1)) {
+        let (x, y) = split.batch(chunk, pre, device);
+        let pred = model.forward(x).argmax(1).flatten::<1>(0, 1);
+        correct += pred.equal(y).int().sum().into_scalar::<i64>() as usize;
+    }
+    correct as f64 / split.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,155 @@
+use burn::tensor::Tensor;
+use graft_graph::{Edge, Placement};
+use graft_model::{AdapterConfig, Trainable, VitConfig};
+use graft_prep::procedural::{SOURCE, image_rng, render};
+
+use super::*;
+
+/// A procedural task of four source classes at 16 px, `n` images.
+fn task(split: &str, n: usize) -> Split {
+    let classes = [SOURCE[0], SOURCE[4], SOURCE[8], SOURCE[14]];
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let c = i % classes.len();
+        images.extend_from_slice(
+            render(classes[c].pattern, 16, &mut image_rng("test", split, 0, i)).as_raw(),
+        );
+        labels.push(c as i64);
+    }
+    Split {
+        images,
+        labels,
+        size: 16,
+    }
+}
+
+fn pre() -> Preprocessing {
+    Preprocessing {
+        image_size: 16,
+        mean: [0.5; 3],
+        std: [0.5; 3],
+    }
+}
+
+fn device() -> burn::tensor::Device {
+    graft_backend::device("cpu").unwrap()
+}
+
+fn config(epochs: usize) -> TrainConfig {
+    TrainConfig::new(epochs, 3e-3)
+        .with_batch(32)
+        .with_warmup_epochs(0.5)
+        .with_seed(1)
+}
+
+#[test]
+fn short_training_lowers_the_loss_and_beats_chance() {
+    let dev = device();
+    dev.seed(0);
+    let (train, val) = (task("train", 320), task("val", 80));
+    let model = VitConfig::preset("vit-cpu-tiny", 4)
+        .unwrap()
+        .init(&dev)
+        .with_trainable(Trainable::Full);
+    let r = fit(model, &train, &val, &pre(), &config(10), &dev, |_, _, _| {}).unwrap();
+    let first = r.history.first().unwrap().train_loss;
+    let last = r.history.last().unwrap().train_loss;
+    assert!(last < first * 0.8, "loss {first} -> {last}");
+    assert!(
+        r.best_val_accuracy > 0.4,
+        "val accuracy {} (chance 0.25)",
+        r.best_val_accuracy
+    );
+    assert_eq!(
+        evaluate(&r.model, &val, &pre(), &dev, 17),
+        r.best_val_accuracy
+    );
+}
+
+#[test]
+fn same_seed_same_run() {
+    let dev = device();
+    let (train, val) = (task("train", 96), task("val", 32));
+    let run = || {
+        dev.seed(5);
+        let model = VitConfig::preset("vit-cpu-tiny", 4)
+            .unwrap()
+            .init(&dev)
+            .with_trainable(Trainable::Full);
+        let cfg = config(2);
+        fit(model, &train, &val, &pre(), &cfg, &dev, |_, _, _| {})
+            .unwrap()
+            .history
+    };
+    let (a, b) = (run(), run());
+    let strip = |h: Vec<EpochRecord>| {
+        h.into_iter()
+            .map(|e| (e.train_loss, e.val_accuracy, e.lr))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(a), strip(b));
+}
+
+#[test]
+fn frozen_parameters_do_not_change() {
+    let dev = device();
+    dev.seed(2);
+    let (train, val) = (task("train", 64), task("val", 32));
+    let vit = VitConfig::preset("vit-cpu-tiny", 4).unwrap().init(&dev);
+    let placement = Placement::new(vit.graph(), [Edge::new(1, 2), Edge::new(4, 0)]).unwrap();
+    let model = vit
+        .with_placement(&placement, &AdapterConfig::new())
+        .unwrap()
+        .with_trainable(Trainable::Adapters);
+    let before_qkv: Tensor<2> = model.blocks[0].attn.qkv.weight.val();
+    let before_cls: Tensor<3> = model.cls_token.val();
+    let before_up: Tensor<2> = model.adapters[0].up.weight.val();
+    let r = fit(model, &train, &val, &pre(), &config(1), &dev, |_, _, _| {}).unwrap();
+    let diff2 = |a: Tensor<2>, b: Tensor<2>| (a - b).abs().max().into_scalar::<f32>();
+    assert_eq!(
+        diff2(before_qkv, r.model.blocks[0].attn.qkv.weight.val()),
+        0.0
+    );
+    assert_eq!(
+        (before_cls - r.model.cls_token.val())
+            .abs()
+            .max()
+            .into_scalar::<f32>(),
+        0.0
+    );
+    assert!(
+        diff2(before_up, r.model.adapters[0].up.weight.val()) > 0.0,
+        "adapters did not train"
+    );
+}
+
+#[test]
+fn a_diverging_learning_rate_is_caught() {
+    let dev = device();
+    dev.seed(3);
+    let (train, val) = (task("train", 64), task("val", 16));
+    let model = VitConfig::preset("vit-cpu-tiny", 4)
+        .unwrap()
+        .init(&dev)
+        .with_trainable(Trainable::Full);
+    let cfg = TrainConfig::new(3, 1e9)
+        .with_batch(16)
+        .with_warmup_epochs(0.0);
+    match fit(model, &train, &val, &pre(), &cfg, &dev, |_, _, _| {}) {
+        Err(TrainError::NonFinite { .. }) => {}
+        other => panic!(
+            "expected a non-finite loss, got {:?}",
+            other.map(|r| r.history)
+        ),
+    }
+}
+
+#[test]
+fn schedule_warms_up_then_decays_to_zero() {
+    let c = TrainConfig::new(10, 1.0).with_warmup_epochs(1.0);
+    assert!((c.lr_at(0, 10) - 0.1).abs() < 1e-12);
+    assert!((c.lr_at(9, 10) - 1.0).abs() < 1e-12);
+    assert!(c.lr_at(50, 10) < 1.0 && c.lr_at(50, 10) > 0.4);
+    assert!(c.lr_at(99, 10) < 0.01);
+}
