@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
 
-use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::store::{
+    ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+};
 use graft_graph::{Edge, Placement};
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +110,18 @@ pub fn timm_keys(c: &VitConfig) -> BTreeMap<String, Vec<usize>> {
     k
 }
 
+/// Applies a store to the model, mapping a failure to an error naming the file.
+fn apply(
+    vit: &mut Vit,
+    store: &mut SafetensorsStore,
+    path: &Path,
+) -> Result<ApplyResult, ModelError> {
+    vit.load_from(store).map_err(|e| ModelError::Checkpoint {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
 fn not_adapter(path: &str, _container: &str) -> bool {
     !path.starts_with("adapters.")
 }
@@ -181,12 +195,7 @@ pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
         })
         .allow_partial(true)
         .validate(false);
-    let result = vit
-        .load_from(&mut store)
-        .map_err(|e| ModelError::Checkpoint {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
+    let result = apply(vit, &mut store, path)?;
     if !result.errors.is_empty() {
         let msgs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
         return Err(ModelError::Checkpoint {
@@ -295,12 +304,7 @@ pub fn load_adapters(vit: Vit, path: &Path) -> Result<(Vit, AdapterMeta), ModelE
             format!("adapters.{idx}."),
         );
     }
-    let result = vit
-        .load_from(&mut store)
-        .map_err(|e| ModelError::Checkpoint {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
+    let result = apply(&mut vit, &mut store, path)?;
     let missing: Vec<String> = result
         .missing
         .iter()

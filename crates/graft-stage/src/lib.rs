@@ -436,3 +436,34 @@ pub fn print_outcome(outcome: &Outcome, json: bool) {
         println!("{}", outcome.line(outcome.slot.len()));
     }
 }
+
+#[derive(clap::Parser)]
+struct StageCli {
+    #[command(flatten)]
+    stage: StageArgs,
+}
+
+/// The whole `main` of a stage binary `graft-<NAME>`: parses [`StageArgs`], runs
+/// [`execute`], prints the outcome, and maps errors to `error: ...` and exit code 1.
+pub fn main<S: Stage>(about: &'static str) -> std::process::ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = StageCli::command()
+        .name(&*Box::leak(format!("graft-{}", S::NAME).into_boxed_str()))
+        .about(about)
+        .version(graft_store::PROGRAM_VERSION)
+        .get_matches();
+    let cli = match StageCli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match execute::<S>(&cli.stage) {
+        Ok(outcome) => {
+            print_outcome(&outcome, cli.stage.json);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
