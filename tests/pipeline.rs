@@ -247,6 +247,10 @@ params = { preset = "vit-cpu-tiny", epochs = 2, batch = 32, lr = 0.002 }
 
     let second = ok(graft(&store).args(["run", p]));
     assert_eq!(status_of(&second, "pretrain"), "fresh", "{second}");
+    // Retraining with the same seed reproduces the artifact: no clock time in its files.
+    let forced = ok(graft(&store).args(["run", p, "--force", "pretrain"]));
+    assert_eq!(status_of(&forced, "pretrain"), "ran", "{forced}");
+    assert_eq!(short_id(&forced, "pretrain"), short_id(&first, "pretrain"));
     // Where it runs is not part of the key.
     let third = ok(graft(&store).args(["run", p, "-S", "pretrain.device=cpu"]));
     assert_eq!(status_of(&third, "pretrain"), "fresh", "{third}");

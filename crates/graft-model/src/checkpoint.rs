@@ -210,6 +210,36 @@ pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
     })
 }
 
+/// Rewrites a safetensors file's JSON header with sorted keys, so equal tensors give equal
+/// bytes: burn-store writes its metadata from a `HashMap`, whose order changes per process.
+fn canonicalize(path: &Path) -> Result<(), ModelError> {
+    let err = |message: String| ModelError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let n = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| err("truncated".into()))?,
+    ) as usize;
+    let header = bytes
+        .get(8..8 + n)
+        .ok_or_else(|| err("truncated header".into()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| err(e.to_string()))?;
+    let mut text = serde_json::to_string(&value).map_err(|e| err(e.to_string()))?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).map_err(|e| err(e.to_string()))
+}
+
 /// Writes the backbone and head in timm's names and layout (adapters left out).
 pub fn save_timm(vit: &Vit, path: &Path) -> Result<(), ModelError> {
     let mut store = SafetensorsStore::from_file(path)
@@ -221,7 +251,8 @@ pub fn save_timm(vit: &Vit, path: &Path) -> Result<(), ModelError> {
         .map_err(|e| ModelError::Checkpoint {
             path: path.display().to_string(),
             message: e.to_string(),
-        })
+        })?;
+    canonicalize(path)
 }
 
 /// What an adapter file says about itself (its safetensors metadata).
@@ -271,7 +302,8 @@ pub fn save_adapters(vit: &Vit, path: &Path, preset: &str, base: &str) -> Result
         .map_err(|e| ModelError::Checkpoint {
             path: path.display().to_string(),
             message: e.to_string(),
-        })
+        })?;
+    canonicalize(path)
 }
 
 /// Reads an adapter file's metadata.

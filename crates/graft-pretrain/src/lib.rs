@@ -1,7 +1,9 @@
 //! The pretrain stage: trains a ViT preset from scratch (every parameter trainable) on a
 //! dataset artifact, so the embedded default and CI have a pretrained backbone without any
 //! download. Outputs `model.safetensors` (timm names), `history.parquet` (one row per
-//! epoch) and `summary.json` (accuracies on the source task, speed, backend).
+//! epoch) and `summary.json` (accuracies on the source task, backend). Wall times and
+//! speeds go to the manifest only, so a rerun that computes the same weights publishes
+//! the same artifact id.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -157,8 +159,6 @@ impl Stage for Pretrain {
             "best_epoch": result.best_epoch,
             "val_accuracy": result.best_val_accuracy,
             "test_accuracy": test_accuracy,
-            "images_per_second": result.images_per_second,
-            "train_seconds": result.train_seconds,
             "backend": graft_backend::backend_name(),
             "device": p.device,
             "params": result.model.param_count().all,
@@ -181,6 +181,14 @@ impl Stage for Pretrain {
             ("backend".to_owned(), json!(graft_backend::backend_name())),
             ("device".to_owned(), json!(p.device)),
             ("train_seconds".to_owned(), json!(result.train_seconds)),
+            (
+                "images_per_second".to_owned(),
+                json!(result.images_per_second),
+            ),
+            (
+                "epoch_seconds".to_owned(),
+                json!(result.history.iter().map(|h| h.seconds).collect::<Vec<_>>()),
+            ),
         ]
         .into())
     }
@@ -195,7 +203,6 @@ fn write_history(
         Field::new("train_loss", DataType::Float64, false),
         Field::new("val_accuracy", DataType::Float64, false),
         Field::new("lr", DataType::Float64, false),
-        Field::new("seconds", DataType::Float64, false),
     ]));
     let batch = RecordBatch::try_new(
         schema.clone(),
@@ -210,9 +217,6 @@ fn write_history(
                 history.iter().map(|h| h.val_accuracy),
             )),
             Arc::new(Float64Array::from_iter_values(history.iter().map(|h| h.lr))),
-            Arc::new(Float64Array::from_iter_values(
-                history.iter().map(|h| h.seconds),
-            )),
         ],
     )?;
     graft_store::table::write_parquet(path, schema, &[batch], &BTreeMap::new())?;
