@@ -122,6 +122,15 @@ fn apply(
     })
 }
 
+/// Writes the model through a store, then makes the file's header canonical.
+fn save(vit: &Vit, store: &mut SafetensorsStore, path: &Path) -> Result<(), ModelError> {
+    vit.save_into(store).map_err(|e| ModelError::Checkpoint {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    canonicalize(path)
+}
+
 fn not_adapter(path: &str, _container: &str) -> bool {
     !path.starts_with("adapters.")
 }
@@ -247,12 +256,7 @@ pub fn save_timm(vit: &Vit, path: &Path) -> Result<(), ModelError> {
         .with_predicate(not_adapter)
         .metadata("format", "pt")
         .overwrite(true);
-    vit.save_into(&mut store)
-        .map_err(|e| ModelError::Checkpoint {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-    canonicalize(path)
+    save(vit, &mut store, path)
 }
 
 /// What an adapter file says about itself (its safetensors metadata).
@@ -298,12 +302,7 @@ pub fn save_adapters(vit: &Vit, path: &Path, preset: &str, base: &str) -> Result
             format!("adapters.{}_{}.", a.src, a.dst),
         );
     }
-    vit.save_into(&mut store)
-        .map_err(|e| ModelError::Checkpoint {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-    canonicalize(path)
+    save(vit, &mut store, path)
 }
 
 /// Reads an adapter file's metadata.
