@@ -23,7 +23,7 @@ TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 
 $(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH) torchvision==$(TORCHVISION) timm==$(TIMM) pyarrow pandas numpy
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir torch==$(TORCH) torchvision==$(TORCHVISION) timm==$(TIMM) pyarrow pandas numpy
 	touch $@
 
 venv: $(VENV)/.installed-$(TORCH)-$(TIMM)

@@ -193,6 +193,20 @@ impl Placement {
         self.edges.is_empty()
     }
 
+    /// The placement's id: 12 hex digits of blake3 over its sorted edges. Two heuristics
+    /// that propose the same edges propose the same id; the empty placement (a linear
+    /// probe's backbone) has one too.
+    pub fn id(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(b"graft-placement-v1");
+        h.update(&(self.edges.len() as u64).to_le_bytes());
+        for e in &self.edges {
+            h.update(&(e.i as u64).to_le_bytes());
+            h.update(&(e.j as u64).to_le_bytes());
+        }
+        h.finalize().to_hex()[..12].to_owned()
+    }
+
     pub fn has_recurrent(&self) -> bool {
         self.edges.iter().any(|e| e.kind() == EdgeKind::Recurrent)
     }
@@ -251,6 +265,17 @@ impl Dims {
         2 * (self.tokens() * 2 * self.dim * r) as u64
     }
 
+    /// Parameters of the linear head: d·classes + classes.
+    pub fn head_params(&self) -> usize {
+        self.dim * self.classes + self.classes
+    }
+
+    /// Trainable parameters of adapter fine-tuning with `adapters` adapters of
+    /// bottleneck r: the adapters and the head.
+    pub fn adapter_tuning_params(&self, adapters: usize, r: usize) -> usize {
+        adapters * self.adapter_params(r) + self.head_params()
+    }
+
     /// Trainable parameters of one adapter: 2dr + r + d.
     pub fn adapter_params(&self, r: usize) -> usize {
         2 * self.dim * r + r + self.dim
@@ -285,6 +310,18 @@ pub fn forward_flops(dims: &Dims, placement: &Placement, r: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_id_depends_on_edges_only() {
+        let g = Graph::new(2);
+        let a = Placement::new(g, [Edge::new(0, 1), Edge::new(3, 1)]).unwrap();
+        let b = Placement::new(g, [Edge::new(3, 1), Edge::new(0, 1)]).unwrap();
+        let c = Placement::new(g, [Edge::new(0, 1)]).unwrap();
+        assert_eq!(a.id(), b.id());
+        assert_ne!(a.id(), c.id());
+        assert_ne!(c.id(), Placement::empty().id());
+        assert_eq!(a.id().len(), 12);
+    }
 
     #[test]
     fn vit_b_counts() {

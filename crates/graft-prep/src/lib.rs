@@ -61,7 +61,7 @@ impl Stage for Prep {
     const VERSION: u32 = 1;
     type Params = PrepParams;
 
-    fn input_names(_: &PrepParams) -> Vec<&'static str> {
+    fn input_names(_: &PrepParams) -> Vec<String> {
         Vec::new()
     }
 

@@ -73,8 +73,8 @@ impl Stage for Pretrain {
     const VERSION: u32 = 1;
     type Params = PretrainParams;
 
-    fn input_names(_: &PretrainParams) -> Vec<&'static str> {
-        vec!["dataset"]
+    fn input_names(_: &PretrainParams) -> Vec<String> {
+        vec!["dataset".into()]
     }
 
     fn validate(p: PretrainParams) -> Result<PretrainParams, BoxError> {

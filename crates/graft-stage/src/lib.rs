@@ -35,7 +35,7 @@ pub trait Stage {
     type Params: Serialize + DeserializeOwned;
 
     /// Names of the input artifacts the stage needs with these parameters.
-    fn input_names(params: &Self::Params) -> Vec<&'static str>;
+    fn input_names(params: &Self::Params) -> Vec<String>;
 
     /// Checks the parameters beyond their types and fills in defaults that depend on other
     /// parameters; cheap, touches nothing.
@@ -245,7 +245,7 @@ fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError
     }
     let wanted = S::input_names(&params);
     for name in &wanted {
-        if !input_ids.contains_key(*name) {
+        if !input_ids.contains_key(name) {
             return Err(StageError::Input {
                 stage: S::NAME,
                 arg: name.to_string(),
@@ -253,7 +253,7 @@ fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError
             });
         }
     }
-    if let Some(extra) = input_ids.keys().find(|k| !wanted.contains(&k.as_str())) {
+    if let Some(extra) = input_ids.keys().find(|k| !wanted.contains(k)) {
         return Err(StageError::Input {
             stage: S::NAME,
             arg: extra.clone(),

@@ -63,6 +63,14 @@ pub fn write_parquet(
 pub fn read_parquet(
     path: &Path,
 ) -> Result<(Vec<RecordBatch>, BTreeMap<String, String>), StoreError> {
+    let (_, batches, metadata) = read_parquet_with_schema(path)?;
+    Ok((batches, metadata))
+}
+
+/// Reads a whole table with its schema (known even when the table has no rows).
+pub fn read_parquet_with_schema(
+    path: &Path,
+) -> Result<(Arc<Schema>, Vec<RecordBatch>, BTreeMap<String, String>), StoreError> {
     let perr = |source| StoreError::Parquet {
         path: path.to_path_buf(),
         source,
@@ -79,6 +87,7 @@ pub fn read_parquet(
                 .collect()
         })
         .unwrap_or_default();
+    let schema = builder.schema().clone();
     let reader = builder.build().map_err(perr)?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
@@ -86,7 +95,7 @@ pub fn read_parquet(
             path: path.to_path_buf(),
             source,
         })?;
-    Ok((batches, metadata))
+    Ok((schema, batches, metadata))
 }
 
 #[cfg(test)]
