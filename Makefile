@@ -19,7 +19,7 @@ ARGS      ?=
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	LD_LIBRARY_PATH="$$($(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$$LD_LIBRARY_PATH"
 
-.PHONY: pipeline status gc test test-flex test-tch bench venv clean-venv
+.PHONY: pipeline status gc test test-flex test-tch bench venv clean-venv chromium
 
 $(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
@@ -29,8 +29,8 @@ $(VENV)/.installed-$(TORCH)-$(TIMM):
 venv: $(VENV)/.installed-$(TORCH)-$(TIMM)
 
 # Stage binaries without tensors, and those with (built with the backend feature).
-PLAIN_BINS  := graft-runner graft-prep
-TENSOR_BINS := graft-pretrain
+PLAIN_BINS  := graft-runner graft-prep graft-propose graft-report
+TENSOR_BINS := graft-pretrain graft-probe graft-finetune
 
 # Uses tch when PyTorch can be installed, flex otherwise (said out loud).
 pipeline:
@@ -58,12 +58,18 @@ gc:
 
 test: test-flex test-tch
 
-test-flex: venv
+test-flex: venv chromium
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	GRAFT_CHROMIUM="$$(command -v chromium || true)" $(CARGO) test --workspace
+
+# Debian's Chromium for the report's browser test; without it that one test says skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
+		|| echo "chromium could not be installed: the report's browser test will be skipped"
 
 test-tch: venv
-	$(TCH_ENV) $(CARGO) test -p graft-backend -p graft-model -p graft-train --no-default-features --features tch
+	$(TCH_ENV) $(CARGO) test -p graft-backend -p graft-model -p graft-train -p graft-probe -p graft-finetune --no-default-features --features tch
 
 bench:
 	$(CARGO) build --release --workspace --bins

@@ -10,7 +10,15 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>")
         .to_path_buf();
-    for b in ["graft", "graft-prep", "graft-pretrain"] {
+    for b in [
+        "graft",
+        "graft-prep",
+        "graft-pretrain",
+        "graft-probe",
+        "graft-propose",
+        "graft-finetune",
+        "graft-report",
+    ] {
         assert!(
             dir.join(b).exists(),
             "{} is not built: run `cargo build --workspace --bins` first (`make test` does)",

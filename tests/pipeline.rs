@@ -10,7 +10,6 @@ fn rerun_is_fresh_and_one_changed_param_reruns_only_that_stage() {
     let first = ok(graft(&store).args(["run", p]));
     assert_eq!(status_of(&first, "src"), "ran", "{first}");
     assert!(first.contains("no previous run"), "{first}");
-    assert!(first.contains("later stages not built yet"), "{first}");
 
     let status = ok(graft(&store).args(["status", p]));
     assert_eq!(status_of(&status, "src"), "fresh", "{status}");

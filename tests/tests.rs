@@ -3,5 +3,6 @@
 
 mod common;
 mod dtd;
+mod finetune;
 mod pipeline;
 mod store;

@@ -269,18 +269,17 @@ pub struct AdapterMeta {
     pub base: String,
 }
 
-/// Writes the adapters (as `adapters.{i}_{j}.*`) and the head.
+/// Writes the adapters (as `adapters.{i}_{j}.*`) and the head: what adapter fine-tuning
+/// trained, without the frozen base (PEFT style).
 pub fn save_adapters(vit: &Vit, path: &Path, preset: &str, base: &str) -> Result<(), ModelError> {
-    let Some(first) = vit.adapters.first() else {
-        return Err(ModelError::Checkpoint {
-            path: path.display().to_string(),
-            message: "the model has no adapters".into(),
-        });
-    };
-    let adapter = AdapterConfig {
-        rank: first.down.weight.val().dims()[1],
-        act: first.act,
-        scale: first.scale,
+    // A model without adapters (a linear probe) saves its head alone.
+    let adapter = match vit.adapters.first() {
+        Some(first) => AdapterConfig {
+            rank: first.down.weight.val().dims()[1],
+            act: first.act,
+            scale: first.scale,
+        },
+        None => AdapterConfig::new(),
     };
     let meta = AdapterMeta {
         placement: vit.adapters.iter().map(|a| a.edge()).collect(),

@@ -30,11 +30,11 @@ use serde_json::Value;
 pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/default.toml");
 
 /// Stage kinds that have a binary in this build.
-pub const BUILT_KINDS: &[&str] = &["prep", "pretrain"];
+pub const BUILT_KINDS: &[&str] = &["prep", "pretrain", "probe", "propose", "finetune", "report"];
 
 /// Stage kinds of the method that are not built yet; a pipeline may list them, and the
 /// runner reports them (and whatever depends on them) as not built.
-pub const PLANNED_KINDS: &[&str] = &["probe", "propose", "finetune", "report"];
+pub const PLANNED_KINDS: &[&str] = &[];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {

@@ -179,6 +179,21 @@ fn pipeline(store: &std::path::Path, args: PipelineArgs, mode: Mode) -> anyhow::
     if !missing_kinds.is_empty() {
         println!("later stages not built yet: {}", missing_kinds.join(", "));
     }
+    // Where to look: the report of every report stage that has one.
+    for (name, result) in &results {
+        let is_report = pipeline
+            .stages
+            .iter()
+            .any(|s| &s.name == name && s.kind == "report");
+        if let (true, StageResult::Done(o)) = (is_report, result)
+            && let Some(id) = &o.artifact
+        {
+            let path = store.join("objects").join(id.as_str()).join("report.html");
+            if path.exists() {
+                println!("report: {}", path.display());
+            }
+        }
+    }
     println!("done in {:.2} s", start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }

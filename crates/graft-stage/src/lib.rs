@@ -71,6 +71,12 @@ pub struct StageArgs {
     /// or taken as a plain string. Repeatable; applied after `--params-json`.
     #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
+    /// Worker processes, for stages that fan out (sets the `jobs` parameter).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// `cpu`, `cuda` or `cuda:k`, for stages that use tensors (sets the `device` parameter).
+    #[arg(long)]
+    pub device: Option<String>,
     /// All parameters as one JSON object (what the pipeline runner passes).
     #[arg(long, value_name = "JSON")]
     pub params_json: Option<String>,
@@ -217,6 +223,12 @@ fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError
     for p in &args.params {
         let (k, v) = parse_assignment(p).ok_or_else(|| perr(format!("{p:?} is not KEY=VALUE")))?;
         obj.insert(k, v);
+    }
+    if let Some(jobs) = args.jobs {
+        obj.insert("jobs".into(), Value::from(jobs));
+    }
+    if let Some(device) = &args.device {
+        obj.insert("device".into(), Value::from(device.clone()));
     }
     let params: S::Params =
         serde_json::from_value(Value::Object(obj)).map_err(|e| perr(e.to_string()))?;

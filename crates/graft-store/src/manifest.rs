@@ -32,6 +32,10 @@ pub struct Manifest {
     /// Stage-specific facts (preprocessing, class names, costs), free-form.
     #[serde(default)]
     pub extra: BTreeMap<String, Value>,
+    /// Artifacts this one's files refer to (the fine-tune stage's run units); `gc` keeps
+    /// them while this one is reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<ArtifactId>,
 }
 
 /// Artifact id of a file list: blake3 over (name, size, file hash) of each file, sorted by name.

@@ -308,6 +308,7 @@ impl Store {
             lock_path,
             _lock: lock,
             done: false,
+            refs: Default::default(),
         })
     }
 
@@ -391,7 +392,7 @@ impl Store {
     }
 
     /// Removes (with `delete`) or lists every artifact not reachable from `roots` through
-    /// manifest inputs, and the key records that point at nothing.
+    /// manifest inputs and refs, and the key records that point at nothing.
     pub fn gc(&self, roots: &[ArtifactId], delete: bool) -> Result<GcReport> {
         let mut reached: BTreeSet<ArtifactId> = BTreeSet::new();
         let mut todo: Vec<ArtifactId> = roots.to_vec();
@@ -402,6 +403,7 @@ impl Store {
             let mpath = self.object_dir(&id).join(MANIFEST_FILE);
             if let Some(m) = read_json_opt::<Manifest>(&mpath).ok().flatten() {
                 todo.extend(m.inputs.into_values());
+                todo.extend(m.refs);
             }
         }
         let mut report = GcReport {
@@ -453,6 +455,7 @@ pub struct Publisher {
     lock_path: PathBuf,
     _lock: File,
     done: bool,
+    refs: std::sync::Mutex<BTreeSet<ArtifactId>>,
 }
 
 /// What the publisher records besides the files.
@@ -475,6 +478,20 @@ impl Publisher {
     /// Path for a new file of this artifact.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// The store this artifact goes into (a stage that publishes cache units of its own,
+    /// like the fine-tune stage's runs, uses it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Records that this artifact's files refer to artifact `id` (listed in the manifest's
+    /// `refs`, kept alive by `gc` as long as this one is).
+    pub fn refer(&self, id: &ArtifactId) {
+        if let Ok(mut refs) = self.refs.lock() {
+            refs.insert(id.clone());
+        }
     }
 
     /// Makes the artifact visible under its content id and records `key -> id`.
@@ -517,6 +534,11 @@ impl Publisher {
             program_version: PROGRAM_VERSION.to_owned(),
             wall_seconds: info.wall_seconds,
             extra: info.extra,
+            refs: self
+                .refs
+                .lock()
+                .map(|r| r.iter().cloned().collect())
+                .unwrap_or_default(),
         };
         write_json_atomic(&self.dir.join(MANIFEST_FILE), &manifest)?;
         sync_dir(&self.dir)?;
@@ -673,4 +695,52 @@ fn slot_file_name(slot: &str) -> String {
 
 fn slot_name_from_file(stem: &str) -> String {
     stem.replace("--", "/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyInput;
+
+    fn publish(store: &Store, name: &str, refs: &[&ArtifactId]) -> ArtifactId {
+        let params: BTreeMap<String, Value> = [("name".to_owned(), Value::from(name))].into();
+        let inputs = BTreeMap::new();
+        let key = KeyInput {
+            stage: "t",
+            stage_version: 1,
+            params: &params,
+            inputs: &inputs,
+        }
+        .key();
+        let p = store.begin().unwrap();
+        fs::write(p.file("x.txt"), name).unwrap();
+        for r in refs {
+            p.refer(r);
+        }
+        p.publish(PublishInfo {
+            stage: "t",
+            stage_version: 1,
+            key: &key,
+            params: &params,
+            inputs: &inputs,
+            extra: BTreeMap::new(),
+            wall_seconds: 0.0,
+        })
+        .unwrap()
+        .id
+    }
+
+    #[test]
+    fn gc_keeps_what_a_root_refers_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let unit = publish(&store, "unit", &[]);
+        let stray = publish(&store, "stray", &[]);
+        let root = publish(&store, "root", &[&unit]);
+        let report = store.gc(std::slice::from_ref(&root), true).unwrap();
+        let gone: Vec<&ArtifactId> = report.unreachable.iter().map(|(id, _)| id).collect();
+        assert_eq!(gone, vec![&stray]);
+        assert!(store.artifact(&unit).is_ok());
+        assert!(store.artifact(&stray).is_err());
+    }
 }

@@ -420,9 +420,15 @@ mod tests {
         if std::env::var_os("GRAFT_BLESS").is_some() {
             std::fs::write(&path, &text).unwrap();
         }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with GRAFT_BLESS=1 to create)", path.display()));
-        assert_eq!(text, want, "schema of {} changed; bless it if intended", T::FILE);
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (run with GRAFT_BLESS=1 to create)", path.display())
+        });
+        assert_eq!(
+            text,
+            want,
+            "schema of {} changed; bless it if intended",
+            T::FILE
+        );
     }
 
     #[test]
@@ -518,7 +524,11 @@ mod tests {
         assert_eq!(ProbeRow::read(&path).unwrap(), vec![probe]);
         // An empty table is still a table.
         EpochRow::write(&dir.path().join("e.parquet"), &[]).unwrap();
-        assert!(EpochRow::read(&dir.path().join("e.parquet")).unwrap().is_empty());
+        assert!(
+            EpochRow::read(&dir.path().join("e.parquet"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -527,6 +537,9 @@ mod tests {
         let path = dir.path().join("x.parquet");
         EpochRow::write(&path, &[]).unwrap();
         let err = RunRow::read(&path).unwrap_err().to_string();
-        assert!(err.contains("x.parquet") && err.contains("\"method\""), "{err}");
+        assert!(
+            err.contains("x.parquet") && err.contains("\"method\""),
+            "{err}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! (a dataset artifact in memory), [`fit`] (the loop) and [`evaluate`].
 //! A loss that is not finite stops the run with [`TrainError::NonFinite`].
 
+mod base;
 mod data;
 
 use std::time::Instant;
@@ -21,6 +22,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+pub use base::{BaseModel, file_fingerprint, resolve_base};
 pub use data::{DatasetInfo, Preprocessing, Split};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,18 @@
+//! `graft-finetune`: the fine-tune stage binary (see the `graft_finetune` crate), and with
+//! `worker` as first argument one of its worker processes.
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("worker") {
+        return match graft_finetune::worker::worker_main(&args[1..]) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    graft_stage::main::<graft_finetune::Finetune>(
+        "Fine-tune placements and baselines on a dataset artifact, one cached run per placement and seed",
+    )
+}

@@ -1,0 +1,335 @@
+//! One fine-tuning run: a placement (or baseline) and a seed. It is the stage's cache unit:
+//! [`RunSpec::key`] names it in the store (stage `finetune-run`), so a run that was trained
+//! once, by any pipeline, is never trained again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use graft_graph::{Edge, Placement};
+use graft_model::{AdapterAct, AdapterConfig, Trainable, VitConfig};
+use graft_store::{Artifact, ArtifactId, KeyInput, Lookup, PublishInfo, StageKey, Store};
+use graft_tables::{EpochRow, Table};
+use graft_train::{DatasetInfo, Split, TrainConfig, TrainError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::FinetuneError;
+
+/// Stage name of a run's own artifact.
+pub const RUN_STAGE: &str = "finetune-run";
+/// Bump when a run's output for the same spec would change.
+pub const RUN_VERSION: u32 = 1;
+/// The run's facts inside its artifact.
+pub const RUN_FILE: &str = "run.json";
+/// The adapters and head of a run (adapter and linear-probe runs).
+pub const WEIGHTS_FILE: &str = "adapters.safetensors";
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Adapters on the placement's edges and the head; the backbone frozen.
+    Adapters,
+    /// The head alone.
+    LinearProbe,
+    /// Every parameter.
+    Full,
+    /// Adapters and head on a randomly initialised backbone: what the pretrained backbone
+    /// is worth.
+    AdaptersRandomInit,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Adapters => "adapters",
+            Method::LinearProbe => "linear-probe",
+            Method::Full => "full",
+            Method::AdaptersRandomInit => "adapters-random-init",
+        }
+    }
+
+    fn trainable(self) -> Trainable {
+        match self {
+            Method::Adapters | Method::AdaptersRandomInit => Trainable::Adapters,
+            Method::LinearProbe => Trainable::HeadOnly,
+            Method::Full => Trainable::Full,
+        }
+    }
+}
+
+/// The training protocol of a run (spec section 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Protocol {
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch: usize,
+    pub weight_decay: f64,
+    pub warmup_epochs: f64,
+    pub bottleneck: usize,
+    pub adapter_act: AdapterAct,
+    pub adapter_scale: f64,
+}
+
+/// Everything a run needs; all of it but `placement_id`, the paths and the device enters
+/// the run's key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub placement_id: String,
+    pub method: Method,
+    pub edges: Vec<Edge>,
+    pub seed: u64,
+    pub preset: String,
+    pub protocol: Protocol,
+    /// Dataset artifact id.
+    pub dataset: ArtifactId,
+    /// Base checkpoint: artifact id, or the content fingerprint of a user's file.
+    pub base: ArtifactId,
+    /// Where the base checkpoint file is.
+    pub base_path: PathBuf,
+    /// Where the dataset artifact is.
+    pub dataset_dir: PathBuf,
+    pub device: String,
+}
+
+impl RunSpec {
+    /// The parameters that enter the key.
+    pub fn key_params(&self) -> BTreeMap<String, Value> {
+        let mut m = BTreeMap::new();
+        m.insert("method".into(), Value::from(self.method.name()));
+        m.insert(
+            "edges".into(),
+            Value::from(
+                self.edges
+                    .iter()
+                    .map(|e| Value::from(vec![e.i as u64, e.j as u64]))
+                    .collect::<Vec<_>>(),
+            ),
+        );
+        m.insert("seed".into(), Value::from(self.seed));
+        m.insert("preset".into(), Value::from(self.preset.clone()));
+        m.insert(
+            "protocol".into(),
+            serde_json::to_value(&self.protocol).unwrap_or(Value::Null),
+        );
+        m
+    }
+
+    pub fn key_inputs(&self) -> BTreeMap<String, ArtifactId> {
+        [
+            ("dataset".to_owned(), self.dataset.clone()),
+            ("base".to_owned(), self.base.clone()),
+        ]
+        .into()
+    }
+
+    pub fn key(&self) -> StageKey {
+        KeyInput {
+            stage: RUN_STAGE,
+            stage_version: RUN_VERSION,
+            params: &self.key_params(),
+            inputs: &self.key_inputs(),
+        }
+        .key()
+    }
+
+    /// A short label for progress bars and messages.
+    pub fn label(&self) -> String {
+        let what = match self.method {
+            Method::Adapters => format!("{} ({} adapters)", self.placement_id, self.edges.len()),
+            Method::AdaptersRandomInit => format!("random-init {}", self.placement_id),
+            m => m.name().to_owned(),
+        };
+        format!("{what} seed {}", self.seed)
+    }
+}
+
+/// What a run produced (its `run.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// `ok` or `diverged`.
+    pub status: String,
+    pub error: Option<String>,
+    pub best_epoch: Option<usize>,
+    pub val_accuracy: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub trainable_params: usize,
+    pub all_params: usize,
+    pub forward_flops: u64,
+    pub wall_seconds: f64,
+    pub images_per_second: Option<f64>,
+    pub peak_memory_bytes: Option<u64>,
+    pub backend: String,
+    pub device: String,
+    /// Whether the artifact holds [`WEIGHTS_FILE`].
+    pub weights: bool,
+}
+
+/// Returns the run's artifact: from the store when it was trained before, else trains it
+/// and publishes it. The key's lock makes two processes asking for one run train it once.
+pub fn ensure_run(
+    store: &Store,
+    spec: &RunSpec,
+    on_step: impl FnMut(usize, usize, f32),
+) -> Result<Artifact, FinetuneError> {
+    let key = spec.key();
+    let _lock = store.lock_key(&key)?;
+    if let Lookup::Hit(artifact) = store.lookup(&key)? {
+        return Ok(artifact);
+    }
+    let start = Instant::now();
+    let out = store.begin()?;
+    let result = train_run(spec, out.dir(), on_step)?;
+    let result = RunResult {
+        wall_seconds: start.elapsed().as_secs_f64(),
+        peak_memory_bytes: peak_rss(),
+        ..result
+    };
+    write_json(&out.file(RUN_FILE), &result)?;
+    let manifest = out.publish(PublishInfo {
+        stage: RUN_STAGE,
+        stage_version: RUN_VERSION,
+        key: &key,
+        params: &spec.key_params(),
+        inputs: &spec.key_inputs(),
+        extra: [("device".to_owned(), Value::from(spec.device.clone()))].into(),
+        wall_seconds: result.wall_seconds,
+    })?;
+    Ok(store.artifact(&manifest.id)?)
+}
+
+/// Trains one run into `dir` (`epochs.parquet`, and the adapter weights when it has them).
+/// Divergence is a result (`status = "diverged"`), not an error.
+pub fn train_run(
+    spec: &RunSpec,
+    dir: &Path,
+    mut on_step: impl FnMut(usize, usize, f32),
+) -> Result<RunResult, FinetuneError> {
+    let info = DatasetInfo::read(&spec.dataset_dir)?;
+    let pre = &info.preprocessing;
+    let config = VitConfig::preset(&spec.preset, info.classes.len())
+        .ok_or_else(|| FinetuneError::Spec(format!("unknown preset {:?}", spec.preset)))?;
+    let train = Split::read(&spec.dataset_dir, "train", pre.image_size)?;
+    let val = Split::read(&spec.dataset_dir, "val", pre.image_size)?;
+    let test = Split::read(&spec.dataset_dir, "test", pre.image_size)?;
+    let device = graft_backend::device(&spec.device)?;
+    device.seed(spec.seed);
+    let mut model = config.init(&device);
+    if spec.method != Method::AdaptersRandomInit {
+        graft_model::checkpoint::load_timm(&mut model, &spec.base_path)?;
+    }
+    let placement = Placement::new(config.graph(), spec.edges.iter().copied())?;
+    let adapter = AdapterConfig::new()
+        .with_rank(spec.protocol.bottleneck)
+        .with_act(spec.protocol.adapter_act)
+        .with_scale(spec.protocol.adapter_scale);
+    let model = model
+        .with_placement(&placement, &adapter)?
+        .with_trainable(spec.method.trainable());
+    let count = model.param_count();
+    let forward_flops = model.forward_flops();
+    let p = &spec.protocol;
+    let tc = TrainConfig::new(p.epochs, p.lr)
+        .with_batch(p.batch)
+        .with_weight_decay(p.weight_decay)
+        .with_warmup_epochs(p.warmup_epochs)
+        .with_seed(spec.seed);
+    let base = RunResult {
+        status: "ok".into(),
+        error: None,
+        best_epoch: None,
+        val_accuracy: None,
+        test_accuracy: None,
+        train_loss: None,
+        trainable_params: count.trainable,
+        all_params: count.all,
+        forward_flops,
+        wall_seconds: 0.0,
+        images_per_second: None,
+        peak_memory_bytes: None,
+        backend: graft_backend::backend_name().into(),
+        device: spec.device.clone(),
+        weights: false,
+    };
+    let fit = match graft_train::fit(model, &train, &val, pre, &tc, &device, |s, t, l| {
+        on_step(s, t, l)
+    }) {
+        Ok(fit) => fit,
+        Err(e @ TrainError::NonFinite { .. }) => {
+            EpochRow::write(&dir.join(EpochRow::FILE), &[])?;
+            return Ok(RunResult {
+                status: "diverged".into(),
+                error: Some(e.to_string()),
+                ..base
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let test_accuracy = graft_train::evaluate(&fit.model, &test, pre, &device, p.batch);
+    let rows: Vec<EpochRow> = fit
+        .history
+        .iter()
+        .map(|h| EpochRow {
+            placement_id: spec.placement_id.clone(),
+            seed: spec.seed as i64,
+            epoch: h.epoch as i64,
+            train_loss: h.train_loss,
+            val_accuracy: h.val_accuracy,
+            lr: h.lr,
+            seconds: h.seconds,
+        })
+        .collect();
+    EpochRow::write(&dir.join(EpochRow::FILE), &rows)?;
+    let weights = spec.method != Method::Full;
+    if weights {
+        graft_model::checkpoint::save_adapters(
+            &fit.model,
+            &dir.join(WEIGHTS_FILE),
+            &spec.preset,
+            &spec.base.to_string(),
+        )?;
+    }
+    Ok(RunResult {
+        best_epoch: Some(fit.best_epoch),
+        val_accuracy: Some(fit.best_val_accuracy),
+        test_accuracy: Some(test_accuracy),
+        train_loss: fit.history.get(fit.best_epoch).map(|h| h.train_loss),
+        images_per_second: Some(fit.images_per_second),
+        weights,
+        ..base
+    })
+}
+
+/// Reads a run artifact's `run.json`.
+pub fn read_result(artifact: &Artifact) -> Result<RunResult, FinetuneError> {
+    let path = artifact.file(RUN_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| FinetuneError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    serde_json::from_str(&text).map_err(|e| FinetuneError::Json {
+        path,
+        message: e.to_string(),
+    })
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), FinetuneError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| FinetuneError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(path, text + "\n").map_err(|e| FinetuneError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

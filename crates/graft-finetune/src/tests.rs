@@ -1,0 +1,175 @@
+use std::path::Path;
+
+use graft_model::VitConfig;
+use graft_train::{DatasetInfo, Split};
+
+use super::run::*;
+use super::*;
+
+/// A small procedural texture task at 16 px, written like the prep stage writes it.
+fn dataset(dir: &Path) {
+    let params: graft_prep::PrepParams = serde_json::from_value(json!({
+        "source": "procedural", "task": "textures", "image_size": 16, "seed": 1,
+        "train": 96, "val": 48, "test": 48,
+    }))
+    .unwrap();
+    let params = params.normalize().unwrap();
+    let plan = graft_prep::plan(&params).unwrap();
+    graft_prep::write_dataset(&plan, &params, dir).unwrap();
+}
+
+/// A random vit-cpu-tiny base checkpoint (timm names).
+fn base(path: &Path) {
+    let dev = graft_backend::device("cpu").unwrap();
+    dev.seed(7);
+    let vit = VitConfig::preset("vit-cpu-tiny", 16).unwrap().init(&dev);
+    graft_model::checkpoint::save_timm(&vit, path).unwrap();
+}
+
+fn spec(dir: &Path, method: Method, edges: Vec<Edge>, lr: f64) -> RunSpec {
+    RunSpec {
+        placement_id: Placement::new(Graph::new(2), edges.iter().copied())
+            .unwrap()
+            .id(),
+        method,
+        edges,
+        seed: 3,
+        preset: "vit-cpu-tiny".into(),
+        protocol: Protocol {
+            epochs: 2,
+            lr,
+            batch: 32,
+            weight_decay: 1e-4,
+            warmup_epochs: 0.5,
+            bottleneck: 4,
+            adapter_act: AdapterAct::Gelu,
+            adapter_scale: 1.0,
+        },
+        dataset: ArtifactId::parse(&"a".repeat(64)).unwrap(),
+        base: ArtifactId::parse(&"b".repeat(64)).unwrap(),
+        base_path: dir.join("base.safetensors"),
+        dataset_dir: dir.join("data"),
+        device: "cpu".into(),
+    }
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    dataset(&dir.path().join("data"));
+    base(&dir.path().join("base.safetensors"));
+    dir
+}
+
+#[test]
+fn adapter_only_files_reload_to_the_same_accuracy() {
+    let dir = setup();
+    let s = spec(
+        dir.path(),
+        Method::Adapters,
+        vec![Edge::new(0, 1), Edge::new(4, 1), Edge::new(2, 2)],
+        3e-3,
+    );
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let result = train_run(&s, &out, |_, _, _| {}).unwrap();
+    assert_eq!(result.status, "ok");
+    assert!(result.weights);
+
+    // A fresh process would do this: base from its file, adapters and head from theirs.
+    let dev = graft_backend::device("cpu").unwrap();
+    dev.seed(99);
+    let info = DatasetInfo::read(&s.dataset_dir).unwrap();
+    let mut vit = VitConfig::preset("vit-cpu-tiny", info.classes.len())
+        .unwrap()
+        .init(&dev);
+    graft_model::checkpoint::load_timm(&mut vit, &s.base_path).unwrap();
+    let (vit, meta) = graft_model::checkpoint::load_adapters(vit, &out.join(WEIGHTS_FILE)).unwrap();
+    let mut sorted = s.edges.clone();
+    sorted.sort();
+    assert_eq!(meta.placement, sorted);
+    assert_eq!(meta.adapter.rank, 4);
+    let test = Split::read(&s.dataset_dir, "test", 16).unwrap();
+    let acc = graft_train::evaluate(&vit, &test, &info.preprocessing, &dev, 32);
+    assert_eq!(Some(acc), result.test_accuracy);
+}
+
+#[test]
+fn a_linear_probe_trains_the_head_alone_and_saves_it() {
+    let dir = setup();
+    let s = spec(dir.path(), Method::LinearProbe, vec![], 1e-2);
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let result = train_run(&s, &out, |_, _, _| {}).unwrap();
+    let classes = DatasetInfo::read(&s.dataset_dir).unwrap().classes.len();
+    let head = 64 * classes + classes;
+    assert_eq!(result.trainable_params, head);
+    assert!(result.weights && out.join(WEIGHTS_FILE).exists());
+    let meta = graft_model::checkpoint::adapter_meta(&out.join(WEIGHTS_FILE)).unwrap();
+    assert!(meta.placement.is_empty());
+}
+
+#[test]
+fn a_diverging_run_is_a_result_not_an_error() {
+    let dir = setup();
+    let s = spec(dir.path(), Method::Full, vec![], 1e9);
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let result = train_run(&s, &out, |_, _, _| {}).unwrap();
+    assert_eq!(result.status, "diverged");
+    let err = result.error.unwrap();
+    assert!(err.contains("diverged"), "{err}");
+    assert_eq!(result.test_accuracy, None);
+}
+
+#[test]
+fn run_keys_follow_what_is_trained_not_where() {
+    let dir = Path::new("/nonexistent");
+    let a = spec(dir, Method::Adapters, vec![Edge::new(0, 1)], 1e-3);
+    let mut b = a.clone();
+    b.device = "cuda:1".into();
+    b.placement_id = "another-name".into();
+    b.base_path = "elsewhere".into();
+    b.dataset_dir = "elsewhere".into();
+    assert_eq!(a.key(), b.key());
+    let changed = |f: &dyn Fn(&mut RunSpec)| {
+        let mut c = a.clone();
+        f(&mut c);
+        assert_ne!(a.key(), c.key());
+    };
+    changed(&|c| c.seed = 4);
+    changed(&|c| c.edges = vec![Edge::new(1, 2)]);
+    changed(&|c| c.method = Method::AdaptersRandomInit);
+    changed(&|c| c.protocol.lr = 2e-3);
+    changed(&|c| c.protocol.bottleneck = 16);
+    changed(&|c| c.dataset = ArtifactId::parse(&"c".repeat(64)).unwrap());
+    changed(&|c| c.base = ArtifactId::parse(&"d".repeat(64)).unwrap());
+}
+
+#[test]
+fn bad_parameters_name_the_field() {
+    let parse = |v: Value| -> Result<FinetuneParams, String> {
+        let p: FinetuneParams = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        Finetune::validate(p).map_err(|e| e.to_string())
+    };
+    let e = parse(json!({"baselines": ["lora"]})).unwrap_err();
+    assert!(e.contains("lora") && e.contains("linear-probe"), "{e}");
+    let e =
+        parse(json!({"preset": "vit-cpu-tiny", "placements": [{"edges": [[0, 9]]}]})).unwrap_err();
+    assert!(e.contains("placements[0]") && e.contains("9"), "{e}");
+    let e = parse(json!({"lr": -1.0})).unwrap_err();
+    assert!(e.contains("lr"), "{e}");
+    let e = parse(json!({"checkpoint": "x.safetensors"})).unwrap_err();
+    assert!(e.contains("preset"), "{e}");
+    let e = parse(json!({"epochs": 3, "bogus": 1})).unwrap_err();
+    assert!(e.contains("bogus"), "{e}");
+    assert!(parse(json!({})).is_ok());
+}
+
+#[test]
+fn mean_and_sample_std() {
+    assert_eq!(mean_std(&[]), None);
+    assert_eq!(mean_std(&[0.5]), Some((0.5, 0.0)));
+    let (m, s) = mean_std(&[1.0, 2.0, 3.0]).unwrap();
+    assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+}

@@ -1,0 +1,546 @@
+//! The probe stage (spec section 2): one forward and one backward pass per probe batch give
+//! the activations X_i and the loss gradients Δ_j at every node, and from them the gradient
+//! G_ij = Δ_jᵀ X_i that a zero-initialised full-rank map on edge (i, j) would receive, for
+//! all n² edges at once (recurrent included). Never one backward pass per edge.
+//!
+//! Principal items: [`Probe`] (the [`Stage`]), [`edge_gradients`] (the one-pass gradients,
+//! on the device), [`scores`] (singular values and scores per edge, on the host with faer,
+//! rayon across edges).
+//!
+//! Decisions behind the shape:
+//! - All n² blocks come from one matrix product per batch: with the Δ_j and X_i of a batch
+//!   laid side by side as `[rows, n·d]`, Δᵀ X is `[n·d, n·d]` and its (j, i) block is G_ij.
+//! - The head that makes the loss is fitted by a short linear probe on frozen features,
+//!   cached as its own store entry (stage `probe-head`), or random; the artifact says which.
+//! - When the probe has fewer rows than the width (class token only), singular values come
+//!   from an m×m core per edge after one thin QR per node (exact; see [`scores`]).
+
+pub mod scores;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor};
+use graft_graph::Edge;
+use graft_model::{Trainable, Vit, VitConfig};
+use graft_stage::{BoxError, Stage};
+use graft_store::{Artifact, ArtifactId, KeyInput, Lookup, PublishInfo, Publisher, Store};
+use graft_tables::{ModelInfo, ProbeRow, Table};
+use graft_train::{DatasetInfo, Preprocessing, Split, TrainConfig};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use scores::TolRule;
+
+/// Which tokens' rows enter X_i and Δ_j.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tokens {
+    All,
+    Cls,
+}
+
+/// The head used for the probe loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Head {
+    /// Fitted by a short linear probe on the frozen backbone (cached step).
+    LinearProbe,
+    /// The randomly initialised head, seeded.
+    Random,
+}
+
+/// Parameters of the probe stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeParams {
+    /// Images per probe batch.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Probe batches (gradients are summed over them).
+    #[serde(default = "default_batches")]
+    pub batches: usize,
+    #[serde(default = "default_tokens")]
+    pub tokens: Tokens,
+    #[serde(default = "default_tol_rule")]
+    pub tol_rule: TolRule,
+    /// Relative tolerance of the numerical rank (rule `relative`).
+    #[serde(default = "default_tol")]
+    pub tol: f64,
+    #[serde(default = "default_head")]
+    pub head: Head,
+    /// Epochs of the linear probe that fits the head.
+    #[serde(default = "default_head_epochs")]
+    pub head_epochs: usize,
+    #[serde(default = "default_head_lr")]
+    pub head_lr: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// A timm ViT safetensors file instead of a `base` input artifact (location).
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+    /// The base model's preset; read from the base artifact when it has one.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// `cpu`, `cuda` or `cuda:k` (location).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_batch() -> usize {
+    64
+}
+fn default_batches() -> usize {
+    4
+}
+fn default_tokens() -> Tokens {
+    Tokens::All
+}
+fn default_tol_rule() -> TolRule {
+    TolRule::Relative
+}
+fn default_tol() -> f64 {
+    1e-3
+}
+fn default_head() -> Head {
+    Head::LinearProbe
+}
+fn default_head_epochs() -> usize {
+    5
+}
+fn default_head_lr() -> f64 {
+    1e-2
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// Bump when the head step's output would change.
+pub const HEAD_VERSION: u32 = 1;
+
+/// The stage.
+pub struct Probe;
+
+impl Stage for Probe {
+    const NAME: &'static str = "probe";
+    const VERSION: u32 = 1;
+    type Params = ProbeParams;
+
+    fn input_names(p: &ProbeParams) -> Vec<String> {
+        let mut v = vec!["dataset".to_owned()];
+        if p.checkpoint.is_none() {
+            v.push("base".into());
+        }
+        v
+    }
+
+    fn validate(p: ProbeParams) -> Result<ProbeParams, BoxError> {
+        if p.batch == 0 || p.batches == 0 || p.head_epochs == 0 {
+            return Err("batch, batches and head_epochs must be at least 1".into());
+        }
+        if !(p.tol > 0.0 && p.tol < 1.0) {
+            return Err(format!("tol = {} must be in (0, 1)", p.tol).into());
+        }
+        if !(p.head_lr > 0.0 && p.head_lr.is_finite()) {
+            return Err(format!("head_lr = {} must be positive", p.head_lr).into());
+        }
+        if let Some(preset) = &p.preset
+            && VitConfig::preset(preset, 1).is_none()
+        {
+            return Err(format!(
+                "preset = {preset:?} is not a preset (known: {})",
+                graft_model::PRESETS.join(", ")
+            )
+            .into());
+        }
+        if p.checkpoint.is_some() && p.preset.is_none() {
+            return Err("checkpoint needs preset (the model the file holds)".into());
+        }
+        graft_backend::device(&p.device)?;
+        Ok(p)
+    }
+
+    fn location_params() -> &'static [&'static str] {
+        &["checkpoint", "device"]
+    }
+
+    fn fingerprints(p: &ProbeParams) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
+        let Some(path) = &p.checkpoint else {
+            return Ok(BTreeMap::new());
+        };
+        Ok([(
+            "base".to_owned(),
+            graft_train::file_fingerprint(path.as_ref())?,
+        )]
+        .into())
+    }
+
+    fn run(
+        p: &ProbeParams,
+        inputs: &BTreeMap<String, Artifact>,
+        out: &Publisher,
+    ) -> Result<BTreeMap<String, Value>, BoxError> {
+        let start = Instant::now();
+        let dataset = &inputs["dataset"];
+        let base = graft_train::resolve_base(
+            p.checkpoint.as_deref(),
+            p.preset.as_deref(),
+            inputs.get("base"),
+        )?;
+        let (base_id, base_path, preset) = (base.id, base.path, base.preset);
+        let info = DatasetInfo::read(dataset.dir())?;
+        let pre = info.preprocessing.clone();
+        let config = VitConfig::preset(&preset, info.classes.len())
+            .ok_or_else(|| format!("base preset {preset:?} is not a preset"))?;
+        if config.image_size != pre.image_size {
+            return Err(format!(
+                "base model {preset} takes {} px images but dataset {} has {} px",
+                config.image_size,
+                dataset.id().short(),
+                pre.image_size
+            )
+            .into());
+        }
+        let train = Split::read(dataset.dir(), "train", pre.image_size)?;
+        let val = Split::read(dataset.dir(), "val", pre.image_size)?;
+        let device = graft_backend::device(&p.device)?;
+
+        // The head for the loss.
+        let head = match p.head {
+            Head::LinearProbe => Some(ensure_head(
+                out.store(),
+                p,
+                &config,
+                (dataset.id(), &base_id, &base_path),
+                (&train, &val, &pre),
+                &device,
+            )?),
+            Head::Random => None,
+        };
+        if let Some(h) = &head {
+            out.refer(h.id());
+        }
+        let ad = device.clone().autodiff();
+        ad.seed(p.seed);
+        let mut model = config.init(&ad);
+        graft_model::checkpoint::load_timm(&mut model, &base_path)?;
+        if let Some(h) = &head {
+            model = graft_model::checkpoint::load_adapters(model, &h.file(HEAD_FILE))?.0;
+        }
+        let model = model.with_trainable(Trainable::HeadOnly);
+
+        // Probe batches: a seeded sample of the training split.
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(p.seed ^ 0x9e37));
+        let rows: Vec<Vec<usize>> = order
+            .chunks(p.batch)
+            .take(p.batches)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let t0 = Instant::now();
+        let grads = edge_gradients(
+            &model,
+            rows.iter().map(|r| train.batch(r, &pre, &ad)),
+            p.tokens,
+        );
+        let fb_seconds = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let dim = config.dim;
+        let probe_rows = edge_scores(&grads, dim, p.tol_rule, p.tol);
+        let svd_seconds = t1.elapsed().as_secs_f64();
+
+        let step_seconds =
+            train_step_seconds(&config, &base_path, &train, &rows[0], &pre, &device)?;
+        ProbeRow::write(&out.file(ProbeRow::FILE), &probe_rows)?;
+        ModelInfo {
+            preset: preset.clone(),
+            dims: config.dims(),
+        }
+        .write(&out.file(ModelInfo::FILE))?;
+        let total = start.elapsed().as_secs_f64();
+        let probe_seconds = fb_seconds + svd_seconds;
+        let cost = json!({
+            "forward_backward_seconds": fb_seconds,
+            "svd_seconds": svd_seconds,
+            "total_seconds": total,
+            "train_step_seconds": step_seconds,
+            "cost_in_train_steps": probe_seconds / step_seconds.max(1e-9),
+            "batches": rows.len(),
+            "batch": p.batch,
+            "rows": grads.rows,
+            "method": if grads.factors.is_some() { "qr-core" } else { "direct" },
+            "tokens": p.tokens,
+            "tolerance": p.tol,
+            "tol_rule": p.tol_rule,
+            "head": p.head,
+            "edges": probe_rows.len(),
+            "backend": graft_backend::backend_name(),
+            "device": p.device,
+        });
+        // Timings live in the manifest; cost.json keeps them too for the report, so the
+        // artifact id changes per run (the report is the only reader).
+        std::fs::write(
+            out.file("cost.json"),
+            serde_json::to_string_pretty(&cost)? + "\n",
+        )?;
+        eprintln!(
+            "probe: {} edges of {preset} from {} batches of {} ({:?} tokens): forward+backward {:.2} s, SVD {:.2} s, one training step {:.3} s",
+            probe_rows.len(),
+            rows.len(),
+            p.batch,
+            p.tokens,
+            fb_seconds,
+            svd_seconds,
+            step_seconds
+        );
+        let mut extra: BTreeMap<String, Value> = BTreeMap::new();
+        if let Value::Object(m) = cost {
+            extra.extend(m);
+        }
+        Ok(extra)
+    }
+}
+
+/// Name of the head file in a `probe-head` entry.
+pub const HEAD_FILE: &str = "head.safetensors";
+
+/// The summed edge gradients of a probe.
+pub struct EdgeGradients {
+    /// n nodes.
+    pub nodes: usize,
+    pub dim: usize,
+    /// Rows (examples × tokens) summed over.
+    pub rows: usize,
+    /// Row-major `[n·d, n·d]`: block (j, i) is G_ij = Δ_jᵀ X_i.
+    pub g: Vec<f32>,
+    /// With fewer rows than `dim`: the R factors of Δ_jᵀ and X_iᵀ per node, for the exact
+    /// m×m shortcut.
+    pub factors: Option<(Vec<faer::Mat<f64>>, Vec<faer::Mat<f64>>)>,
+}
+
+impl EdgeGradients {
+    /// G_ij as a row-major d×d matrix.
+    pub fn block(&self, e: Edge) -> Vec<f64> {
+        let (d, nd) = (self.dim, self.nodes * self.dim);
+        let mut out = Vec::with_capacity(d * d);
+        for r in 0..d {
+            let row = (e.j * d + r) * nd + e.i * d;
+            out.extend(self.g[row..row + d].iter().map(|&v| v as f64));
+        }
+        out
+    }
+}
+
+/// One forward and one backward pass per batch (on an autodiff device): the gradients
+/// G_ij = Δ_jᵀ X_i of all n² edges, summed over batches.
+///
+/// # Shapes
+/// batches: images `[batch, 3, size, size]`, labels `[batch]`
+pub fn edge_gradients(
+    model: &Vit,
+    batches: impl Iterator<Item = (Tensor<4>, Tensor<1, Int>)>,
+    tokens: Tokens,
+) -> EdgeGradients {
+    let n = 2 * model.config.depth + 1;
+    let d = model.config.dim;
+    let mut acc: Option<Tensor<2>> = None;
+    let mut rows = 0;
+    let mut xs: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut ds: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let keep_rows = tokens == Tokens::Cls;
+    for (images, labels) in batches {
+        let device = images.device();
+        let Ok(trace) = model.trace(images) else {
+            break;
+        };
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(trace.logits.clone(), labels);
+        let grads = loss.backward();
+        let deltas = trace.node_grads(&grads);
+        let pick = |t: Tensor<3>| -> Tensor<2> {
+            let [b, tk, _] = t.dims();
+            let t = match tokens {
+                Tokens::All => t,
+                Tokens::Cls => t.narrow(1, 0, 1),
+            };
+            let m = if tokens == Tokens::All { b * tk } else { b };
+            t.reshape([m, d])
+        };
+        // [m, n·d]: node k's rows in columns k·d..(k+1)·d.
+        let x: Vec<Tensor<2>> = trace.nodes.into_iter().map(pick).collect();
+        let dl: Vec<Tensor<2>> = deltas.into_iter().map(|t| pick(t.detach())).collect();
+        let m = x[0].dims()[0];
+        rows += m;
+        if keep_rows {
+            for k in 0..n {
+                xs[k].extend(x[k].to_data().iter::<f32>().map(f64::from));
+                ds[k].extend(dl[k].to_data().iter::<f32>().map(f64::from));
+            }
+        }
+        let xcat = Tensor::cat(x, 1);
+        let dcat = Tensor::cat(dl, 1);
+        let g = dcat.transpose().matmul(xcat);
+        acc = Some(match acc {
+            Some(a) => a + g,
+            None => g,
+        });
+    }
+    let g = acc
+        .map(|a| a.to_data().iter::<f32>().collect())
+        .unwrap_or_else(|| vec![0.0; n * d * n * d]);
+    let factors = (keep_rows && rows < d).then(|| {
+        let r = |v: &Vec<f64>| scores::thin_r_of_transpose(v, rows, d);
+        (ds.iter().map(r).collect(), xs.iter().map(r).collect())
+    });
+    EdgeGradients {
+        nodes: n,
+        dim: d,
+        rows,
+        g,
+        factors,
+    }
+}
+
+/// One [`ProbeRow`] per edge, rayon across edges, in (i, j) order.
+pub fn edge_scores(grads: &EdgeGradients, dim: usize, rule: TolRule, tol: f64) -> Vec<ProbeRow> {
+    faer::set_global_parallelism(faer::Par::Seq);
+    let n = grads.nodes;
+    let edges: Vec<Edge> = (0..n)
+        .flat_map(|i| (0..n).map(move |j| Edge::new(i, j)))
+        .collect();
+    edges
+        .par_iter()
+        .map(|&e| {
+            let sv = match &grads.factors {
+                Some((rd, rx)) => {
+                    let mut sv = scores::core_singular_values(&rd[e.j], &rx[e.i]);
+                    sv.resize(dim, 0.0);
+                    sv
+                }
+                None => scores::singular_values(&grads.block(e), dim, dim),
+            };
+            let s = scores::scores(&sv, dim, rule, tol);
+            ProbeRow {
+                i: e.i as i32,
+                j: e.j as i32,
+                kind: e.kind().name().to_owned(),
+                rank: s.rank as i64,
+                frobenius: s.frobenius,
+                spectral: s.spectral,
+                nuclear: s.nuclear,
+                stable_rank: s.stable_rank,
+                effective_rank: s.effective_rank,
+                singular_values: sv,
+            }
+        })
+        .collect()
+}
+
+/// The linear-probe head: from the store when fitted before, else fitted and published
+/// (stage `probe-head`, keyed by dataset, base and the head's parameters).
+fn ensure_head(
+    store: &Store,
+    p: &ProbeParams,
+    config: &VitConfig,
+    (dataset, base_id, base_path): (&ArtifactId, &ArtifactId, &PathBuf),
+    (train, val, pre): (&Split, &Split, &Preprocessing),
+    device: &Device,
+) -> Result<Artifact, BoxError> {
+    let params: BTreeMap<String, Value> = [
+        ("epochs".to_owned(), json!(p.head_epochs)),
+        ("lr".to_owned(), json!(p.head_lr)),
+        ("batch".to_owned(), json!(p.batch)),
+        ("seed".to_owned(), json!(p.seed)),
+    ]
+    .into();
+    let inputs: BTreeMap<String, ArtifactId> = [
+        ("dataset".to_owned(), dataset.clone()),
+        ("base".to_owned(), base_id.clone()),
+    ]
+    .into();
+    let key = KeyInput {
+        stage: "probe-head",
+        stage_version: HEAD_VERSION,
+        params: &params,
+        inputs: &inputs,
+    }
+    .key();
+    let _lock = store.lock_key(&key)?;
+    if let Lookup::Hit(a) = store.lookup(&key)? {
+        return Ok(a);
+    }
+    let t0 = Instant::now();
+    device.seed(p.seed);
+    let mut model = config.init(device);
+    graft_model::checkpoint::load_timm(&mut model, base_path)?;
+    let model = model.with_trainable(Trainable::HeadOnly);
+    let tc = TrainConfig::new(p.head_epochs, p.head_lr)
+        .with_batch(p.batch)
+        .with_warmup_epochs(0.0)
+        .with_seed(p.seed);
+    let fit = graft_train::fit(model, train, val, pre, &tc, device, |_, _, _| {})?;
+    let out = store.begin()?;
+    graft_model::checkpoint::save_adapters(
+        &fit.model,
+        &out.file(HEAD_FILE),
+        "",
+        &base_id.to_string(),
+    )?;
+    let manifest = out.publish(PublishInfo {
+        stage: "probe-head",
+        stage_version: HEAD_VERSION,
+        key: &key,
+        params: &params,
+        inputs: &inputs,
+        extra: [("val_accuracy".to_owned(), json!(fit.best_val_accuracy))].into(),
+        wall_seconds: t0.elapsed().as_secs_f64(),
+    })?;
+    eprintln!(
+        "probe: linear-probe head fitted in {:.1} s, val {:.1} %",
+        t0.elapsed().as_secs_f64(),
+        100.0 * fit.best_val_accuracy
+    );
+    Ok(store.artifact(&manifest.id)?)
+}
+
+/// Median seconds of one full fine-tuning step (forward, backward, AdamW) on `rows`.
+fn train_step_seconds(
+    config: &VitConfig,
+    base_path: &std::path::Path,
+    train: &Split,
+    rows: &[usize],
+    pre: &Preprocessing,
+    device: &Device,
+) -> Result<f64, BoxError> {
+    let ad = device.clone().autodiff();
+    let mut model = config.init(&ad);
+    graft_model::checkpoint::load_timm(&mut model, base_path)?;
+    let mut model = model.train().with_trainable(Trainable::Full);
+    let mut optim = AdamWConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut times = Vec::new();
+    for _ in 0..4 {
+        let t = Instant::now();
+        let (x, y) = train.batch(rows, pre, &ad);
+        let loss = loss_fn.forward(model.forward(x), y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-6, model, grads);
+        let _ = model.head.weight.val().into_data();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.remove(0);
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+use burn::tensor::{Distribution, TensorData};
+use graft_graph::Graph;
+
+use super::*;
+
+/// The tiny model's logits with an explicit d×d map `w` (zero) on edge `e`, per the spec's
+/// forward: forward edges add at node j, a sequential edge after node j, a recurrent edge
+/// in a second pass that restarts at j from the first pass's x_i.
+fn forward_with_map(vit: &Vit, images: Tensor<4>, e: Edge, w: &Tensor<2>) -> Tensor<2> {
+    let n = 2 * vit.config.depth + 1;
+    let map = |x: Tensor<3>| x.matmul(w.clone().unsqueeze::<3>());
+    let mut plain: Vec<Tensor<3>> = Vec::new();
+    for k in 0..n {
+        let mut x = if k == 0 {
+            vit.embed(images.clone())
+        } else {
+            vit.sublayer(k, plain[k - 1].clone())
+        };
+        if k == e.j && e.i < e.j {
+            x = x + map(plain[e.i].clone());
+        }
+        if k == e.j && e.i == e.j {
+            x = x.clone() + map(x);
+        }
+        plain.push(x);
+    }
+    let mut last = plain[n - 1].clone();
+    if e.i > e.j {
+        let mut x = plain[e.j].clone() + map(plain[e.i].clone());
+        for k in e.j + 1..n {
+            x = vit.sublayer(k, x);
+        }
+        last = x;
+    }
+    vit.head.forward(vit.pool(last))
+}
+
+#[test]
+fn one_pass_gradients_equal_explicit_zero_maps_on_every_kind_of_edge() {
+    let dev = graft_backend::device("cpu").unwrap().autodiff();
+    dev.seed(11);
+    let vit = VitConfig::preset("vit-cpu-tiny", 5).unwrap().init(&dev);
+    let images = Tensor::<4>::random([3, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 3, 4], [3]), &dev);
+    let probe = edge_gradients(
+        &vit,
+        std::iter::once((images.clone(), labels.clone())),
+        Tokens::All,
+    );
+    assert_eq!(probe.rows, 3 * 17);
+    let d = vit.config.dim;
+    // Parallel, sequential, long-range, recurrent.
+    for e in [
+        Edge::new(1, 2),
+        Edge::new(2, 2),
+        Edge::new(0, 3),
+        Edge::new(4, 1),
+    ] {
+        let w = Tensor::<2>::zeros([d, d], &dev).require_grad();
+        let logits = forward_with_map(&vit, images.clone(), e, &w);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&dev)
+            .forward(logits, labels.clone());
+        let grads = loss.backward();
+        // y = x W with W [in, out]: its gradient is X_iᵀ Δ_j = G_ijᵀ.
+        let gw: Vec<f32> = w.grad(&grads).unwrap().to_data().iter::<f32>().collect();
+        let g = probe.block(e);
+        let scale = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{e}: zero gradient");
+        for a in 0..d {
+            for b in 0..d {
+                let diff = (g[a * d + b] - gw[b * d + a] as f64).abs();
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{e} [{a}, {b}]: {} vs {}",
+                    g[a * d + b],
+                    gw[b * d + a]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn class_token_probe_uses_the_exact_shortcut_and_scores_every_edge() {
+    let dev = graft_backend::device("cpu").unwrap().autodiff();
+    dev.seed(12);
+    let vit = VitConfig::preset("vit-cpu-tiny", 5).unwrap().init(&dev);
+    let images = Tensor::<4>::random([6, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 4, 0], [6]), &dev);
+    let probe = edge_gradients(&vit, std::iter::once((images, labels)), Tokens::Cls);
+    assert_eq!(probe.rows, 6);
+    assert!(probe.factors.is_some());
+    let rows = edge_scores(&probe, 64, TolRule::Relative, 1e-3);
+    assert_eq!(rows.len(), 25);
+    let n = Graph::new(2).nodes();
+    assert_eq!(n * n, rows.len());
+    // Direct SVD of each block agrees with the shortcut; rank is at most the row count.
+    let direct = EdgeGradients {
+        factors: None,
+        ..probe
+    };
+    let rows_direct = edge_scores(&direct, 64, TolRule::Relative, 1e-3);
+    for (a, b) in rows.iter().zip(&rows_direct) {
+        assert!(a.rank <= 6, "{a:?}");
+        assert_eq!((a.i, a.j), (b.i, b.j));
+        let tol = 1e-3 * b.spectral.max(1e-12);
+        assert!(
+            (a.spectral - b.spectral).abs() <= tol,
+            "{} vs {}",
+            a.spectral,
+            b.spectral
+        );
+        assert!((a.nuclear - b.nuclear).abs() <= 64.0 * tol);
+    }
+}

@@ -1,0 +1,475 @@
+//! From the tables to the numbers the report shows: runs aggregated per placement
+//! ([`PlacementStats`]), the single-adapter map, accuracy against budget per heuristic
+//! ([`Series`]), probe scores against single-adapter accuracy and the cross-task
+//! correlations. No I/O and no drawing here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use graft_graph::{Edge, EdgeKind};
+use graft_tables::{ProbeRow, ProposalRow, RunRow};
+
+use crate::inputs::TaskData;
+use crate::stats::{MeanStd, Spearman, mean_std, spearman};
+
+/// The heuristics drawn as curves against the budget, in legend order.
+pub const CURVE_HEURISTICS: [&str; 5] = ["gga", "top-k", "first-k", "last-k", "random-k"];
+
+/// One run that did not give an accuracy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedRun {
+    pub placement_id: String,
+    pub seed: i64,
+    pub status: String,
+    pub error: String,
+}
+
+/// All runs of one placement (or baseline), aggregated over seeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementStats {
+    pub placement_id: String,
+    /// `adapters`, `linear-probe` or `full`.
+    pub method: String,
+    /// Labels of every proposal row naming this placement (sorted, distinct).
+    pub heuristics: Vec<String>,
+    pub edges: Vec<Edge>,
+    pub adapters: i64,
+    pub params: i64,
+    pub flops: i64,
+    /// Validation and test accuracy in percent over the seeds that finished.
+    pub val: Option<MeanStd>,
+    pub test: Option<MeanStd>,
+    pub runs: usize,
+    pub failed: Vec<FailedRun>,
+    pub wall_seconds: Option<f64>,
+}
+
+impl PlacementStats {
+    /// `2 parallel, 1 recurrent`; `none` without adapters.
+    pub fn kinds_text(&self) -> String {
+        let mut counts: BTreeMap<EdgeKind, usize> = BTreeMap::new();
+        for e in &self.edges {
+            *counts.entry(e.kind()).or_default() += 1;
+        }
+        if counts.is_empty() {
+            return "none".into();
+        }
+        counts
+            .iter()
+            .map(|(k, c)| format!("{c} {}", k.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn edges_text(&self) -> String {
+        if self.edges.is_empty() {
+            return "none".into();
+        }
+        self.edges
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    pub fn has_recurrent(&self) -> bool {
+        self.edges.iter().any(|e| e.kind() == EdgeKind::Recurrent)
+    }
+
+    /// The colour class of figure 5: the method for baselines, the edge kind when all
+    /// edges share one, else `mixed, with recurrent` or `mixed, forward only`.
+    pub fn category(&self) -> String {
+        if self.method != "adapters" {
+            return self.method.clone();
+        }
+        if self.heuristics.iter().any(|h| h == "parallel-all") {
+            return "parallel-all".into();
+        }
+        let kinds: BTreeSet<EdgeKind> = self.edges.iter().map(|e| e.kind()).collect();
+        match kinds.len() {
+            0 => "no adapters".into(),
+            1 => kinds
+                .iter()
+                .next()
+                .map(|k| k.name())
+                .unwrap_or("")
+                .to_owned(),
+            _ if self.has_recurrent() => "mixed, with recurrent".into(),
+            _ => "mixed, forward only".into(),
+        }
+    }
+
+    /// `ok` when every run finished, else e.g. `1 of 3 diverged`.
+    pub fn status_text(&self) -> String {
+        if self.failed.is_empty() {
+            return "ok".into();
+        }
+        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in &self.failed {
+            *by.entry(f.status.as_str()).or_default() += 1;
+        }
+        by.iter()
+            .map(|(s, c)| format!("{c} of {} {s}", self.runs))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// One point of a heuristic's curve: every finished run of every placement the heuristic
+/// proposed with this many adapters (seeds, and draws for `random-k`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub adapters: i64,
+    pub params: i64,
+    pub test: MeanStd,
+    /// Distinct placements pooled (draws of `random-k`).
+    pub placements: usize,
+}
+
+/// A heuristic's accuracy against the number of adapters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// `gga`, `top-k`, ...
+    pub heuristic: String,
+    /// Legend label: the heuristic with its score (when not rank) and γ.
+    pub label: String,
+    pub points: Vec<Point>,
+}
+
+/// A reference accuracy drawn as a horizontal line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reference {
+    pub label: &'static str,
+    pub test: MeanStd,
+    pub adapters: i64,
+    pub params: i64,
+    pub flops: i64,
+}
+
+/// One probe score against single-adapter test accuracy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreCorrelation {
+    pub score: &'static str,
+    /// (score, accuracy %, edge) for every edge with both.
+    pub points: Vec<(f64, f64, Edge)>,
+    /// `None` when it cannot be computed (fewer than two pairs, a constant side).
+    pub spearman: Option<Spearman>,
+}
+
+/// Everything computed for one task.
+#[derive(Debug, Clone, Default)]
+pub struct TaskAnalysis {
+    pub task: String,
+    pub nodes: usize,
+    pub placements: Vec<PlacementStats>,
+    /// Mean test accuracy (%) over seeds of every edge trained alone.
+    pub single: BTreeMap<Edge, MeanStd>,
+    pub series: Vec<Series>,
+    pub parallel_all: Option<Reference>,
+    pub linear_probe: Option<Reference>,
+    pub full: Option<Reference>,
+    pub correlations: Vec<ScoreCorrelation>,
+    pub runs: usize,
+    pub failed: Vec<FailedRun>,
+    /// Distinct seeds among the runs.
+    pub seeds: Vec<i64>,
+    /// Mean wall time of a finished adapter run (seconds).
+    pub adapter_run_seconds: Option<f64>,
+    /// Mean seconds per epoch from `epochs.parquet`.
+    pub epoch_seconds: Option<f64>,
+    /// Backbone forward FLOPs per image without adapters.
+    pub backbone_flops: Option<i64>,
+    pub data: TaskData,
+}
+
+impl TaskAnalysis {
+    /// The best `k` single edges by mean test accuracy (ties by edge).
+    pub fn best_single(&self, k: usize) -> Vec<(Edge, MeanStd)> {
+        let mut v: Vec<(Edge, MeanStd)> = self.single.iter().map(|(e, m)| (*e, *m)).collect();
+        v.sort_by(|a, b| b.1.mean.total_cmp(&a.1.mean).then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
+
+    /// Seeds per placement: the largest number of finished runs of any placement.
+    pub fn max_seeds_per_placement(&self) -> usize {
+        self.placements
+            .iter()
+            .filter_map(|p| p.test.map(|t| t.n))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The cross-task correlation of single-adapter accuracies over the edges both swept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossTask {
+    pub a: String,
+    pub b: String,
+    pub spearman: Option<Spearman>,
+    pub common_edges: usize,
+}
+
+/// The whole report's numbers.
+#[derive(Debug, Clone, Default)]
+pub struct Analysis {
+    pub tasks: Vec<TaskAnalysis>,
+    /// Every ordered pair of tasks with a sweep (a < b in task order).
+    pub cross: Vec<CrossTask>,
+}
+
+/// The label of a proposal row in tables and legends.
+pub fn heuristic_label(p: &ProposalRow) -> String {
+    if p.heuristic == "baseline" {
+        return p.method.clone();
+    }
+    let mut s = p.heuristic.clone();
+    if let Some(score) = &p.score
+        && score != "rank"
+        && (p.heuristic == "gga" || p.heuristic == "top-k")
+    {
+        s.push_str(&format!(" by {score}"));
+    }
+    if p.heuristic == "gga"
+        && let Some(g) = p.gamma
+    {
+        s.push_str(&format!(" γ={g}"));
+    }
+    s
+}
+
+fn accuracy_pct(x: Option<f64>) -> Option<f64> {
+    x.filter(|v| v.is_finite()).map(|v| 100.0 * v)
+}
+
+/// Aggregates one task.
+pub fn analyse_task(data: TaskData) -> TaskAnalysis {
+    let mut labels: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for p in &data.proposals {
+        labels
+            .entry(p.placement_id.as_str())
+            .or_default()
+            .insert(heuristic_label(p));
+    }
+    let mut by_placement: BTreeMap<&str, Vec<&RunRow>> = BTreeMap::new();
+    for r in &data.runs {
+        by_placement
+            .entry(r.placement_id.as_str())
+            .or_default()
+            .push(r);
+    }
+    let mut placements = Vec::new();
+    let mut failed_all = Vec::new();
+    for (id, runs) in &by_placement {
+        let first = runs[0];
+        let ok: Vec<&&RunRow> = runs.iter().filter(|r| r.status == "ok").collect();
+        let failed: Vec<FailedRun> = runs
+            .iter()
+            .filter(|r| r.status != "ok")
+            .map(|r| FailedRun {
+                placement_id: r.placement_id.clone(),
+                seed: r.seed,
+                status: r.status.clone(),
+                error: r
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "no error recorded".into()),
+            })
+            .collect();
+        failed_all.extend(failed.iter().cloned());
+        let heuristics = match labels.get(id) {
+            Some(l) => l.iter().cloned().collect(),
+            None if first.method != "adapters" => vec![first.method.clone()],
+            None => vec!["not in proposals".into()],
+        };
+        placements.push(PlacementStats {
+            placement_id: (*id).to_owned(),
+            method: first.method.clone(),
+            heuristics,
+            edges: first.edges.iter().map(|e| e.edge()).collect(),
+            adapters: first.adapters,
+            params: first.trainable_params,
+            flops: first.forward_flops,
+            val: mean_std(ok.iter().filter_map(|r| accuracy_pct(r.val_accuracy))),
+            test: mean_std(ok.iter().filter_map(|r| accuracy_pct(r.test_accuracy))),
+            runs: runs.len(),
+            failed,
+            wall_seconds: mean_std(runs.iter().map(|r| r.wall_seconds)).map(|m| m.mean),
+        });
+    }
+    placements.sort_by(|a, b| {
+        let rank = |p: &PlacementStats| match p.method.as_str() {
+            "linear-probe" => 0,
+            "full" => 1,
+            _ => 2,
+        };
+        rank(a)
+            .cmp(&rank(b))
+            .then(a.adapters.cmp(&b.adapters))
+            .then(a.edges.cmp(&b.edges))
+            .then(a.placement_id.cmp(&b.placement_id))
+    });
+
+    let single: BTreeMap<Edge, MeanStd> = placements
+        .iter()
+        .filter(|p| p.method == "adapters" && p.edges.len() == 1)
+        .filter_map(|p| p.test.map(|t| (p.edges[0], t)))
+        .collect();
+
+    let reference = |label: &'static str, pick: &dyn Fn(&PlacementStats) -> bool| {
+        placements.iter().filter(|p| pick(p)).find_map(|p| {
+            p.test.map(|test| Reference {
+                label,
+                test,
+                adapters: p.adapters,
+                params: p.params,
+                flops: p.flops,
+            })
+        })
+    };
+    let parallel_all = reference("parallel-all", &|p| {
+        p.heuristics.iter().any(|h| h == "parallel-all")
+    });
+    let linear_probe = reference("linear probe", &|p| p.method == "linear-probe");
+    let full = reference("full fine-tuning", &|p| p.method == "full");
+
+    let series = curves(&data.proposals, &data.runs);
+    let correlations = ProbeRow::SCORES
+        .iter()
+        .map(|&score| {
+            let points: Vec<(f64, f64, Edge)> = data
+                .probe
+                .iter()
+                .filter_map(|r| {
+                    let acc = single.get(&r.edge())?;
+                    let s = r.score(score)?;
+                    s.is_finite().then_some((s, acc.mean, r.edge()))
+                })
+                .collect();
+            let pairs: Vec<(f64, f64)> = points.iter().map(|(s, a, _)| (*s, *a)).collect();
+            ScoreCorrelation {
+                score,
+                spearman: spearman(&pairs),
+                points,
+            }
+        })
+        .collect();
+
+    let seeds: BTreeSet<i64> = data.runs.iter().map(|r| r.seed).collect();
+    let adapter_run_seconds = mean_std(
+        data.runs
+            .iter()
+            .filter(|r| r.status == "ok" && r.method == "adapters")
+            .map(|r| r.wall_seconds),
+    )
+    .map(|m| m.mean);
+    let epoch_seconds = mean_std(data.epochs.iter().map(|e| e.seconds)).map(|m| m.mean);
+    let backbone_flops = placements
+        .iter()
+        .find(|p| p.method == "linear-probe")
+        .map(|p| p.flops)
+        .or_else(|| {
+            data.proposals
+                .iter()
+                .find(|p| p.method == "linear-probe")
+                .map(|p| p.forward_flops)
+        });
+    TaskAnalysis {
+        task: data.task.clone(),
+        nodes: data.nodes(),
+        placements,
+        single,
+        series,
+        parallel_all,
+        linear_probe,
+        full,
+        correlations,
+        runs: data.runs.len(),
+        failed: failed_all,
+        seeds: seeds.into_iter().collect(),
+        adapter_run_seconds,
+        epoch_seconds,
+        backbone_flops,
+        data,
+    }
+}
+
+/// The placements a heuristic variant proposed at one budget, with their parameter counts.
+type Budget<'a> = (BTreeSet<&'a str>, Vec<i64>);
+
+/// Accuracy against the number of adapters for each curve heuristic and variant (score, γ).
+fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
+    let mut acc: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.status == "ok") {
+        if let Some(a) = accuracy_pct(r.test_accuracy) {
+            acc.entry(r.placement_id.as_str()).or_default().push(a);
+        }
+    }
+    let mut out = Vec::new();
+    for h in CURVE_HEURISTICS {
+        // label -> adapters -> (placement ids, params)
+        let mut variants: BTreeMap<String, BTreeMap<i64, Budget>> = BTreeMap::new();
+        for p in proposals.iter().filter(|p| p.heuristic == h) {
+            let slot = variants
+                .entry(heuristic_label(p))
+                .or_default()
+                .entry(p.adapters)
+                .or_default();
+            if slot.0.insert(p.placement_id.as_str()) {
+                slot.1.push(p.trainable_params);
+            }
+        }
+        for (label, by_budget) in variants {
+            let points: Vec<Point> = by_budget
+                .into_iter()
+                .filter_map(|(adapters, (ids, params))| {
+                    let values: Vec<f64> = ids
+                        .iter()
+                        .flat_map(|id| acc.get(id).into_iter().flatten().copied())
+                        .collect();
+                    let test = mean_std(values)?;
+                    let placements = ids.iter().filter(|id| acc.contains_key(*id)).count();
+                    let params = params.iter().sum::<i64>() / params.len().max(1) as i64;
+                    Some(Point {
+                        adapters,
+                        params,
+                        test,
+                        placements,
+                    })
+                })
+                .collect();
+            if !points.is_empty() {
+                out.push(Series {
+                    heuristic: h.to_owned(),
+                    label,
+                    points,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Aggregates every task and the cross-task correlations.
+pub fn analyse(tasks: Vec<TaskData>) -> Analysis {
+    let tasks: Vec<TaskAnalysis> = tasks.into_iter().map(analyse_task).collect();
+    let mut cross = Vec::new();
+    for (k, a) in tasks.iter().enumerate() {
+        for b in &tasks[k + 1..] {
+            if a.single.is_empty() || b.single.is_empty() {
+                continue;
+            }
+            let pairs: Vec<(f64, f64)> = a
+                .single
+                .iter()
+                .filter_map(|(e, x)| b.single.get(e).map(|y| (x.mean, y.mean)))
+                .collect();
+            cross.push(CrossTask {
+                a: a.task.clone(),
+                b: b.task.clone(),
+                spearman: spearman(&pairs),
+                common_edges: pairs.len(),
+            });
+        }
+    }
+    Analysis { tasks, cross }
+}

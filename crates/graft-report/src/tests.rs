@@ -1,0 +1,764 @@
+//! Tests on a fixed synthetic input: two tasks on a 2-block model (n = 5, 25 edges).
+//! `alpha` has everything (three seeds, a full sweep, every heuristic, a diverged and a
+//! failed run); `beta` has one seed, a partial sweep, no parallel-all and no cost or
+//! summary JSON. Golden files under `golden/` are rewritten with `GRAFT_BLESS=1`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use graft_graph::{Dims, Edge, EdgeKind, Graph, Placement, forward_flops};
+use graft_stage::{StageArgs, Status};
+use graft_store::{ArtifactId, KeyInput, PublishInfo, Store};
+use graft_tables::{EpochRow, ModelInfo, ProbeRow, ProposalRow, RunRow, Table, edge_rows};
+
+use crate::figures::Panel;
+use crate::inputs::{FinetuneSummary, Preprocessing, ProbeCost, TaskData, TrainSettings};
+use crate::{Report, analyse, build};
+
+const R: usize = 8;
+
+fn dims() -> Dims {
+    Dims {
+        image_size: 32,
+        patch_size: 4,
+        channels: 3,
+        dim: 64,
+        layers: 2,
+        mlp_dim: 128,
+        classes: 10,
+    }
+}
+
+fn rank_of(e: Edge) -> i64 {
+    1 + ((e.i * 7 + e.j * 3) % 11) as i64
+}
+
+/// Single-adapter accuracy of an edge (fraction), before seed noise.
+fn single_acc(task: usize, e: Edge) -> f64 {
+    let base = 0.50 + 0.012 * rank_of(e) as f64;
+    let rec = if e.kind() == EdgeKind::Recurrent {
+        0.015
+    } else {
+        0.0
+    };
+    // Task beta reorders edges partly.
+    let shift = if task == 1 {
+        0.004 * ((e.i + 2 * e.j) % 5) as f64
+    } else {
+        0.0
+    };
+    base + rec + shift
+}
+
+fn noise(seed: i64, salt: usize) -> f64 {
+    0.002 * ((seed as usize * 13 + salt * 5) % 7) as f64 - 0.006
+}
+
+struct Proposal {
+    heuristic: &'static str,
+    score: Option<&'static str>,
+    gamma: Option<f64>,
+    draw: i64,
+    method: &'static str,
+    placement: Placement,
+}
+
+fn proposal_row(p: &Proposal) -> ProposalRow {
+    let d = dims();
+    let (id, params) = match p.method {
+        "adapters" => (
+            p.placement.id(),
+            d.adapter_tuning_params(p.placement.len(), R) as i64,
+        ),
+        "full" => ("full".to_owned(), 250_000),
+        _ => ("linear-probe".to_owned(), d.head_params() as i64),
+    };
+    ProposalRow {
+        placement_id: id,
+        heuristic: p.heuristic.into(),
+        score: p.score.map(str::to_owned),
+        gamma: p.gamma,
+        budget: p.placement.len() as i64,
+        draw: p.draw,
+        method: p.method.into(),
+        edges: edge_rows(&p.placement),
+        adapters: p.placement.len() as i64,
+        trainable_params: params,
+        forward_flops: forward_flops(&d, &p.placement, R) as i64,
+    }
+}
+
+fn task_data(task: usize) -> TaskData {
+    let g = Graph::new(2);
+    let name = ["alpha", "beta"][task];
+    let seeds: Vec<i64> = if task == 0 { vec![0, 1, 2] } else { vec![7] };
+    let pl = |edges: &[(usize, usize)]| {
+        Placement::new(g, edges.iter().map(|&(i, j)| Edge::new(i, j))).unwrap()
+    };
+    let mut props = Vec::new();
+    let add = |props: &mut Vec<Proposal>, heuristic, score, gamma, draw, method, placement| {
+        props.push(Proposal {
+            heuristic,
+            score,
+            gamma,
+            draw,
+            method,
+            placement,
+        })
+    };
+    for (k, e) in g.edges().enumerate() {
+        if task == 1 && k % 5 == 4 {
+            continue; // beta sweeps 20 of 25 edges
+        }
+        add(
+            &mut props,
+            "single-sweep",
+            None,
+            None,
+            0,
+            "adapters",
+            pl(&[(e.i, e.j)]),
+        );
+    }
+    let ranked: Vec<(usize, usize)> = vec![(4, 0), (2, 1), (1, 3)];
+    for k in 1..=3 {
+        add(
+            &mut props,
+            "top-k",
+            Some("rank"),
+            None,
+            0,
+            "adapters",
+            pl(&ranked[..k]),
+        );
+        if task == 0 {
+            let gga = [(4, 0), (0, 3), (3, 3)];
+            add(
+                &mut props,
+                "gga",
+                Some("rank"),
+                Some(0.6),
+                0,
+                "adapters",
+                pl(&gga[..k]),
+            );
+            let gga3 = [(4, 0), (1, 4), (2, 2)];
+            add(
+                &mut props,
+                "gga",
+                Some("rank"),
+                Some(0.3),
+                0,
+                "adapters",
+                pl(&gga3[..k]),
+            );
+            add(
+                &mut props,
+                "first-k",
+                None,
+                None,
+                0,
+                "adapters",
+                pl(&[(0, 1), (1, 2), (2, 3)][..k]),
+            );
+            add(
+                &mut props,
+                "last-k",
+                None,
+                None,
+                0,
+                "adapters",
+                pl(&[(3, 4), (2, 3), (1, 2)][..k]),
+            );
+            for draw in 0..2 {
+                let pool = [(0, 4), (3, 1), (2, 0), (4, 4), (1, 1), (0, 2)];
+                let start = draw as usize * 2;
+                let picks: Vec<(usize, usize)> =
+                    (0..k).map(|m| pool[(start + m) % pool.len()]).collect();
+                add(
+                    &mut props,
+                    "random-k",
+                    None,
+                    None,
+                    draw,
+                    "adapters",
+                    pl(&picks),
+                );
+            }
+        }
+    }
+    if task == 0 {
+        add(
+            &mut props,
+            "parallel-all",
+            None,
+            None,
+            0,
+            "adapters",
+            g.parallel_all(),
+        );
+    }
+    add(
+        &mut props,
+        "baseline",
+        None,
+        None,
+        0,
+        "linear-probe",
+        Placement::empty(),
+    );
+    add(
+        &mut props,
+        "baseline",
+        None,
+        None,
+        0,
+        "full",
+        Placement::empty(),
+    );
+    let proposals: Vec<ProposalRow> = props.iter().map(proposal_row).collect();
+
+    // One run per distinct placement and seed.
+    let mut runs = Vec::new();
+    let mut epochs = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (p, row) in props.iter().zip(&proposals) {
+        if !seen.insert(row.placement_id.clone()) {
+            continue;
+        }
+        let acc = match p.method {
+            "linear-probe" => 0.55,
+            "full" => 0.60,
+            _ => {
+                let m: f64 = p
+                    .placement
+                    .edges()
+                    .iter()
+                    .map(|&e| single_acc(task, e))
+                    .sum::<f64>()
+                    / p.placement.len() as f64;
+                m + 0.004 * p.placement.len() as f64
+            }
+        };
+        for &seed in &seeds {
+            let salt = p
+                .placement
+                .edges()
+                .iter()
+                .map(|e| e.i * 5 + e.j)
+                .sum::<usize>();
+            let diverged = task == 0 && p.placement.edges() == [Edge::new(0, 2)] && seed == 1;
+            let failed = task == 0 && row.placement_id == "full" && seed == 2;
+            let ok = !(diverged || failed);
+            let a = acc + noise(seed, salt);
+            runs.push(RunRow {
+                placement_id: row.placement_id.clone(),
+                method: row.method.clone(),
+                seed,
+                edges: row.edges.clone(),
+                adapters: row.adapters,
+                trainable_params: row.trainable_params,
+                forward_flops: row.forward_flops,
+                status: if diverged {
+                    "diverged"
+                } else if failed {
+                    "failed"
+                } else {
+                    "ok"
+                }
+                .into(),
+                error: if diverged {
+                    Some("loss is NaN at epoch 2".into())
+                } else if failed {
+                    Some("out of memory".into())
+                } else {
+                    None
+                },
+                best_epoch: ok.then_some(2),
+                val_accuracy: ok.then_some(a + 0.01),
+                test_accuracy: ok.then_some(a),
+                train_loss: ok.then_some(0.8),
+                wall_seconds: 10.0 + row.adapters as f64,
+                images_per_second: Some(400.0),
+                peak_memory_bytes: Some(1 << 30),
+                backend: "flex".into(),
+                device: "cpu".into(),
+                run_artifact: "a".repeat(64),
+                weights_file: None,
+            });
+            for epoch in 0..3 {
+                epochs.push(EpochRow {
+                    placement_id: row.placement_id.clone(),
+                    seed,
+                    epoch,
+                    train_loss: 1.0 / (epoch + 1) as f64,
+                    val_accuracy: a,
+                    lr: 1e-3,
+                    seconds: 3.0,
+                });
+            }
+        }
+    }
+    let probe = g
+        .edges()
+        .map(|e| {
+            let r = rank_of(e);
+            ProbeRow {
+                i: e.i as i32,
+                j: e.j as i32,
+                kind: e.kind().name().into(),
+                rank: r,
+                frobenius: 1.0 + ((e.i * 3 + e.j) % 7) as f64,
+                spectral: 0.5 + 0.1 * r as f64,
+                nuclear: 2.0 * r as f64 + (e.j % 2) as f64,
+                stable_rank: 1.0 + 0.05 * ((e.i + e.j) % 4) as f64,
+                effective_rank: 1.5 + 0.2 * r as f64,
+                singular_values: vec![1.0, 0.5],
+            }
+        })
+        .collect();
+    let (cost, summary) = if task == 0 {
+        (
+            ProbeCost {
+                forward_backward_seconds: Some(0.5),
+                svd_seconds: Some(0.25),
+                total_seconds: Some(0.75),
+                train_step_seconds: Some(0.05),
+                cost_in_train_steps: Some(15.0),
+                batches: Some(4),
+                batch: Some(32),
+                tokens: Some("all".into()),
+                tolerance: Some(1e-3),
+                head: Some("linear-probe".into()),
+            },
+            FinetuneSummary {
+                task: Some(name.into()),
+                preprocessing: Some(Preprocessing {
+                    image_size: Some(32),
+                    interpolation: Some("bilinear".into()),
+                    mean: Some(vec![0.5, 0.5, 0.5]),
+                    std: Some(vec![0.5, 0.5, 0.5]),
+                }),
+                backend: Some("flex".into()),
+                device: Some("cpu".into()),
+                seeds: Some(seeds.clone()),
+                program_version: Some("0.1.0".into()),
+                base: Some("pretrain 0123456789ab".into()),
+                train: Some(TrainSettings {
+                    epochs: Some(3),
+                    lr: Some(1e-3),
+                    batch: Some(64),
+                    weight_decay: Some(1e-4),
+                    warmup_epochs: Some(1.0),
+                    bottleneck: Some(R as i64),
+                }),
+                classes: Some(10),
+            },
+        )
+    } else {
+        (ProbeCost::default(), FinetuneSummary::default())
+    };
+    TaskData {
+        task: name.into(),
+        probe,
+        model: Some(ModelInfo {
+            preset: "vit-cpu-tiny".into(),
+            dims: dims(),
+        }),
+        cost,
+        runs,
+        epochs,
+        proposals,
+        summary,
+    }
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
+}
+
+/// Compares `text` with `golden/<name>`, or rewrites it under `GRAFT_BLESS=1`.
+fn check_golden(name: &str, text: &str) {
+    let path = golden_dir().join(name);
+    if std::env::var_os("GRAFT_BLESS").is_some() {
+        std::fs::create_dir_all(golden_dir()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with GRAFT_BLESS=1 to create)", path.display()));
+    assert!(
+        text == want,
+        "{name} differs from {} (rerun with GRAFT_BLESS=1 if intended):\n{text}",
+        path.display()
+    );
+}
+
+fn fixture() -> Vec<TaskData> {
+    vec![task_data(0), task_data(1)]
+}
+
+fn file<'a>(files: &'a crate::ReportFiles, name: &str) -> &'a str {
+    &files
+        .files
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .1
+}
+
+#[test]
+fn summary_and_csv_headers_match_golden_files() {
+    let files = build(fixture(), "graft report: fixture").unwrap();
+    check_golden("summary.md", file(&files, "summary.md"));
+    let headers: String = files
+        .files
+        .iter()
+        .filter(|(n, _)| n.ends_with(".csv"))
+        .map(|(n, t)| format!("{n}: {}\n", t.lines().next().unwrap_or("")))
+        .collect();
+    check_golden("csv_headers.txt", &headers);
+    // Same input, same bytes: the report artifact's id is stable.
+    let again = build(fixture(), "graft report: fixture").unwrap();
+    assert_eq!(files.files, again.files);
+}
+
+#[test]
+fn html_has_five_figure_slots_each_drawn_or_explained() {
+    for tasks in [fixture(), vec![task_data(0)]] {
+        let one = tasks.len() == 1;
+        let files = build(tasks, "t").unwrap();
+        let html = file(&files, "report.html");
+        for k in 1..=5 {
+            let start = html
+                .find(&format!("<figure class=\"figure\" id=\"figure-{k}\""))
+                .unwrap_or_else(|| panic!("figure {k} missing"));
+            let end = start + html[start..].find("</figure>").unwrap();
+            let slot = &html[start..end];
+            let svg = slot.find("<svg").map(|s| &slot[s..]);
+            let drawn = svg.is_some_and(|s| s.contains("<rect") || s.contains("<circle"));
+            let skipped = slot.contains("class=\"skipped\">Not drawn: ");
+            assert!(drawn || skipped, "figure {k} is empty");
+            assert!(slot.contains("<figcaption>"), "figure {k} has no caption");
+            if k == 4 {
+                assert_eq!(
+                    skipped, one,
+                    "figure 4 with one task must be skipped, else drawn"
+                );
+            } else {
+                assert!(drawn, "figure {k} should be drawn for this fixture");
+            }
+        }
+        // Self-contained: nothing fetched.
+        for bad in [
+            "<script", "src=", "href=", "<link", "@import", "url(", "<img",
+        ] {
+            assert!(!html.contains(bad), "report.html contains {bad}");
+        }
+    }
+}
+
+#[test]
+fn analysis_counts_failed_runs_and_pools_random_draws() {
+    let a = analyse(fixture());
+    let alpha = &a.tasks[0];
+    assert_eq!(alpha.failed.len(), 2);
+    let full = alpha.full.as_ref().unwrap();
+    assert_eq!(full.test.n, 2, "the failed seed is left out");
+    // The diverged edge still has two finished seeds.
+    assert_eq!(alpha.single[&Edge::new(0, 2)].n, 2);
+    let random = alpha
+        .series
+        .iter()
+        .find(|s| s.heuristic == "random-k")
+        .unwrap();
+    assert!(
+        random
+            .points
+            .iter()
+            .all(|p| p.placements == 2 && p.test.n == 6)
+    );
+    // gga with two γ values is two curves; top-k and gga share the k = 1 placement.
+    assert_eq!(
+        alpha.series.iter().filter(|s| s.heuristic == "gga").count(),
+        2
+    );
+    let shared = alpha
+        .placements
+        .iter()
+        .find(|p| p.edges == [Edge::new(4, 0)])
+        .unwrap();
+    assert!(shared.heuristics.iter().any(|h| h.starts_with("gga")));
+    assert!(shared.heuristics.iter().any(|h| h == "top-k"));
+    // Rank drives accuracy by construction: ρ is high and significant.
+    let rank = alpha
+        .correlations
+        .iter()
+        .find(|c| c.score == "rank")
+        .unwrap();
+    let s = rank.spearman.unwrap();
+    assert!(s.rho > 0.8 && s.p.unwrap() < 1e-3 && s.n == 25, "{s:?}");
+    assert_eq!(a.cross.len(), 1);
+    assert_eq!(a.cross[0].common_edges, 20);
+    // beta: one seed, no parallel-all reference.
+    assert_eq!(a.tasks[1].max_seeds_per_placement(), 1);
+    assert!(a.tasks[1].parallel_all.is_none());
+}
+
+#[test]
+fn missing_data_is_said_not_drawn() {
+    let mut t = task_data(0);
+    t.proposals.retain(|p| p.heuristic == "baseline");
+    t.runs.retain(|r| r.method != "adapters");
+    t.probe.clear();
+    let files = build(vec![t], "t").unwrap();
+    let md = file(&files, "summary.md");
+    assert!(md.contains("No edge was trained alone"), "{md}");
+    assert!(md.contains("One task only"), "{md}");
+    let html = file(&files, "report.html");
+    assert_eq!(
+        html.matches("class=\"skipped\"").count(),
+        4,
+        "figures 1-4 skipped"
+    );
+    assert_eq!(files.figures_drawn, vec![5]);
+}
+
+fn publish(store: &Store, stage: &str, write: impl FnOnce(&Path)) -> ArtifactId {
+    let p = store.begin().unwrap();
+    write(p.dir());
+    let params = BTreeMap::new();
+    let inputs = BTreeMap::new();
+    let key = KeyInput {
+        stage,
+        stage_version: 1,
+        params: &params,
+        inputs: &inputs,
+    }
+    .key();
+    p.publish(PublishInfo {
+        stage,
+        stage_version: 1,
+        key: &key,
+        params: &params,
+        inputs: &inputs,
+        extra: BTreeMap::new(),
+        wall_seconds: 0.0,
+    })
+    .unwrap()
+    .id
+}
+
+fn publish_task(store: &Store, t: &TaskData, with_json: bool) -> (ArtifactId, ArtifactId) {
+    let probe = publish(store, "probe", |dir| {
+        ProbeRow::write(&dir.join(ProbeRow::FILE), &t.probe).unwrap();
+        t.model
+            .as_ref()
+            .unwrap()
+            .write(&dir.join(ModelInfo::FILE))
+            .unwrap();
+        if with_json {
+            std::fs::write(
+                dir.join("cost.json"),
+                r#"{"forward_backward_seconds": 0.5, "svd_seconds": 0.25, "total_seconds": 0.75,
+                    "train_step_seconds": 0.05, "cost_in_train_steps": 15.0, "batches": 4,
+                    "batch": 32, "tokens": "all", "tolerance": 0.001, "head": "linear-probe"}"#,
+            )
+            .unwrap();
+        }
+    });
+    let finetune = publish(store, "finetune", |dir| {
+        RunRow::write(&dir.join(RunRow::FILE), &t.runs).unwrap();
+        EpochRow::write(&dir.join(EpochRow::FILE), &t.epochs).unwrap();
+        ProposalRow::write(&dir.join(ProposalRow::FILE), &t.proposals).unwrap();
+        if with_json {
+            std::fs::write(
+                dir.join("summary.json"),
+                r#"{"task": "alpha", "backend": "flex", "seeds": [0, 1, 2],
+                    "train": {"bottleneck": 8}, "future_field": true}"#,
+            )
+            .unwrap();
+        }
+    });
+    (probe, finetune)
+}
+
+/// Stage arguments as the command line gives them.
+fn stage_args(args: &[String]) -> StageArgs {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        stage: StageArgs,
+    }
+    <Cli as clap::Parser>::parse_from(
+        std::iter::once("graft-report".to_owned()).chain(args.iter().cloned()),
+    )
+    .stage
+}
+
+#[test]
+fn stage_runs_through_the_store_and_is_fresh_the_second_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (pa, fa) = publish_task(&store, &task_data(0), true);
+    let (pb, fb) = publish_task(&store, &task_data(1), false);
+    let args = stage_args(&[
+        "--store".into(),
+        dir.path().display().to_string(),
+        "-p".into(),
+        r#"tasks=["alpha", "beta"]"#.into(),
+        "-i".into(),
+        format!("probe-alpha={pa}"),
+        "-i".into(),
+        format!("finetune-alpha={fa}"),
+        "-i".into(),
+        format!("probe-beta={pb}"),
+        "-i".into(),
+        format!("finetune-beta={fb}"),
+    ]);
+    let first = graft_stage::execute::<Report>(&args).unwrap();
+    assert_eq!(first.status, Status::Ran);
+    let id = first.artifact.clone().unwrap();
+    let art = store.artifact(&id).unwrap();
+    for name in [
+        "report.html",
+        "summary.md",
+        "placements.csv",
+        "correlations.csv",
+        "cross_task.csv",
+        "setup.csv",
+        "cost.csv",
+    ] {
+        assert!(art.file(name).exists(), "{name} missing");
+    }
+    let md = std::fs::read_to_string(art.file("summary.md")).unwrap();
+    assert!(md.contains("Gradient rank correlates positively"), "{md}");
+    let setup = std::fs::read_to_string(art.file("setup.csv")).unwrap();
+    assert!(setup.contains("backend,flex,not recorded"), "{setup}");
+    assert_eq!(
+        art.manifest().extra["runs_not_finished"],
+        serde_json::json!(2)
+    );
+
+    let second = graft_stage::execute::<Report>(&args).unwrap();
+    assert_eq!(second.status, Status::Fresh);
+    assert_eq!(
+        second.artifact,
+        Some(id),
+        "same inputs give the same report"
+    );
+
+    // A missing input is named.
+    let mut bad = args.clone();
+    bad.inputs.pop();
+    let err = graft_stage::execute::<Report>(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("finetune-beta"), "{err}");
+}
+
+#[test]
+fn bad_parameters_are_rejected() {
+    use graft_stage::Stage;
+    let p = |tasks: &[&str]| crate::ReportParams {
+        tasks: tasks.iter().map(|s| s.to_string()).collect(),
+        title: None,
+    };
+    assert!(Report::validate(p(&[])).is_err());
+    assert!(Report::validate(p(&["a", "a"])).is_err());
+    assert!(Report::validate(p(&["a/b"])).is_err());
+    let ok = Report::validate(p(&["dtd", "svhn"])).unwrap();
+    assert_eq!(
+        Report::input_names(&ok),
+        ["probe-dtd", "finetune-dtd", "probe-svhn", "finetune-svhn"]
+    );
+    let d: crate::ReportParams = serde_json::from_str("{}").unwrap();
+    assert_eq!(d.tasks, ["target"]);
+    assert!(serde_json::from_str::<crate::ReportParams>(r#"{"task": "x"}"#).is_err());
+}
+
+#[test]
+fn figure_panels_name_their_task_with_several_tasks() {
+    let a = analyse(fixture());
+    let figs = crate::figures::figures(&a).unwrap();
+    assert_eq!(figs.len(), 5);
+    match &figs[0].panels[1] {
+        Panel::Svg { heading, svg } => {
+            assert_eq!(heading.as_deref(), Some("task beta"));
+            assert!(svg.starts_with("<svg"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Renders the fixture's report in headless Chromium when `GRAFT_CHROMIUM` names the
+/// binary; keeps the page and a screenshot under `test-artifacts/` at the workspace root.
+#[test]
+fn report_renders_in_chromium() {
+    let Some(chromium) = std::env::var_os("GRAFT_CHROMIUM").filter(|c| !c.is_empty()) else {
+        eprintln!("skipped: set GRAFT_CHROMIUM to a chromium binary to render report.html");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = root.join("test-artifacts").join("graft-report");
+    std::fs::create_dir_all(&out).unwrap();
+    let out = out.canonicalize().unwrap();
+    let files = build(fixture(), "graft report: fixture").unwrap();
+    let page = out.join("report.html");
+    std::fs::write(&page, file(&files, "report.html")).unwrap();
+    let shot = out.join("report.png");
+    let _ = std::fs::remove_file(&shot);
+    let url = format!("file://{}", page.display());
+    let profile = tempfile::tempdir().unwrap();
+    let common = [
+        "--headless".to_owned(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        format!("--user-data-dir={}", profile.path().display()),
+    ];
+    let run = |extra: &[String]| {
+        let o = std::process::Command::new(&chromium)
+            .args(&common)
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {chromium:?}: {e}"));
+        assert!(
+            o.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    };
+    run(&[
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1400,4000".into(),
+    ]);
+    let png = std::fs::read(&shot).expect("no screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot is not a page"
+    );
+    let dom = String::from_utf8_lossy(&run(&["--dump-dom".into()]).stdout).into_owned();
+    for k in 1..=5 {
+        assert!(
+            dom.contains(&format!("id=\"figure-{k}\"")),
+            "figure {k} not in the DOM"
+        );
+    }
+    let svgs = dom.matches("<svg").count();
+    let panels: usize = crate::figures::figures(&analyse(fixture()))
+        .unwrap()
+        .iter()
+        .map(|f| f.drawn())
+        .sum();
+    assert_eq!(svgs, panels, "every drawn panel is an svg in the DOM");
+    for bad in ["ERR_", "This page isn", "parsererror", "error on line"] {
+        assert!(!dom.contains(bad), "the page shows {bad:?}");
+    }
+    eprintln!("screenshot: {}", shot.display());
+}

@@ -1,0 +1,65 @@
+//! The base model a stage adapts: a pretrain artifact (its `model.safetensors`, preset
+//! from its parameters) or a user's timm safetensors file (keyed by its content).
+
+use std::path::{Path, PathBuf};
+
+use graft_store::{Artifact, ArtifactId};
+use serde_json::Value;
+
+/// A resolved base model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseModel {
+    /// The artifact id, or the blake3 of the file's content.
+    pub id: ArtifactId,
+    pub path: PathBuf,
+    pub preset: String,
+}
+
+/// Resolves the base from a `checkpoint` file (which needs `preset`) or a base artifact
+/// (whose recorded preset must agree with `preset` when both are given).
+pub fn resolve_base(
+    checkpoint: Option<&str>,
+    preset: Option<&str>,
+    artifact: Option<&Artifact>,
+) -> Result<BaseModel, String> {
+    if let Some(path) = checkpoint {
+        let preset = preset.ok_or("checkpoint needs preset (the model the file holds)")?;
+        return Ok(BaseModel {
+            id: file_fingerprint(Path::new(path))?,
+            path: PathBuf::from(path),
+            preset: preset.to_owned(),
+        });
+    }
+    let base = artifact.ok_or("no base: give a base input artifact or a checkpoint file")?;
+    let path = base.file("model.safetensors");
+    if !path.exists() {
+        return Err(format!(
+            "base artifact {} has no model.safetensors (is it a pretrain artifact?)",
+            base.id().short()
+        ));
+    }
+    let recorded = base.manifest().params.get("preset").and_then(Value::as_str);
+    let preset = match (preset, recorded) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(format!(
+                "preset = {a:?} but the base artifact was trained as {b:?}"
+            ));
+        }
+        (Some(a), _) | (None, Some(a)) => a.to_owned(),
+        (None, None) => return Err("the base artifact does not say its preset: set preset".into()),
+    };
+    Ok(BaseModel {
+        id: base.id().clone(),
+        path,
+        preset,
+    })
+}
+
+/// blake3 of a file's content: the key input of an external checkpoint.
+pub fn file_fingerprint(path: &Path) -> Result<ArtifactId, String> {
+    let mut h = blake3::Hasher::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::copy(&mut f, &mut h))
+        .map_err(|e| format!("checkpoint {}: {e}", path.display()))?;
+    ArtifactId::parse(h.finalize().to_hex().as_str()).map_err(|e| e.to_string())
+}
