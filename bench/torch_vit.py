@@ -1,6 +1,9 @@
-"""Times a timm ViT forward+backward in PyTorch, the reference for graft's benchmarks.
+"""Times a timm ViT training step in PyTorch, the reference for graft's benchmarks.
 
   python bench/torch_vit.py --model vit_base_patch16_224 --batch 64 --device cuda
+  python bench/torch_vit.py --graft vit-cpu-small --mode adapters   (graft's preset shapes,
+      adapters on the 2L parallel edges, r = 8, backbone frozen, AdamW step included: the
+      same step as `cargo run --example step_bench`)
 Prints one JSON line: model, batch, device, threads, seconds per step (median), images/s.
 """
 import argparse
@@ -10,6 +13,50 @@ import time
 
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
+
+# graft's presets (crates/graft-model/src/config.rs): image, patch, dim, depth, heads.
+PRESETS = {
+    "vit-cpu-tiny": (16, 4, 64, 2, 2),
+    "vit-cpu-small": (32, 4, 192, 6, 3),
+    "vit-ti16": (224, 16, 192, 12, 3),
+    "vit-s16": (224, 16, 384, 12, 6),
+    "vit-b16": (224, 16, 768, 12, 12),
+}
+
+
+class Adapter(torch.nn.Module):
+    """A(x) = W_up(GELU(W_down x + b_down)) + b_up, W_up and b_up zero."""
+
+    def __init__(self, d, r=8):
+        super().__init__()
+        self.down = torch.nn.Linear(d, r)
+        self.up = torch.nn.Linear(r, d)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)
+
+    def forward(self, x):
+        return self.up(torch.nn.functional.gelu(self.down(x)))
+
+
+def parallel_block_forward(self, x):
+    x = x + self.attn(self.norm1(x)) + self.ad1(x)
+    return x + self.mlp(self.norm2(x)) + self.ad2(x)
+
+
+def graft_model(preset, classes, mode):
+    size, patch, dim, depth, heads = PRESETS[preset]
+    model = VisionTransformer(img_size=size, patch_size=patch, embed_dim=dim, depth=depth,
+                              num_heads=heads, num_classes=classes, qkv_bias=True)
+    if mode == "adapters":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for b in model.blocks:
+            b.ad1, b.ad2 = Adapter(dim), Adapter(dim)
+            b.forward = parallel_block_forward.__get__(b)
+        for p in model.head.parameters():
+            p.requires_grad_(True)
+    return model
 
 
 def main():
@@ -20,19 +67,30 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--graft", default=None, help="a graft preset instead of a timm model name")
+    ap.add_argument("--mode", default="full", choices=["full", "adapters"])
+    ap.add_argument("--classes", type=int, default=47)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = timm.create_model(a.model, pretrained=False, num_classes=47).to(a.device).train()
-    size = model.default_cfg["input_size"][-1]
+    if a.graft:
+        model = graft_model(a.graft, a.classes, a.mode).to(a.device).train()
+        size = PRESETS[a.graft][0]
+        a.model = f"{a.graft} ({a.mode})"
+    else:
+        model = timm.create_model(a.model, pretrained=False, num_classes=a.classes).to(a.device).train()
+        size = model.default_cfg["input_size"][-1]
     x = torch.randn(a.batch, 3, size, size, device=a.device)
-    y = torch.randint(0, 47, (a.batch,), device=a.device)
+    y = torch.randint(0, a.classes, (a.batch,), device=a.device)
     loss_fn = torch.nn.CrossEntropyLoss()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                              weight_decay=1e-4)
 
     def step():
-        model.zero_grad(set_to_none=True)
+        optim.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
+        optim.step()
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
 

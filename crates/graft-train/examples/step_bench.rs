@@ -1,0 +1,62 @@
+//! Times fine-tuning steps (forward, backward, AdamW) of a preset on random images, the Rust
+//! side of `bench/finetune_speed.sh` (its PyTorch twin is `bench/torch_vit.py --graft`).
+//!
+//! cargo run --release -p graft-train --example step_bench -- vit-cpu-small 64 adapters
+//! Prints one JSON line: backend, preset, batch, mode, median seconds per step, images/s.
+
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use graft_model::{AdapterConfig, Trainable, VitConfig};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let preset = args.first().map_or("vit-cpu-small", String::as_str);
+    let batch: usize = args.get(1).map_or(Ok(64), |s| s.parse())?;
+    let mode = args.get(2).map_or("adapters", String::as_str);
+    let device_name = args.get(3).map_or("cpu", String::as_str);
+    let (steps, warmup, classes) = (10, 3, 12);
+    let device = graft_backend::device(device_name)?;
+    let ad = device.clone().autodiff();
+    ad.seed(0);
+    let config = VitConfig::preset(preset, classes).ok_or("unknown preset")?;
+    let (trainable, placement) = match mode {
+        "adapters" => (Trainable::Adapters, config.graph().parallel_all()),
+        "full" => (Trainable::Full, graft_graph::Placement::empty()),
+        other => return Err(format!("mode {other:?}: adapters or full").into()),
+    };
+    let model = config
+        .init(&device)
+        .with_placement(&placement, &AdapterConfig::new())?
+        .train()
+        .with_trainable(trainable);
+    let mut model = model;
+    let mut optim = AdamWConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let s = config.image_size;
+    let x = Tensor::<4>::random([batch, 3, s, s], Distribution::Normal(0.0, 1.0), &ad);
+    let labels: Vec<i64> = (0..batch as i64).map(|i| i % classes as i64).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &ad);
+    let mut times = Vec::new();
+    for k in 0..steps + warmup {
+        let t = Instant::now();
+        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+        // Wait for the step to finish (lazy backends).
+        let _ = model.head.weight.val().into_data();
+        if k >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{{\"impl\": \"graft+{}\", \"preset\": \"{preset}\", \"batch\": {batch}, \"mode\": \"{mode}\", \"device\": \"{device_name}\", \"step_s\": {median:.5}, \"images_per_s\": {:.1}}}",
+        graft_backend::backend_name(),
+        batch as f64 / median
+    );
+    Ok(())
+}
