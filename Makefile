@@ -1,7 +1,8 @@
 # Thin: each target is one cargo command plus the environment it needs.
 #   make pipeline [TASK=dtd]   run pipelines/$(TASK).toml, or the embedded default
 #   make test                  flex build + tests, then the tch build's tests
-#   make bench                 benchmarks; figures go to BENCHMARKS.md by hand
+#   make bench                 benchmarks (pipeline overhead, fine-tune speed against PyTorch,
+#                              SVD libraries); figures go to BENCHMARKS.md by hand
 # PyTorch 2.9.0 (for burn-tch and the reference scripts) is installed by pip into
 # .venv on first use; nothing is downloaded by the programs themselves.
 
@@ -71,9 +72,12 @@ chromium:
 test-tch: venv
 	$(TCH_ENV) $(CARGO) test -p graft-backend -p graft-model -p graft-train -p graft-probe -p graft-finetune --no-default-features --features tch
 
-bench:
-	$(CARGO) build --release --workspace --bins
+bench: venv
+	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS) $(TENSOR_BINS))
 	bash bench/pipeline.sh
+	bash bench/finetune_speed.sh vit-cpu-small 64 adapters
+	bash bench/finetune_speed.sh vit-cpu-small 64 full
+	$(CARGO) run -q --release -p graft-probe --example svd_bench --features bench-linalg
 
 clean-venv:
 	rm -rf $(VENV)

@@ -205,18 +205,7 @@ impl Stage for Finetune {
                 return Err(format!("{name} = {v} must be a positive number").into());
             }
         }
-        if let Some(preset) = &p.preset
-            && VitConfig::preset(preset, 1).is_none()
-        {
-            return Err(format!(
-                "preset = {preset:?} is not a preset (known: {})",
-                graft_model::PRESETS.join(", ")
-            )
-            .into());
-        }
-        if p.checkpoint.is_some() && p.preset.is_none() {
-            return Err("checkpoint needs preset (the model the file holds)".into());
-        }
+        graft_train::check_base_params(p.preset.as_deref(), p.checkpoint.as_deref())?;
         if let (Some(preset), false) = (&p.preset, p.placements.is_empty()) {
             let graph = VitConfig::preset(preset, 1).map(|c| c.graph());
             if let Some(graph) = graph {
@@ -237,14 +226,7 @@ impl Stage for Finetune {
     }
 
     fn fingerprints(p: &FinetuneParams) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
-        let Some(path) = &p.checkpoint else {
-            return Ok(BTreeMap::new());
-        };
-        Ok([(
-            "base".to_owned(),
-            graft_train::file_fingerprint(path.as_ref())?,
-        )]
-        .into())
+        Ok(graft_train::base_fingerprints(p.checkpoint.as_deref())?)
     }
 
     fn run(

@@ -151,18 +151,7 @@ impl Stage for Probe {
         if !(p.head_lr > 0.0 && p.head_lr.is_finite()) {
             return Err(format!("head_lr = {} must be positive", p.head_lr).into());
         }
-        if let Some(preset) = &p.preset
-            && VitConfig::preset(preset, 1).is_none()
-        {
-            return Err(format!(
-                "preset = {preset:?} is not a preset (known: {})",
-                graft_model::PRESETS.join(", ")
-            )
-            .into());
-        }
-        if p.checkpoint.is_some() && p.preset.is_none() {
-            return Err("checkpoint needs preset (the model the file holds)".into());
-        }
+        graft_train::check_base_params(p.preset.as_deref(), p.checkpoint.as_deref())?;
         graft_backend::device(&p.device)?;
         Ok(p)
     }
@@ -172,14 +161,7 @@ impl Stage for Probe {
     }
 
     fn fingerprints(p: &ProbeParams) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
-        let Some(path) = &p.checkpoint else {
-            return Ok(BTreeMap::new());
-        };
-        Ok([(
-            "base".to_owned(),
-            graft_train::file_fingerprint(path.as_ref())?,
-        )]
-        .into())
+        Ok(graft_train::base_fingerprints(p.checkpoint.as_deref())?)
     }
 
     fn run(

@@ -63,3 +63,30 @@ pub fn file_fingerprint(path: &Path) -> Result<ArtifactId, String> {
         .map_err(|e| format!("checkpoint {}: {e}", path.display()))?;
     ArtifactId::parse(h.finalize().to_hex().as_str()).map_err(|e| e.to_string())
 }
+
+/// Checks the `preset` and `checkpoint` parameters of a stage that takes a base model.
+pub fn check_base_params(preset: Option<&str>, checkpoint: Option<&str>) -> Result<(), String> {
+    if let Some(preset) = preset
+        && graft_model::VitConfig::preset(preset, 1).is_none()
+    {
+        return Err(format!(
+            "preset = {preset:?} is not a preset (known: {})",
+            graft_model::PRESETS.join(", ")
+        ));
+    }
+    if checkpoint.is_some() && preset.is_none() {
+        return Err("checkpoint needs preset (the model the file holds)".into());
+    }
+    Ok(())
+}
+
+/// The key inputs a base model adds besides the input artifacts: the content fingerprint
+/// of a `checkpoint` file, under the name `base`.
+pub fn base_fingerprints(
+    checkpoint: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, ArtifactId>, String> {
+    let Some(path) = checkpoint else {
+        return Ok(Default::default());
+    };
+    Ok([("base".to_owned(), file_fingerprint(Path::new(path))?)].into())
+}

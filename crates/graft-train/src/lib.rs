@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-pub use base::{BaseModel, file_fingerprint, resolve_base};
+pub use base::{BaseModel, base_fingerprints, check_base_params, file_fingerprint, resolve_base};
 pub use data::{DatasetInfo, Preprocessing, Split};
 
 #[derive(Debug, thiserror::Error)]
