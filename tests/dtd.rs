@@ -312,26 +312,76 @@ fn dtd_pipeline_file_runs_on_a_miniature_dtd() {
     mini_dtd(dir.path());
     let store = dir.path().join("store");
     let pipe = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/dtd.toml");
-    let small = [
-        "-S",
-        "prep.image_size=16",
-        "-S",
-        "prep.train=7",
-        "-S",
-        "prep.val=3",
+    // The file's ViT-B/16 on a GPU becomes a tiny 16 px checkpoint on the CPU, made here by
+    // the prep and pretrain stages on procedural data.
+    let json = |out: String| -> String {
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["artifact"].as_str().unwrap().to_owned()
+    };
+    let data = json(ok(prep(&store).args([
+        "--json",
+        "-p",
+        "source=procedural",
+        "-p",
+        "task=source",
+        "-p",
+        "image_size=16",
+        "-p",
+        "train=32",
+        "-p",
+        "val=8",
+        "-p",
+        "test=8",
+    ])));
+    let base = json(ok(std::process::Command::new(
+        bin_dir().join("graft-pretrain"),
+    )
+    .arg("--store")
+    .arg(&store)
+    .args(["--json", "-p", "preset=\"vit-cpu-tiny\"", "-p", "epochs=1"])
+    .args(["-i", &format!("dataset={data}")])));
+    let ckpt = store.join("objects").join(base).join("model.safetensors");
+    let ckpt = ckpt.to_str().unwrap();
+    let sets = [
+        "prep.image_size=16".to_owned(),
+        "prep.train=7".into(),
+        "prep.val=3".into(),
+        format!("probe.checkpoint=\"{ckpt}\""),
+        "probe.preset=\"vit-cpu-tiny\"".into(),
+        "probe.device=\"cpu\"".into(),
+        "probe.batch=4".into(),
+        "probe.batches=1".into(),
+        "probe.head_epochs=1".into(),
+        "propose.budgets=[1, 2]".into(),
+        format!("finetune.checkpoint=\"{ckpt}\""),
+        "finetune.preset=\"vit-cpu-tiny\"".into(),
+        "finetune.device=\"cpu\"".into(),
+        "finetune.seeds=[0]".into(),
+        "finetune.epochs=1".into(),
+        "finetune.batch=8".into(),
     ];
+    let small: Vec<String> = sets
+        .iter()
+        .flat_map(|s| ["-S".to_owned(), s.clone()])
+        .collect();
     // Without the data set: a clear error, nothing written.
-    let o = run(graft(&store).args(["run", pipe]).args(small));
+    let o = run(graft(&store).args(["run", pipe]).args(&small));
     assert!(!o.status.success());
     assert!(stderr(&o).contains("DTD_DIR"), "{}", stderr(&o));
     let out = ok(graft(&store)
         .args(["run", pipe])
-        .args(small)
+        .args(&small)
         .env("DTD_DIR", dir.path()));
     assert_eq!(status_of(&out, "prep"), "ran", "{out}");
+    for stage in ["probe", "propose", "finetune", "report"] {
+        assert_eq!(status_of(&out, stage), "ran", "{out}");
+    }
+    assert!(out.contains("report.html"), "{out}");
     let out = ok(graft(&store)
         .args(["run", pipe])
-        .args(small)
+        .args(&small)
         .env("DTD_DIR", dir.path()));
-    assert_eq!(status_of(&out, "prep"), "fresh", "{out}");
+    for stage in ["prep", "probe", "propose", "finetune", "report"] {
+        assert_eq!(status_of(&out, stage), "fresh", "{out}");
+    }
 }

@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use graft_model::{AdapterConfig, Trainable, VitConfig};
