@@ -4,5 +4,6 @@
 mod common;
 mod dtd;
 mod finetune;
+mod gc;
 mod pipeline;
 mod store;

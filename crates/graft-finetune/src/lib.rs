@@ -374,9 +374,13 @@ impl Stage for Finetune {
         let mut found: Vec<Option<Artifact>> = Vec::with_capacity(specs.len());
         let mut todo = Vec::new();
         for (k, spec) in specs.iter().enumerate() {
-            match store.lookup(&spec.key())? {
+            // The same corrupt-entry path as every lookup: warned, moved aside, retrained.
+            match store.settle(&spec.key())? {
                 graft_store::Lookup::Hit(a) => found.push(Some(a)),
-                _ => {
+                other => {
+                    if let graft_store::Lookup::Corrupt(c) = other {
+                        eprintln!("warning: {c}");
+                    }
                     found.push(None);
                     todo.push(k);
                 }

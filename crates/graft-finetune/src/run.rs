@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use graft_graph::{Edge, Placement};
 use graft_model::{AdapterAct, AdapterConfig, Trainable, VitConfig};
-use graft_store::{Artifact, ArtifactId, KeyInput, Lookup, PublishInfo, StageKey, Store};
+use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, StageKey, Store};
 use graft_tables::{EpochRow, Table};
 use graft_train::{DatasetInfo, Split, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
@@ -168,36 +168,38 @@ pub struct RunResult {
 }
 
 /// Returns the run's artifact: from the store when it was trained before, else trains it
-/// and publishes it. The key's lock makes two processes asking for one run train it once.
+/// and publishes it, through [`Store::ensure`] (the key's lock makes two processes asking for
+/// one run train it once; a corrupt entry is moved to `corrupt/` and retrained). The second
+/// value is the warning about a corrupt entry, naming its file.
 pub fn ensure_run(
     store: &Store,
     spec: &RunSpec,
     on_step: impl FnMut(usize, usize, f32),
-) -> Result<Artifact, FinetuneError> {
+) -> Result<(Artifact, Option<String>), FinetuneError> {
     let key = spec.key();
-    let _lock = store.lock_key(&key)?;
-    if let Lookup::Hit(artifact) = store.lookup(&key)? {
-        return Ok(artifact);
-    }
-    let start = Instant::now();
-    let out = store.begin()?;
-    let result = train_run(spec, out.dir(), on_step)?;
-    let result = RunResult {
-        wall_seconds: start.elapsed().as_secs_f64(),
-        peak_memory_bytes: peak_rss(),
-        ..result
-    };
-    write_json(&out.file(RUN_FILE), &result)?;
-    let manifest = out.publish(PublishInfo {
-        stage: RUN_STAGE,
-        stage_version: RUN_VERSION,
-        key: &key,
-        params: &spec.key_params(),
-        inputs: &spec.key_inputs(),
-        extra: [("device".to_owned(), Value::from(spec.device.clone()))].into(),
-        wall_seconds: result.wall_seconds,
+    let params = spec.key_params();
+    let inputs = spec.key_inputs();
+    let ensured = store.ensure(&key, false, |_, out| {
+        let start = Instant::now();
+        let result = train_run(spec, out.dir(), on_step)?;
+        let result = RunResult {
+            wall_seconds: start.elapsed().as_secs_f64(),
+            peak_memory_bytes: peak_rss(),
+            ..result
+        };
+        write_json(&out.file(RUN_FILE), &result)?;
+        Ok::<_, FinetuneError>(PublishInfo {
+            stage: RUN_STAGE,
+            stage_version: RUN_VERSION,
+            key: &key,
+            params: &params,
+            inputs: &inputs,
+            extra: [("device".to_owned(), Value::from(spec.device.clone()))].into(),
+            wall_seconds: result.wall_seconds,
+        })
     })?;
-    Ok(store.artifact(&manifest.id)?)
+    let warning = ensured.warning();
+    Ok((ensured.artifact, warning))
 }
 
 /// Trains one run into `dir` (`epochs.parquet`, and the adapter weights when it has them).

@@ -1,6 +1,7 @@
 //! Runs fan out into worker processes: `graft-finetune worker --store S --spec JSON` trains
 //! one run (or finds it in the store) and reports on stdout, one line each:
-//! `progress <step> <total> <loss>`, then `artifact <id>`. The parent keeps `jobs` workers
+//! `progress <step> <total> <loss>`, `warning <text>` (a corrupt entry it moved aside), then
+//! `artifact <id>`. The parent keeps `jobs` workers
 //! busy, draws a progress bar per worker and an overall one, and collects the outcomes.
 //! A process per run also makes each run's peak memory its own.
 
@@ -139,6 +140,10 @@ fn run_worker(
                     }
                 }
                 Some("artifact") => artifact = parts.next().and_then(|s| ArtifactId::parse(s).ok()),
+                Some("warning") => {
+                    let w = line["warning".len()..].trim();
+                    bar.suspend(|| eprintln!("warning: {w}"));
+                }
                 _ => {}
             }
         }
@@ -180,9 +185,12 @@ pub fn worker_main(args: &[String]) -> Result<(), FinetuneError> {
     let spec: RunSpec = serde_json::from_str(&spec)
         .map_err(|e| FinetuneError::Spec(format!("worker: --spec: {e}")))?;
     let store = Store::open(&store)?;
-    let artifact = ensure_run(&store, &spec, |step, total, loss| {
+    let (artifact, warning) = ensure_run(&store, &spec, |step, total, loss| {
         println!("progress {step} {total} {loss:.4}");
     })?;
+    if let Some(w) = warning {
+        println!("warning {w}");
+    }
     println!("artifact {}", artifact.id());
     Ok(())
 }

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use graft_stage::{Outcome, Status};
-use graft_store::{ArtifactId, Store};
+use graft_store::{ArtifactId, GcPlan, Store};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -52,6 +52,8 @@ pub enum RunnerError {
     Stage { stage: String, message: String },
     #[error(transparent)]
     Store(#[from] graft_store::StoreError),
+    #[error("{message}")]
+    Gc { message: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -410,37 +412,177 @@ pub fn describe(spec: &StageSpec, result: &StageResult, seconds: f64, width: usi
     }
 }
 
-/// Artifacts that the named pipelines' stages last produced: the roots of `gc`.
-pub fn gc_roots(store: &Store, pipelines: &[Pipeline]) -> Result<Vec<ArtifactId>, RunnerError> {
-    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
-    for p in pipelines {
-        for s in &p.stages {
-            wanted.insert((format!("{}/{}", p.name, s.name), s.kind.clone()));
-        }
-    }
-    let mut roots = Vec::new();
-    for (slot, record) in store.slots()? {
-        if wanted.contains(&(slot, record.stage.clone())) {
-            roots.push(record.artifact);
-        }
-    }
-    Ok(roots)
+/// What `gc` keeps and why: the last artifact of every slot in the store (every pipeline that
+/// ran on it, wherever its file lives, and stages run by hand), less the slots `--forget`
+/// names.
+#[derive(Debug, Default, Clone)]
+pub struct GcRoots {
+    /// Artifacts of the kept slots.
+    pub roots: Vec<ArtifactId>,
+    /// Slots `--forget` drops (removed with `--yes`).
+    pub forget: Vec<String>,
+    /// Pipelines with slots in the store and no file among the known pipelines (run from a
+    /// file elsewhere): kept all the same.
+    pub elsewhere: Vec<String>,
+    /// Kept slots whose stage is no longer in its pipeline's file: `(slot, file)`.
+    pub stale_stages: Vec<(String, String)>,
 }
 
-/// The embedded default and every `*.toml` in `dir`.
+/// The pipeline a slot belongs to: `ci` of `ci/probe`; a slot without `/` (a stage run by
+/// hand) is its own.
+pub fn slot_pipeline(slot: &str) -> &str {
+    slot.split_once('/').map_or(slot, |(p, _)| p)
+}
+
+/// The roots of `gc`: every slot's artifact, less those of `forget` (a pipeline name, or one
+/// slot `pipeline/stage`). Refuses (an error naming the cause) when it cannot tell what to
+/// keep: an unreadable pipelines directory or slot record, a pipeline file that does not
+/// parse, a `forget` name with no slot.
+pub fn gc_roots(
+    store: &Store,
+    pipelines_dir: &Path,
+    forget: &[String],
+) -> Result<GcRoots, RunnerError> {
+    let files = all_pipelines(pipelines_dir)?;
+    let slots = store.slots()?;
+    let mut out = GcRoots::default();
+    for name in forget {
+        let hits: Vec<&String> = slots
+            .iter()
+            .map(|(slot, _)| slot)
+            .filter(|slot| *slot == name || slot_pipeline(slot) == name)
+            .collect();
+        if hits.is_empty() {
+            let mut known: Vec<&str> = slots.iter().map(|(s, _)| slot_pipeline(s)).collect();
+            known.dedup();
+            return Err(RunnerError::Gc {
+                message: format!(
+                    "--forget {name}: no pipeline or slot of that name in the store (pipelines with slots: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            });
+        }
+        out.forget.extend(hits.into_iter().cloned());
+    }
+    out.forget.sort();
+    out.forget.dedup();
+    for (slot, record) in &slots {
+        if out.forget.contains(slot) {
+            continue;
+        }
+        out.roots.push(record.artifact.clone());
+        let Some((pipeline, stage)) = slot.split_once('/') else {
+            continue;
+        };
+        match files.iter().find(|p| p.name == pipeline) {
+            Some(p) if !p.stages.iter().any(|s| s.name == stage) => {
+                out.stale_stages.push((slot.clone(), p.source.clone()))
+            }
+            Some(_) => {}
+            None => {
+                if !out.elsewhere.iter().any(|e| e == pipeline) {
+                    out.elsewhere.push(pipeline.to_owned());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sizes for people: bytes, KiB or MiB.
+pub fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / 1048576.0),
+    }
+}
+
+/// The lines `gc` prints: with `deleted` false (the dry run) they list exactly what `--yes`
+/// deletes, each artifact with its size and the slot it last belonged to.
+pub fn gc_lines(roots: &GcRoots, plan: &GcPlan, deleted: bool) -> Vec<String> {
+    let verb = if deleted { "removed" } else { "would remove" };
+    let mut out = Vec::new();
+    for slot in &roots.forget {
+        out.push(format!(
+            "{} slot {slot}",
+            if deleted { "forgot" } else { "would forget" }
+        ));
+    }
+    for e in &plan.remove {
+        out.push(format!(
+            "{verb} {}  {}  {}",
+            e.id,
+            human_size(e.size),
+            match &e.owner {
+                Some(slot) => format!("last in {slot}"),
+                None => "no pipeline".to_owned(),
+            }
+        ));
+    }
+    for (path, size) in &plan.corrupt {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        out.push(format!(
+            "{verb} corrupt/{}  {}",
+            name.unwrap_or_default(),
+            human_size(*size)
+        ));
+    }
+    for p in &roots.elsewhere {
+        out.push(format!(
+            "kept pipeline {p}: its file is not among the known pipelines (`graft gc --forget {p}` lets it go)"
+        ));
+    }
+    for (slot, file) in &roots.stale_stages {
+        out.push(format!(
+            "kept slot {slot}: its stage is no longer in {file} (`graft gc --forget {slot}` lets it go)"
+        ));
+    }
+    out.push(format!(
+        "{} artifacts kept, {} unreachable, {} in corrupt/ ({}), {} stale key records{}",
+        plan.kept.len(),
+        plan.remove.len(),
+        plan.corrupt.len(),
+        human_size(plan.bytes()),
+        plan.stale_keys.len(),
+        if deleted {
+            " removed"
+        } else {
+            "; run with --yes to delete"
+        }
+    ));
+    out
+}
+
+/// The embedded default and every `*.toml` in `dir` (none when `dir` does not exist). A
+/// directory that cannot be read, or a file that does not parse, is an error.
 pub fn all_pipelines(dir: &Path) -> Result<Vec<Pipeline>, RunnerError> {
     let mut out = vec![Pipeline::load(None)?];
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for p in paths
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        {
-            let pipeline = Pipeline::load(Some(&p.display().to_string()))?;
-            if pipeline.name != "default" {
-                out.push(pipeline);
-            }
+    let io = |source| RunnerError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(e)),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        paths.push(entry.map_err(io)?.path());
+    }
+    paths.sort();
+    for p in paths
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+    {
+        let pipeline = Pipeline::load(Some(&p.display().to_string()))?;
+        if pipeline.name != "default" {
+            out.push(pipeline);
         }
     }
     Ok(out)

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use graft_runner::{
-    Mode, PLANNED_KINDS, Pipeline, RunOptions, StageResult, all_pipelines, describe, gc_roots,
+    Mode, PLANNED_KINDS, Pipeline, RunOptions, StageResult, describe, gc_lines, gc_roots,
 };
 use graft_store::Store;
 
@@ -30,14 +30,19 @@ enum Cmd {
     Run(PipelineArgs),
     /// Say which stages are fresh and why the others would run, without running anything.
     Status(PipelineArgs),
-    /// Remove artifacts that no pipeline's last run reaches (dry run without --yes).
+    /// Remove artifacts that the last run of no pipeline in the store reaches (lists exactly
+    /// that without --yes). Refuses to delete anything when it cannot tell what to keep.
     Gc {
-        /// Directory of pipeline files whose stages are kept (besides the embedded default).
+        /// Directory of pipeline files, to say which kept pipelines and stages have no file
+        /// there (besides the embedded default); every pipeline with slots in the store is kept.
         #[arg(long, default_value = "pipelines")]
         pipelines: PathBuf,
         /// Delete; without it, only list.
         #[arg(long)]
         yes: bool,
+        /// Stop keeping a pipeline (all its slots) or one slot `pipeline/stage` (repeatable).
+        #[arg(long, value_name = "NAME")]
+        forget: Vec<String>,
     },
     /// Check every artifact's files against its manifest.
     Verify,
@@ -73,31 +78,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Run(args) => pipeline(&cli.store, args, Mode::Run),
         Cmd::Status(args) => pipeline(&cli.store, args, Mode::Status),
-        Cmd::Gc { pipelines, yes } => {
+        Cmd::Gc {
+            pipelines,
+            yes,
+            forget,
+        } => {
             let store = Store::open(&cli.store)?;
-            let all = all_pipelines(&pipelines)?;
-            let roots = gc_roots(&store, &all)?;
-            let report = store.gc(&roots, yes)?;
-            let bytes: u64 = report.unreachable.iter().map(|(_, b)| b).sum();
-            for (id, size) in &report.unreachable {
-                println!(
-                    "{} {id}  {:.1} MiB",
-                    if yes { "removed" } else { "would remove" },
-                    *size as f64 / 1048576.0
-                );
-            }
-            println!(
-                "{} artifacts kept, {} unreachable ({:.1} MiB), {} stale key records{}",
-                report.kept.len(),
-                report.unreachable.len(),
-                bytes as f64 / 1048576.0,
-                report.stale_keys,
-                if yes {
-                    " removed"
-                } else {
-                    "; run with --yes to delete"
+            let refuse = |e: &dyn std::fmt::Display| {
+                anyhow::anyhow!("gc deletes nothing: cannot tell what to keep: {e}")
+            };
+            let roots = gc_roots(&store, &pipelines, &forget).map_err(|e| match e {
+                e @ graft_runner::RunnerError::Gc { .. } => anyhow::Error::new(e),
+                e => refuse(&e),
+            })?;
+            let plan = store.gc_plan(&roots.roots).map_err(|e| refuse(&e))?;
+            if yes {
+                for slot in &roots.forget {
+                    store.remove_slot(slot)?;
                 }
-            );
+                store.gc_apply(&plan)?;
+            }
+            for line in gc_lines(&roots, &plan, yes) {
+                println!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify => {

@@ -4,8 +4,9 @@
 //! A stage implements [`Stage`]: a name, an implementation version, a typed parameter struct
 //! (unknown fields rejected), the names of its input artifacts and a `run` that writes files
 //! into a [`graft_store::Publisher`]. [`execute`] does the rest: parses [`StageArgs`], computes
-//! the [`graft_store::StageKey`], takes the key's lock, decides fresh or stale (with the
-//! reasons from [`rerun_reasons`]), runs, publishes and records the slot.
+//! the [`graft_store::StageKey`], and through [`graft_store::Store::ensure`] takes the key's
+//! lock, finds the artifact or runs and publishes (a corrupt one is moved aside with a warning
+//! and rebuilt), then says why it ran ([`rerun_reasons`]) and records the slot.
 
 mod reasons;
 
@@ -15,7 +16,8 @@ use std::time::Instant;
 
 use clap::Args;
 use graft_store::{
-    Artifact, ArtifactId, KeyInput, Lookup, PublishInfo, SlotRecord, StageKey, Store, StoreError,
+    Artifact, ArtifactId, Before, KeyInput, Lookup, PublishInfo, SlotRecord, StageKey, Store,
+    StoreError,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -336,88 +338,94 @@ pub fn execute<S: Stage>(args: &StageArgs) -> Result<Outcome, StageError> {
     .key();
     outcome.key = Some(key.clone());
 
-    let _lock = if args.status {
-        None
-    } else {
-        Some(store.lock_key(&key).map_err(serr)?)
-    };
     let previous = store.read_slot(&slot).map_err(serr)?;
-    let mut reasons = Vec::new();
-    match store.lookup(&key).map_err(serr)? {
-        Lookup::Hit(artifact) if !args.force => {
-            outcome.status = Status::Fresh;
-            outcome.artifact = Some(artifact.id().clone());
-            if !args.status {
-                let record = slot_record::<S>(&key, &r, &key_inputs, artifact.id());
-                if previous.as_ref() != Some(&record) {
-                    store.write_slot(&slot, &record).map_err(serr)?;
-                }
-            }
-            outcome.seconds = start.elapsed().as_secs_f64();
-            return Ok(outcome);
-        }
-        Lookup::Hit(_) => reasons.push("forced".to_owned()),
-        Lookup::Corrupt {
-            path,
-            reason,
-            moved_to,
-        } => {
-            let w = format!(
-                "artifact {} is corrupt ({reason}); moved to {}",
-                path.display(),
-                moved_to.display()
-            );
-            outcome.warnings.push(w);
-            reasons.push("output corrupt".to_owned());
-        }
-        Lookup::Missing { id } => {
-            reasons.push(format!("output {} missing from the store", id.short()))
-        }
-        Lookup::Miss => {}
-    }
-    if reasons.is_empty() {
-        reasons = rerun_reasons(
+    let previous_reasons = || {
+        rerun_reasons(
             previous.as_ref(),
             S::VERSION,
             &r.recorded,
             &key_inputs,
             &key,
-        );
-    }
-    outcome.reasons = reasons;
+        )
+    };
     if args.status {
-        outcome.status = Status::Stale;
+        // Read-only: a corrupt artifact is reported, and moved aside by the next run.
+        let reasons = match store.lookup(&key).map_err(serr)? {
+            Lookup::Hit(artifact) => {
+                outcome.status = Status::Fresh;
+                outcome.artifact = Some(artifact.id().clone());
+                Vec::new()
+            }
+            Lookup::Corrupt(c) => {
+                outcome.warnings.push(c.to_string());
+                vec!["output corrupt".to_owned()]
+            }
+            Lookup::Missing { id } => vec![format!("output {} missing from the store", id.short())],
+            Lookup::Miss => previous_reasons(),
+        };
+        if outcome.status != Status::Fresh {
+            outcome.status = Status::Stale;
+        }
+        outcome.reasons = reasons;
         outcome.seconds = start.elapsed().as_secs_f64();
         return Ok(outcome);
     }
 
-    let publisher = store.begin().map_err(serr)?;
-    let extra = S::run(&r.params, &inputs, &publisher).map_err(|source| StageError::Run {
-        stage: S::NAME,
-        error: source,
-    })?;
-    let wall_seconds = start.elapsed().as_secs_f64();
-    let manifest = publisher
-        .publish(PublishInfo {
-            stage: S::NAME,
-            stage_version: S::VERSION,
-            key: &key,
-            params: &r.recorded,
-            inputs: &key_inputs,
-            extra,
-            wall_seconds,
+    let ensured = store
+        .ensure(&key, args.force, |_, publisher| {
+            let extra = S::run(&r.params, &inputs, publisher).map_err(|source| {
+                Halt::Stage(StageError::Run {
+                    stage: S::NAME,
+                    error: source,
+                })
+            })?;
+            Ok(PublishInfo {
+                stage: S::NAME,
+                stage_version: S::VERSION,
+                key: &key,
+                params: &r.recorded,
+                inputs: &key_inputs,
+                extra,
+                wall_seconds: start.elapsed().as_secs_f64(),
+            })
         })
-        .map_err(serr)?;
-    store
-        .write_slot(
-            &slot,
-            &slot_record::<S>(&key, &r, &key_inputs, &manifest.id),
-        )
-        .map_err(serr)?;
-    outcome.status = Status::Ran;
-    outcome.artifact = Some(manifest.id);
+        .map_err(|h| match h {
+            Halt::Stage(e) => e,
+            Halt::Store(error) => serr(error),
+        })?;
+    let id = ensured.artifact.id().clone();
+    outcome.warnings.extend(ensured.warning());
+    outcome.reasons = match &ensured.before {
+        Before::Found => Vec::new(),
+        Before::Forced => vec!["forced".to_owned()],
+        Before::Corrupt(_) => vec!["output corrupt".to_owned()],
+        Before::Missing(id) => vec![format!("output {} missing from the store", id.short())],
+        Before::Never => previous_reasons(),
+    };
+    outcome.status = if ensured.built() {
+        Status::Ran
+    } else {
+        Status::Fresh
+    };
+    let record = slot_record::<S>(&key, &r, &key_inputs, &id);
+    if previous.as_ref() != Some(&record) {
+        store.write_slot(&slot, &record).map_err(serr)?;
+    }
+    outcome.artifact = Some(id);
     outcome.seconds = start.elapsed().as_secs_f64();
     Ok(outcome)
+}
+
+/// Why [`Store::ensure`] stopped inside `execute`: the stage's own error or the store's.
+enum Halt {
+    Stage(StageError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Halt {
+    fn from(e: StoreError) -> Halt {
+        Halt::Store(e)
+    }
 }
 
 fn slot_record<S: Stage>(

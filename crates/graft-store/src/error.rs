@@ -33,6 +33,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("invalid {what} {value:?}: expected 64 lowercase hex digits")]
     InvalidHash { what: &'static str, value: String },
+    #[error("an entry built for key {expected} was published under key {found}")]
+    KeyMismatch { expected: String, found: String },
     #[error("invalid file name {name:?} in an artifact: plain names without '/' only")]
     InvalidFileName { name: String },
 }

@@ -10,8 +10,10 @@
 //!   key record written after it, so a killed stage never leaves anything that looks complete.
 //! - Each key has an advisory file lock ([`Store::lock_key`]) so two pipelines on one store
 //!   run a given stage once and agree on its id.
-//! - A corrupt artifact is a warning and a miss: [`Store::lookup`] moves it aside and reports
-//!   its path; it is never handed to a reader.
+//! - A corrupt artifact is a warning and a miss, on one path for stages and the entries they
+//!   publish for themselves alike: [`Store::ensure`] locks the key, looks it up, verifies it,
+//!   moves a corrupt entry to `corrupt/` (its warning names the file), builds and publishes.
+//!   A corrupt artifact is never handed to a reader.
 //!
 //! The store knows nothing about tensors or models: it moves files and hashes.
 
@@ -27,7 +29,8 @@ pub use id::{ArtifactId, StageKey};
 pub use key::{KEY_FORMAT_VERSION, KeyInput};
 pub use manifest::{FileEntry, MANIFEST_FILE, Manifest};
 pub use store::{
-    Artifact, GcReport, KeyLock, Lookup, PublishInfo, Publisher, SlotRecord, Store, VerifyError,
+    Artifact, Before, Corruption, Ensured, GcEntry, GcPlan, KeyLock, Lookup, PublishInfo,
+    Publisher, SlotRecord, Store, VerifyError,
 };
 
 /// Version of the program that wrote an artifact, recorded in every manifest.

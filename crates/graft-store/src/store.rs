@@ -1,8 +1,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -78,12 +79,70 @@ pub enum Lookup {
     Miss,
     /// The key was built once, but its artifact is gone from the store.
     Missing { id: ArtifactId },
-    /// The artifact failed verification; it was moved aside to `moved_to` and is not used.
-    Corrupt {
-        path: PathBuf,
-        reason: String,
-        moved_to: PathBuf,
-    },
+    /// The artifact failed verification; it is never handed out.
+    Corrupt(Corruption),
+}
+
+/// An entry that failed verification: which file, why, and where it was moved (by
+/// [`Store::ensure`] or [`Store::settle`]; [`Store::lookup`] moves nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub path: PathBuf,
+    pub reason: String,
+    pub moved_to: Option<PathBuf>,
+}
+
+impl fmt::Display for Corruption {
+    /// The one warning every corrupt entry gets: `artifact <file> is corrupt (<why>); moved to <dir>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "artifact {} is corrupt ({})",
+            self.path.display(),
+            self.reason
+        )?;
+        match &self.moved_to {
+            Some(to) => write!(f, "; moved to {}", to.display()),
+            None => write!(f, "; it will be moved to corrupt/ and rebuilt"),
+        }
+    }
+}
+
+/// What [`Store::ensure`] found under the key before it returned the artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Before {
+    /// The verified artifact was there and is returned as it is.
+    Found,
+    /// It was there, and rebuilt because the caller forced it.
+    Forced,
+    /// Nothing was ever recorded under the key.
+    Never,
+    /// The key's artifact was gone from the store.
+    Missing(ArtifactId),
+    /// The key's artifact was corrupt; it was moved to `corrupt/`.
+    Corrupt(Corruption),
+}
+
+/// An artifact [`Store::ensure`] found or built.
+#[derive(Debug)]
+pub struct Ensured {
+    pub artifact: Artifact,
+    pub before: Before,
+}
+
+impl Ensured {
+    /// Whether the build ran.
+    pub fn built(&self) -> bool {
+        self.before != Before::Found
+    }
+
+    /// The warning to show, when the entry was corrupt.
+    pub fn warning(&self) -> Option<String> {
+        match &self.before {
+            Before::Corrupt(c) => Some(c.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// Why an artifact failed verification.
@@ -99,13 +158,37 @@ pub struct KeyLock {
     _file: File,
 }
 
-/// What `gc` found (and removed, unless it was a dry run).
-#[derive(Debug, Default)]
-pub struct GcReport {
+/// What `gc` would delete (computed by [`Store::gc_plan`], carried out by
+/// [`Store::gc_apply`]): the dry run lists exactly this.
+#[derive(Debug, Default, Clone)]
+pub struct GcPlan {
+    /// Artifacts the roots reach.
     pub kept: Vec<ArtifactId>,
-    pub unreachable: Vec<(ArtifactId, u64)>,
-    pub stale_keys: usize,
-    pub deleted: bool,
+    /// Artifacts no root reaches.
+    pub remove: Vec<GcEntry>,
+    /// Key records whose artifact is removed or gone.
+    pub stale_keys: Vec<PathBuf>,
+    /// Entries under `corrupt/`, with their sizes.
+    pub corrupt: Vec<(PathBuf, u64)>,
+}
+
+/// One artifact `gc` would delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcEntry {
+    pub id: ArtifactId,
+    pub size: u64,
+    /// The slot (`pipeline/stage`) it last belonged to: the slot's record or history names it,
+    /// or it is an entry (input, run, head) of an artifact that slot had. `None` when no slot
+    /// ever had it.
+    pub owner: Option<String>,
+}
+
+impl GcPlan {
+    /// Bytes the plan frees.
+    pub fn bytes(&self) -> u64 {
+        self.remove.iter().map(|e| e.size).sum::<u64>()
+            + self.corrupt.iter().map(|(_, s)| s).sum::<u64>()
+    }
 }
 
 fn verified_cache() -> &'static Mutex<HashSet<PathBuf>> {
@@ -152,7 +235,9 @@ impl Store {
         Ok(KeyLock { _file: file })
     }
 
-    /// What the store holds for `key`. A corrupt artifact is moved aside and reported, never returned.
+    /// What the store holds for `key`, moving nothing: a corrupt artifact is reported (never
+    /// returned) and left where it is. `--status` uses this; everything that builds uses
+    /// [`Store::ensure`].
     pub fn lookup(&self, key: &StageKey) -> Result<Lookup> {
         let path = self.key_path(key);
         let record: KeyRecord = match read_json_opt(&path)? {
@@ -167,16 +252,75 @@ impl Store {
         }
         match self.verify(&record.artifact) {
             Ok(manifest) => Ok(Lookup::Hit(Artifact { dir, manifest })),
-            Err(e) => {
-                let moved_to = self.quarantine(&record.artifact)?;
-                remove_if_exists(&path)?;
-                Ok(Lookup::Corrupt {
-                    path: e.path,
-                    reason: e.reason,
-                    moved_to,
-                })
-            }
+            Err(e) => Ok(Lookup::Corrupt(Corruption {
+                path: e.path,
+                reason: e.reason,
+                moved_to: None,
+            })),
         }
+    }
+
+    /// Takes the key's lock and looks the key up; a corrupt entry is moved to `corrupt/` and
+    /// its key record removed, so it reads as a miss from then on (the returned
+    /// [`Lookup::Corrupt`] names the file and where it went). For callers that only want to
+    /// know whether an entry is there before handing its build to someone else (the
+    /// fine-tune stage's workers), with the same corrupt-entry path as [`Store::ensure`].
+    pub fn settle(&self, key: &StageKey) -> Result<Lookup> {
+        let _lock = self.lock_key(key)?;
+        self.settle_locked(key)
+    }
+
+    fn settle_locked(&self, key: &StageKey) -> Result<Lookup> {
+        match self.lookup(key)? {
+            Lookup::Corrupt(c) => {
+                let id = read_json_opt::<KeyRecord>(&self.key_path(key))?.map(|r| r.artifact);
+                let moved_to = match id {
+                    Some(id) => Some(self.quarantine(&id)?),
+                    None => None,
+                };
+                remove_if_exists(&self.key_path(key))?;
+                Ok(Lookup::Corrupt(Corruption { moved_to, ..c }))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// The one way an entry is found or made: locks `key`, looks it up and verifies it; a
+    /// corrupt entry is moved to `corrupt/` (reported in [`Ensured::before`], whose
+    /// [`Ensured::warning`] names the file); unless the entry verified (and `force` is off),
+    /// calls `build` with what was there and a fresh [`Publisher`], and publishes what it
+    /// wrote under `key`. Two processes ensuring one key build it once.
+    pub fn ensure<'a, E: From<StoreError>>(
+        &self,
+        key: &StageKey,
+        force: bool,
+        build: impl FnOnce(&Before, &Publisher) -> std::result::Result<PublishInfo<'a>, E>,
+    ) -> std::result::Result<Ensured, E> {
+        let _lock = self.lock_key(key)?;
+        let before = match self.settle_locked(key)? {
+            Lookup::Hit(artifact) if !force => {
+                return Ok(Ensured {
+                    artifact,
+                    before: Before::Found,
+                });
+            }
+            Lookup::Hit(_) => Before::Forced,
+            Lookup::Miss => Before::Never,
+            Lookup::Missing { id } => Before::Missing(id),
+            Lookup::Corrupt(c) => Before::Corrupt(c),
+        };
+        let publisher = self.begin()?;
+        let info = build(&before, &publisher)?;
+        if info.key != key {
+            return Err(StoreError::KeyMismatch {
+                expected: key.to_string(),
+                found: info.key.to_string(),
+            }
+            .into());
+        }
+        let manifest = publisher.publish(info)?;
+        let artifact = self.artifact(&manifest.id)?;
+        Ok(Ensured { artifact, before })
     }
 
     /// Opens an artifact for reading, verifying its content hashes the first time this
@@ -352,8 +496,46 @@ impl Store {
         read_json_opt(&self.slot_path(slot))
     }
 
+    /// Records the last run of `slot`. When it replaces another artifact, that one's id is
+    /// appended to the slot's history (`slots/<name>.history`), so `gc` can say which
+    /// pipeline an artifact it removes last belonged to.
     pub fn write_slot(&self, slot: &str, record: &SlotRecord) -> Result<()> {
-        write_json_atomic(&self.slot_path(slot), record)
+        let path = self.slot_path(slot);
+        if let Ok(Some(old)) = read_json_opt::<SlotRecord>(&path)
+            && old.artifact != record.artifact
+        {
+            let hist = path.with_extension("history");
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&hist)
+                .map_err(StoreError::io(&hist))?;
+            f.write_all(format!("{}\n", old.artifact).as_bytes())
+                .map_err(StoreError::io(&hist))?;
+        }
+        write_json_atomic(&path, record)
+    }
+
+    /// Removes a slot's record and history: `gc` no longer keeps its artifact.
+    pub fn remove_slot(&self, slot: &str) -> Result<()> {
+        let path = self.slot_path(slot);
+        remove_if_exists(&path)?;
+        remove_if_exists(&path.with_extension("history"))
+    }
+
+    /// Artifacts a slot had before its current one, oldest first.
+    fn slot_history(&self, slot: &str) -> Result<Vec<ArtifactId>> {
+        let path = self.slot_path(slot).with_extension("history");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        // A line cut short by a kill is skipped: the history only names owners.
+        Ok(text
+            .lines()
+            .filter_map(|l| ArtifactId::parse(l.trim()).ok())
+            .collect())
     }
 
     /// All slot records, by slot name.
@@ -391,34 +573,34 @@ impl Store {
         Ok(ids)
     }
 
-    /// Removes (with `delete`) or lists every artifact not reachable from `roots` through
-    /// manifest inputs and refs, and the key records that point at nothing.
-    pub fn gc(&self, roots: &[ArtifactId], delete: bool) -> Result<GcReport> {
+    /// What `gc` would delete: every artifact that `roots` do not reach through manifest
+    /// inputs and refs, the key records that would point at nothing, and `corrupt/`. Refuses
+    /// (an error naming the file) when a reached artifact's manifest cannot be read, since what
+    /// it reaches would then be unknown.
+    pub fn gc_plan(&self, roots: &[ArtifactId]) -> Result<GcPlan> {
         let mut reached: BTreeSet<ArtifactId> = BTreeSet::new();
         let mut todo: Vec<ArtifactId> = roots.to_vec();
         while let Some(id) = todo.pop() {
             if !reached.insert(id.clone()) {
                 continue;
             }
-            let mpath = self.object_dir(&id).join(MANIFEST_FILE);
-            if let Some(m) = read_json_opt::<Manifest>(&mpath).ok().flatten() {
+            if let Some(m) = self.read_manifest(&id)? {
                 todo.extend(m.inputs.into_values());
                 todo.extend(m.refs);
             }
         }
-        let mut report = GcReport {
-            deleted: delete,
-            ..GcReport::default()
-        };
+        let owners = self.owners()?;
+        let mut plan = GcPlan::default();
         for id in self.objects()? {
             if reached.contains(&id) {
-                report.kept.push(id);
+                plan.kept.push(id);
             } else {
                 let size = dir_size(&self.object_dir(&id));
-                report.unreachable.push((id, size));
+                let owner = owners.get(&id).cloned();
+                plan.remove.push(GcEntry { id, size, owner });
             }
         }
-        let gone: HashSet<&ArtifactId> = report.unreachable.iter().map(|(id, _)| id).collect();
+        let gone: HashSet<&ArtifactId> = plan.remove.iter().map(|e| &e.id).collect();
         let keys = self.root.join("keys");
         for entry in fs::read_dir(&keys).map_err(StoreError::io(&keys))? {
             let path = entry.map_err(StoreError::io(&keys))?.path();
@@ -427,21 +609,77 @@ impl Store {
                 _ => true,
             };
             if stale {
-                report.stale_keys += 1;
-                if delete {
-                    remove_if_exists(&path)?;
+                plan.stale_keys.push(path);
+            }
+        }
+        plan.stale_keys.sort();
+        let corrupt = self.root.join("corrupt");
+        for entry in fs::read_dir(&corrupt).map_err(StoreError::io(&corrupt))? {
+            let path = entry.map_err(StoreError::io(&corrupt))?.path();
+            let size = dir_size(&path);
+            plan.corrupt.push((path, size));
+        }
+        plan.corrupt.sort();
+        Ok(plan)
+    }
+
+    /// Deletes what `plan` lists, and only that.
+    pub fn gc_apply(&self, plan: &GcPlan) -> Result<()> {
+        for key in &plan.stale_keys {
+            remove_if_exists(key)?;
+        }
+        for e in &plan.remove {
+            remove_any(&self.object_dir(&e.id))?;
+        }
+        for (path, _) in &plan.corrupt {
+            remove_any(path)?;
+        }
+        Ok(())
+    }
+
+    /// A manifest that exists but cannot be read is an error; a missing artifact is `None`.
+    fn read_manifest(&self, id: &ArtifactId) -> Result<Option<Manifest>> {
+        let dir = self.object_dir(id);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        read_json_opt::<Manifest>(&dir.join(MANIFEST_FILE))?
+            .map(Some)
+            .ok_or_else(|| StoreError::Io {
+                path: dir.join(MANIFEST_FILE),
+                source: io::Error::new(io::ErrorKind::NotFound, "artifact without a manifest"),
+            })
+    }
+
+    /// For every artifact a slot has had (now or in its history), the slot; then everything
+    /// those artifacts reach (inputs, refs) inherits the slot when it has none of its own.
+    /// Later records win, so each artifact gets the slot it last belonged to.
+    fn owners(&self) -> Result<BTreeMap<ArtifactId, String>> {
+        let mut direct: BTreeMap<ArtifactId, String> = BTreeMap::new();
+        let slots = self.slots()?;
+        for (slot, _) in &slots {
+            for id in self.slot_history(slot)? {
+                direct.insert(id, slot.clone());
+            }
+        }
+        for (slot, rec) in &slots {
+            direct.insert(rec.artifact.clone(), slot.clone());
+        }
+        let mut owners = direct.clone();
+        let mut todo: Vec<(ArtifactId, String)> = direct.into_iter().collect();
+        while let Some((id, slot)) = todo.pop() {
+            // Unreadable manifests of unreached artifacts only lose a label here.
+            let Ok(Some(m)) = self.read_manifest(&id) else {
+                continue;
+            };
+            for next in m.inputs.into_values().chain(m.refs) {
+                if !owners.contains_key(&next) {
+                    owners.insert(next.clone(), slot.clone());
+                    todo.push((next, slot.clone()));
                 }
             }
         }
-        if delete {
-            for (id, _) in &report.unreachable {
-                remove_any(&self.object_dir(id))?;
-            }
-            let corrupt = self.root.join("corrupt");
-            remove_any(&corrupt)?;
-            fs::create_dir_all(&corrupt).map_err(StoreError::io(&corrupt))?;
-        }
-        Ok(report)
+        Ok(owners)
     }
 }
 
@@ -455,7 +693,7 @@ pub struct Publisher {
     lock_path: PathBuf,
     _lock: File,
     done: bool,
-    refs: std::sync::Mutex<BTreeSet<ArtifactId>>,
+    refs: Mutex<BTreeSet<ArtifactId>>,
 }
 
 /// What the publisher records besides the files.
@@ -489,9 +727,15 @@ impl Publisher {
     /// Records that this artifact's files refer to artifact `id` (listed in the manifest's
     /// `refs`, kept alive by `gc` as long as this one is).
     pub fn refer(&self, id: &ArtifactId) {
-        if let Ok(mut refs) = self.refs.lock() {
-            refs.insert(id.clone());
-        }
+        self.refs().insert(id.clone());
+    }
+
+    /// The refs, also after a thread panicked while holding them: a manifest without the refs
+    /// its files need would let `gc` delete them.
+    fn refs(&self) -> MutexGuard<'_, BTreeSet<ArtifactId>> {
+        self.refs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes the artifact visible under its content id and records `key -> id`.
@@ -534,11 +778,7 @@ impl Publisher {
             program_version: PROGRAM_VERSION.to_owned(),
             wall_seconds: info.wall_seconds,
             extra: info.extra,
-            refs: self
-                .refs
-                .lock()
-                .map(|r| r.iter().cloned().collect())
-                .unwrap_or_default(),
+            refs: self.refs().iter().cloned().collect(),
         };
         write_json_atomic(&self.dir.join(MANIFEST_FILE), &manifest)?;
         sync_dir(&self.dir)?;
@@ -679,6 +919,9 @@ fn remove_any(path: &Path) -> Result<()> {
 }
 
 fn dir_size(dir: &Path) -> u64 {
+    if dir.is_file() {
+        return fs::metadata(dir).map(|m| m.len()).unwrap_or(0);
+    }
     fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok()?.metadata().ok())
@@ -737,10 +980,175 @@ mod tests {
         let unit = publish(&store, "unit", &[]);
         let stray = publish(&store, "stray", &[]);
         let root = publish(&store, "root", &[&unit]);
-        let report = store.gc(std::slice::from_ref(&root), true).unwrap();
-        let gone: Vec<&ArtifactId> = report.unreachable.iter().map(|(id, _)| id).collect();
+        let plan = store.gc_plan(std::slice::from_ref(&root)).unwrap();
+        let gone: Vec<&ArtifactId> = plan.remove.iter().map(|e| &e.id).collect();
         assert_eq!(gone, vec![&stray]);
+        store.gc_apply(&plan).unwrap();
         assert!(store.artifact(&unit).is_ok());
         assert!(store.artifact(&stray).is_err());
+    }
+
+    #[test]
+    fn gc_refuses_when_a_reached_manifest_cannot_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let unit = publish(&store, "unit", &[]);
+        let root = publish(&store, "root", &[&unit]);
+        let m = store.object_dir(&root).join(MANIFEST_FILE);
+        fs::write(&m, "{ not json").unwrap();
+        let e = store.gc_plan(std::slice::from_ref(&root)).unwrap_err();
+        assert!(e.to_string().contains(&m.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn gc_names_the_slot_an_artifact_last_belonged_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let unit = publish(&store, "unit", &[]);
+        let old = publish(&store, "old", &[&unit]);
+        let new = publish(&store, "new", &[]);
+        let record = |id: &ArtifactId| SlotRecord {
+            stage: "t".into(),
+            stage_version: 1,
+            key: store.read_manifest(id).unwrap().unwrap().key,
+            params: BTreeMap::new(),
+            inputs: BTreeMap::new(),
+            artifact: id.clone(),
+        };
+        store.write_slot("mine/t", &record(&old)).unwrap();
+        store.write_slot("mine/t", &record(&new)).unwrap();
+        let plan = store.gc_plan(std::slice::from_ref(&new)).unwrap();
+        let owners: BTreeMap<&ArtifactId, Option<&str>> = plan
+            .remove
+            .iter()
+            .map(|e| (&e.id, e.owner.as_deref()))
+            .collect();
+        assert_eq!(
+            owners,
+            [(&old, Some("mine/t")), (&unit, Some("mine/t"))].into()
+        );
+    }
+
+    #[test]
+    fn a_poisoned_refs_lock_keeps_the_refs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let unit = publish(&store, "unit", &[]);
+        let p = store.begin().unwrap();
+        p.refer(&unit);
+        std::thread::scope(|s| {
+            let _ = s
+                .spawn(|| {
+                    let _guard = p.refs.lock().unwrap();
+                    panic!("poison the refs lock");
+                })
+                .join();
+        });
+        assert!(p.refs.is_poisoned());
+        fs::write(p.file("x.txt"), "root").unwrap();
+        let params = BTreeMap::new();
+        let inputs = BTreeMap::new();
+        let key = KeyInput {
+            stage: "t",
+            stage_version: 1,
+            params: &params,
+            inputs: &inputs,
+        }
+        .key();
+        let m = p
+            .publish(PublishInfo {
+                stage: "t",
+                stage_version: 1,
+                key: &key,
+                params: &params,
+                inputs: &inputs,
+                extra: BTreeMap::new(),
+                wall_seconds: 0.0,
+            })
+            .unwrap();
+        assert_eq!(m.refs, vec![unit]);
+    }
+
+    fn key_of(name: &str) -> (StageKey, BTreeMap<String, Value>) {
+        let params: BTreeMap<String, Value> = [("name".to_owned(), Value::from(name))].into();
+        let key = KeyInput {
+            stage: "t",
+            stage_version: 1,
+            params: &params,
+            inputs: &BTreeMap::new(),
+        }
+        .key();
+        (key, params)
+    }
+
+    fn ensure_text(
+        store: &Store,
+        name: &str,
+        force: bool,
+        builds: &mut usize,
+    ) -> std::result::Result<Ensured, StoreError> {
+        let (key, params) = key_of(name);
+        let inputs = BTreeMap::new();
+        store.ensure(&key, force, |_, out| {
+            *builds += 1;
+            fs::write(out.file("x.txt"), name).map_err(StoreError::io(out.file("x.txt")))?;
+            Ok(PublishInfo {
+                stage: "t",
+                stage_version: 1,
+                key: &key,
+                params: &params,
+                inputs: &inputs,
+                extra: BTreeMap::new(),
+                wall_seconds: 0.0,
+            })
+        })
+    }
+
+    #[test]
+    fn ensure_builds_once_then_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut builds = 0;
+        let a = ensure_text(&store, "a", false, &mut builds).unwrap();
+        assert_eq!((a.before.clone(), builds), (Before::Never, 1));
+        let b = ensure_text(&store, "a", false, &mut builds).unwrap();
+        assert_eq!((b.before.clone(), builds), (Before::Found, 1));
+        assert_eq!(a.artifact.id(), b.artifact.id());
+        let c = ensure_text(&store, "a", true, &mut builds).unwrap();
+        assert_eq!((c.before.clone(), builds), (Before::Forced, 2));
+        assert_eq!(c.artifact.id(), a.artifact.id());
+    }
+
+    #[test]
+    fn ensure_moves_a_corrupt_entry_aside_warns_and_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut builds = 0;
+        let a = ensure_text(&store, "a", false, &mut builds).unwrap();
+        let file = a.artifact.file("x.txt");
+        fs::write(&file, "b").unwrap();
+        // A fresh process does not trust the verification cache.
+        verified_cache().lock().unwrap().clear();
+        // Read-only lookup reports it and moves nothing.
+        let (key, _) = key_of("a");
+        assert!(matches!(
+            store.lookup(&key).unwrap(),
+            Lookup::Corrupt(Corruption { moved_to: None, .. })
+        ));
+        assert!(file.exists());
+        let b = ensure_text(&store, "a", false, &mut builds).unwrap();
+        assert_eq!(builds, 2);
+        let w = b.warning().expect("a warning");
+        assert!(
+            w.contains(&file.display().to_string()) && w.contains("corrupt"),
+            "{w}"
+        );
+        let Before::Corrupt(c) = &b.before else {
+            panic!("{:?}", b.before)
+        };
+        let moved = c.moved_to.as_ref().unwrap();
+        assert!(moved.starts_with(dir.path().join("corrupt")) && moved.join("x.txt").exists());
+        assert_eq!(b.artifact.id(), a.artifact.id());
+        assert!(store.verify(b.artifact.id()).is_ok());
     }
 }
