@@ -14,6 +14,9 @@
 //!   cached as its own store entry (stage `probe-head`), or random; the artifact says which.
 //! - When the probe has fewer rows than the width (class token only), singular values come
 //!   from an m×m core per edge after one thin QR per node (exact; see [`scores`]).
+//! - A failed trace or SVD is a [`ProbeError`] naming the batch or edge, never a zero score.
+//! - Timings (forward/backward, SVD, one training step) go to the manifest only, so a rerun
+//!   reproduces the artifact id and the stages after it stay fresh.
 
 pub mod scores;
 
@@ -28,7 +31,7 @@ use burn::tensor::{Device, Int, Tensor};
 use graft_graph::Edge;
 use graft_model::{Trainable, Vit, VitConfig};
 use graft_stage::{BoxError, Stage};
-use graft_store::{Artifact, ArtifactId, KeyInput, Lookup, PublishInfo, Publisher, Store};
+use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, Publisher, Store};
 use graft_tables::{ModelInfo, ProbeRow, Table};
 use graft_train::{DatasetInfo, Preprocessing, Split, TrainConfig};
 use rand::SeedableRng;
@@ -130,7 +133,8 @@ pub struct Probe;
 
 impl Stage for Probe {
     const NAME: &'static str = "probe";
-    const VERSION: u32 = 1;
+    /// 2: `cost.json` left the artifact (timings live in the manifest only).
+    const VERSION: u32 = 2;
     type Params = ProbeParams;
 
     fn input_names(p: &ProbeParams) -> Vec<String> {
@@ -231,12 +235,12 @@ impl Stage for Probe {
             &model,
             rows.iter().map(|r| train.batch(r, &pre, &ad)),
             p.tokens,
-        );
+        )?;
         let fb_seconds = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
         let dim = config.dim;
-        let probe_rows = edge_scores(&grads, dim, p.tol_rule, p.tol);
+        let probe_rows = edge_scores(&grads, dim, p.tol_rule, p.tol)?;
         let svd_seconds = t1.elapsed().as_secs_f64();
 
         let step_seconds =
@@ -267,12 +271,8 @@ impl Stage for Probe {
             "backend": graft_backend::backend_name(),
             "device": p.device,
         });
-        // Timings live in the manifest; cost.json keeps them too for the report, so the
-        // artifact id changes per run (the report is the only reader).
-        std::fs::write(
-            out.file("cost.json"),
-            serde_json::to_string_pretty(&cost)? + "\n",
-        )?;
+        // Timings live in the manifest only: the files are the same on every rerun, so the
+        // artifact id is too, and everything downstream stays fresh (early cutoff).
         eprintln!(
             "probe: {} edges of {preset} from {} batches of {} ({:?} tokens): forward+backward {:.2} s, SVD {:.2} s, one training step {:.3} s",
             probe_rows.len(),
@@ -289,6 +289,21 @@ impl Stage for Probe {
         }
         Ok(extra)
     }
+}
+
+/// What stops the probe's measurement: never a silent zero or empty spectrum.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("probe batch {batch}: the node trace failed: {source}")]
+    Trace {
+        batch: usize,
+        #[source]
+        source: graft_model::ModelError,
+    },
+    #[error("no probe batch: the training split gave no rows")]
+    NoBatches,
+    #[error("edge {edge}: {reason}")]
+    Edge { edge: Edge, reason: String },
 }
 
 /// Name of the head file in a `probe-head` entry.
@@ -330,7 +345,7 @@ pub fn edge_gradients(
     model: &Vit,
     batches: impl Iterator<Item = (Tensor<4>, Tensor<1, Int>)>,
     tokens: Tokens,
-) -> EdgeGradients {
+) -> Result<EdgeGradients, ProbeError> {
     let n = 2 * model.config.depth + 1;
     let d = model.config.dim;
     let mut acc: Option<Tensor<2>> = None;
@@ -338,11 +353,11 @@ pub fn edge_gradients(
     let mut xs: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut ds: Vec<Vec<f64>> = vec![Vec::new(); n];
     let keep_rows = tokens == Tokens::Cls;
-    for (images, labels) in batches {
+    for (batch, (images, labels)) in batches.enumerate() {
         let device = images.device();
-        let Ok(trace) = model.trace(images) else {
-            break;
-        };
+        let trace = model
+            .trace(images)
+            .map_err(|source| ProbeError::Trace { batch, source })?;
         let loss = CrossEntropyLossConfig::new()
             .init(&device)
             .forward(trace.logits.clone(), labels);
@@ -377,23 +392,43 @@ pub fn edge_gradients(
         });
     }
     let g = acc
-        .map(|a| a.to_data().iter::<f32>().collect())
-        .unwrap_or_else(|| vec![0.0; n * d * n * d]);
+        .ok_or(ProbeError::NoBatches)?
+        .to_data()
+        .iter::<f32>()
+        .collect();
     let factors = (keep_rows && rows < d).then(|| {
         let r = |v: &Vec<f64>| scores::thin_r_of_transpose(v, rows, d);
         (ds.iter().map(r).collect(), xs.iter().map(r).collect())
     });
-    EdgeGradients {
+    Ok(EdgeGradients {
         nodes: n,
         dim: d,
         rows,
         g,
         factors,
-    }
+    })
 }
 
-/// One [`ProbeRow`] per edge, rayon across edges, in (i, j) order.
-pub fn edge_scores(grads: &EdgeGradients, dim: usize, rule: TolRule, tol: f64) -> Vec<ProbeRow> {
+/// One [`ProbeRow`] per edge, rayon across edges, in (i, j) order. An edge whose gradient
+/// is not finite or whose SVD fails is an error naming the edge.
+pub fn edge_scores(
+    grads: &EdgeGradients,
+    dim: usize,
+    rule: TolRule,
+    tol: f64,
+) -> Result<Vec<ProbeRow>, ProbeError> {
+    edge_scores_with(grads, dim, rule, tol, &|_, sv| sv)
+}
+
+/// [`edge_scores`] with `check` between each edge's SVD and its scores (tests inject an SVD
+/// failure through it).
+fn edge_scores_with(
+    grads: &EdgeGradients,
+    dim: usize,
+    rule: TolRule,
+    tol: f64,
+    check: &(dyn Fn(Edge, Result<Vec<f64>, String>) -> Result<Vec<f64>, String> + Sync),
+) -> Result<Vec<ProbeRow>, ProbeError> {
     faer::set_global_parallelism(faer::Par::Seq);
     let n = grads.nodes;
     let edges: Vec<Edge> = (0..n)
@@ -403,15 +438,15 @@ pub fn edge_scores(grads: &EdgeGradients, dim: usize, rule: TolRule, tol: f64) -
         .par_iter()
         .map(|&e| {
             let sv = match &grads.factors {
-                Some((rd, rx)) => {
-                    let mut sv = scores::core_singular_values(&rd[e.j], &rx[e.i]);
+                Some((rd, rx)) => scores::core_singular_values(&rd[e.j], &rx[e.i]).map(|mut sv| {
                     sv.resize(dim, 0.0);
                     sv
-                }
+                }),
                 None => scores::singular_values(&grads.block(e), dim, dim),
             };
+            let sv = check(e, sv).map_err(|reason| ProbeError::Edge { edge: e, reason })?;
             let s = scores::scores(&sv, dim, rule, tol);
-            ProbeRow {
+            Ok(ProbeRow {
                 i: e.i as i32,
                 j: e.j as i32,
                 kind: e.kind().name().to_owned(),
@@ -422,7 +457,7 @@ pub fn edge_scores(grads: &EdgeGradients, dim: usize, rule: TolRule, tol: f64) -
                 stable_rank: s.stable_rank,
                 effective_rank: s.effective_rank,
                 singular_values: sv,
-            }
+            })
         })
         .collect()
 }
@@ -456,42 +491,42 @@ fn ensure_head(
         inputs: &inputs,
     }
     .key();
-    let _lock = store.lock_key(&key)?;
-    if let Lookup::Hit(a) = store.lookup(&key)? {
-        return Ok(a);
-    }
-    let t0 = Instant::now();
-    device.seed(p.seed);
-    let mut model = config.init(device);
-    graft_model::checkpoint::load_timm(&mut model, base_path)?;
-    let model = model.with_trainable(Trainable::HeadOnly);
-    let tc = TrainConfig::new(p.head_epochs, p.head_lr)
-        .with_batch(p.batch)
-        .with_warmup_epochs(0.0)
-        .with_seed(p.seed);
-    let fit = graft_train::fit(model, train, val, pre, &tc, device, |_, _, _| {})?;
-    let out = store.begin()?;
-    graft_model::checkpoint::save_adapters(
-        &fit.model,
-        &out.file(HEAD_FILE),
-        "",
-        &base_id.to_string(),
-    )?;
-    let manifest = out.publish(PublishInfo {
-        stage: "probe-head",
-        stage_version: HEAD_VERSION,
-        key: &key,
-        params: &params,
-        inputs: &inputs,
-        extra: [("val_accuracy".to_owned(), json!(fit.best_val_accuracy))].into(),
-        wall_seconds: t0.elapsed().as_secs_f64(),
+    let ensured = store.ensure(&key, false, |_, out| {
+        let t0 = Instant::now();
+        device.seed(p.seed);
+        let mut model = config.init(device);
+        graft_model::checkpoint::load_timm(&mut model, base_path)?;
+        let model = model.with_trainable(Trainable::HeadOnly);
+        let tc = TrainConfig::new(p.head_epochs, p.head_lr)
+            .with_batch(p.batch)
+            .with_warmup_epochs(0.0)
+            .with_seed(p.seed);
+        let fit = graft_train::fit(model, train, val, pre, &tc, device, |_, _, _| {})?;
+        graft_model::checkpoint::save_adapters(
+            &fit.model,
+            &out.file(HEAD_FILE),
+            "",
+            &base_id.to_string(),
+        )?;
+        eprintln!(
+            "probe: linear-probe head fitted in {:.1} s, val {:.1} %",
+            t0.elapsed().as_secs_f64(),
+            100.0 * fit.best_val_accuracy
+        );
+        Ok::<_, BoxError>(PublishInfo {
+            stage: "probe-head",
+            stage_version: HEAD_VERSION,
+            key: &key,
+            params: &params,
+            inputs: &inputs,
+            extra: [("val_accuracy".to_owned(), json!(fit.best_val_accuracy))].into(),
+            wall_seconds: t0.elapsed().as_secs_f64(),
+        })
     })?;
-    eprintln!(
-        "probe: linear-probe head fitted in {:.1} s, val {:.1} %",
-        t0.elapsed().as_secs_f64(),
-        100.0 * fit.best_val_accuracy
-    );
-    Ok(store.artifact(&manifest.id)?)
+    if let Some(w) = ensured.warning() {
+        eprintln!("warning: {w}");
+    }
+    Ok(ensured.artifact)
 }
 
 /// Median seconds of one full fine-tuning step (forward, backward, AdamW) on `rows`.

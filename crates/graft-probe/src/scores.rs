@@ -67,12 +67,29 @@ pub fn scores(sv: &[f64], dim: usize, rule: TolRule, tol: f64) -> Scores {
     }
 }
 
-/// Singular values, largest first, of the row-major `rows`×`cols` matrix `a`.
-pub fn singular_values(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+/// Singular values, largest first, of the row-major `rows`×`cols` matrix `a`. A matrix with
+/// a value that is not finite, or an SVD that does not converge, is an error, never an empty
+/// or zero spectrum.
+pub fn singular_values(a: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>, String> {
+    if let Some(k) = a.iter().position(|v| !v.is_finite()) {
+        return Err(format!(
+            "gradient entry [{}, {}] is {}",
+            k / cols,
+            k % cols,
+            a[k]
+        ));
+    }
     let m = Mat::<f64>::from_fn(rows, cols, |i, j| a[i * cols + j]);
-    let mut sv = m.singular_values().unwrap_or_default();
+    sorted_finite(m.singular_values())
+}
+
+fn sorted_finite<E: std::fmt::Debug>(sv: Result<Vec<f64>, E>) -> Result<Vec<f64>, String> {
+    let mut sv = sv.map_err(|e| format!("SVD failed: {e:?}"))?;
+    if sv.iter().any(|s| !s.is_finite()) {
+        return Err("SVD gave a singular value that is not finite".into());
+    }
     sv.sort_by(|a, b| b.total_cmp(a));
-    sv
+    Ok(sv)
 }
 
 /// The R factor (k×k, k = min(rows, cols) columns kept) of the thin QR of the transpose of
@@ -83,12 +100,21 @@ pub fn thin_r_of_transpose(a: &[f64], rows: usize, cols: usize) -> Mat<f64> {
     qr.thin_R().to_owned()
 }
 
-/// σ(Δᵀ X) from the R factors of Δᵀ and Xᵀ (see the module doc), largest first.
-pub fn core_singular_values(r_delta: &Mat<f64>, r_x: &Mat<f64>) -> Vec<f64> {
+/// σ(Δᵀ X) from the R factors of Δᵀ and Xᵀ (see the module doc), largest first; an error
+/// like [`singular_values`].
+pub fn core_singular_values(r_delta: &Mat<f64>, r_x: &Mat<f64>) -> Result<Vec<f64>, String> {
     let core = r_delta * r_x.transpose();
-    let mut sv = core.singular_values().unwrap_or_default();
-    sv.sort_by(|a, b| b.total_cmp(a));
-    sv
+    for j in 0..core.ncols() {
+        for i in 0..core.nrows() {
+            if !core[(i, j)].is_finite() {
+                return Err(format!(
+                    "gradient core entry [{i}, {j}] is {}",
+                    core[(i, j)]
+                ));
+            }
+        }
+    }
+    sorted_finite(core.singular_values())
 }
 
 #[cfg(test)]
@@ -127,7 +153,7 @@ mod tests {
             }
         }
         let x = random(&mut rng, m * d);
-        let sv = singular_values(&gram(&delta, &x, m, d), d, d);
+        let sv = singular_values(&gram(&delta, &x, m, d), d, d).unwrap();
         let s = scores(&sv, d, TolRule::Relative, 1e-6);
         assert_eq!(s.rank, k);
         assert_eq!(scores(&sv, d, TolRule::Epsilon, 0.0).rank, k);
@@ -160,11 +186,12 @@ mod tests {
         for (m, d) in [(6, 20), (12, 16), (1, 8)] {
             let delta = random(&mut rng, m * d);
             let x = random(&mut rng, m * d);
-            let direct = singular_values(&gram(&delta, &x, m, d), d, d);
+            let direct = singular_values(&gram(&delta, &x, m, d), d, d).unwrap();
             let core = core_singular_values(
                 &thin_r_of_transpose(&delta, m, d),
                 &thin_r_of_transpose(&x, m, d),
-            );
+            )
+            .unwrap();
             assert_eq!(core.len(), m);
             for (k, s) in direct.iter().enumerate() {
                 let c = core.get(k).copied().unwrap_or(0.0);
@@ -177,11 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn a_gradient_that_is_not_finite_is_an_error_not_an_empty_spectrum() {
+        let mut a = vec![1.0; 9];
+        a[5] = f64::NAN;
+        let e = singular_values(&a, 3, 3).unwrap_err();
+        assert!(e.contains("[1, 2]") && e.contains("NaN"), "{e}");
+        a[5] = f64::INFINITY;
+        assert!(singular_values(&a, 3, 3).is_err());
+    }
+
+    #[test]
     fn faer_agrees_with_nalgebra() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let d = 32;
         let a = random(&mut rng, d * d);
-        let ours = singular_values(&a, d, d);
+        let ours = singular_values(&a, d, d).unwrap();
         let na = nalgebra::DMatrix::from_row_slice(d, d, &a);
         let mut theirs: Vec<f64> = na.singular_values().iter().copied().collect();
         theirs.sort_by(|a, b| b.total_cmp(a));

@@ -46,7 +46,8 @@ fn one_pass_gradients_equal_explicit_zero_maps_on_every_kind_of_edge() {
         &vit,
         std::iter::once((images.clone(), labels.clone())),
         Tokens::All,
-    );
+    )
+    .unwrap();
     assert_eq!(probe.rows, 3 * 17);
     let d = vit.config.dim;
     // Parallel, sequential, long-range, recurrent.
@@ -88,10 +89,10 @@ fn class_token_probe_uses_the_exact_shortcut_and_scores_every_edge() {
     let vit = VitConfig::preset("vit-cpu-tiny", 5).unwrap().init(&dev);
     let images = Tensor::<4>::random([6, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
     let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 4, 0], [6]), &dev);
-    let probe = edge_gradients(&vit, std::iter::once((images, labels)), Tokens::Cls);
+    let probe = edge_gradients(&vit, std::iter::once((images, labels)), Tokens::Cls).unwrap();
     assert_eq!(probe.rows, 6);
     assert!(probe.factors.is_some());
-    let rows = edge_scores(&probe, 64, TolRule::Relative, 1e-3);
+    let rows = edge_scores(&probe, 64, TolRule::Relative, 1e-3).unwrap();
     assert_eq!(rows.len(), 25);
     let n = Graph::new(2).nodes();
     assert_eq!(n * n, rows.len());
@@ -100,7 +101,7 @@ fn class_token_probe_uses_the_exact_shortcut_and_scores_every_edge() {
         factors: None,
         ..probe
     };
-    let rows_direct = edge_scores(&direct, 64, TolRule::Relative, 1e-3);
+    let rows_direct = edge_scores(&direct, 64, TolRule::Relative, 1e-3).unwrap();
     for (a, b) in rows.iter().zip(&rows_direct) {
         assert!(a.rank <= 6, "{a:?}");
         assert_eq!((a.i, a.j), (b.i, b.j));
@@ -113,4 +114,77 @@ fn class_token_probe_uses_the_exact_shortcut_and_scores_every_edge() {
         );
         assert!((a.nuclear - b.nuclear).abs() <= 64.0 * tol);
     }
+}
+
+fn tiny_probe(tokens: Tokens) -> EdgeGradients {
+    let dev = graft_backend::device("cpu").unwrap().autodiff();
+    dev.seed(13);
+    let vit = VitConfig::preset("vit-cpu-tiny", 5).unwrap().init(&dev);
+    let images = Tensor::<4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), &dev);
+    edge_gradients(&vit, std::iter::once((images, labels)), tokens).unwrap()
+}
+
+#[test]
+fn a_failed_svd_is_an_error_naming_the_edge() {
+    let probe = tiny_probe(Tokens::All);
+    let failing = Edge::new(3, 1);
+    let e = edge_scores_with(&probe, 64, TolRule::Relative, 1e-3, &|edge, sv| {
+        if edge == failing {
+            Err("SVD failed: NoConvergence".into())
+        } else {
+            sv
+        }
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("edge (3, 1)") && e.contains("NoConvergence"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_gradient_that_is_not_finite_fails_the_probe_naming_the_edge() {
+    for tokens in [Tokens::All, Tokens::Cls] {
+        let mut probe = tiny_probe(tokens);
+        let d = probe.dim;
+        let nd = probe.nodes * d;
+        // Block (j, i) = (2, 0) is edge (0, 2).
+        probe.g[(2 * d + 5) * nd + 7] = f32::NAN;
+        if let Some((rd, _)) = &mut probe.factors {
+            rd[2][(0, 0)] = f64::NAN;
+        }
+        let e = edge_scores(&probe, 64, TolRule::Relative, 1e-3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("edge (0, 2)") && e.contains("NaN"),
+            "{tokens:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_trace_fails_the_probe_instead_of_leaving_zeros() {
+    let dev = graft_backend::device("cpu").unwrap().autodiff();
+    dev.seed(14);
+    let config = VitConfig::preset("vit-cpu-tiny", 5).unwrap();
+    let placement = graft_graph::Placement::new(config.graph(), [Edge::new(4, 1)]).unwrap();
+    // The node trace is defined on a network without recurrent edges: it refuses this one.
+    let vit = config
+        .init(&dev)
+        .with_placement(&placement, &graft_model::AdapterConfig::new())
+        .unwrap();
+    let images = Tensor::<4>::random([2, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &dev);
+    let e = edge_gradients(&vit, std::iter::once((images, labels)), Tokens::All)
+        .err()
+        .expect("an error")
+        .to_string();
+    assert!(e.contains("probe batch 0") && e.contains("trace"), "{e}");
+    let none = edge_gradients(&vit, std::iter::empty(), Tokens::All)
+        .err()
+        .expect("an error");
+    assert!(matches!(none, ProbeError::NoBatches), "{none}");
 }

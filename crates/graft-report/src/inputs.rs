@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::ReportError;
 
-/// `cost.json` of a probe artifact.
+/// The probe's costs, from its manifest's `extra` (probe version 2 on), or from `cost.json`
+/// in artifacts an earlier probe wrote.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct ProbeCost {
@@ -96,7 +97,7 @@ impl TaskData {
             task: task.to_owned(),
             probe: read_table_opt(&probe_dir.join(ProbeRow::FILE))?,
             model: read_model(&probe_dir.join(ModelInfo::FILE))?,
-            cost: read_json_opt(&probe_dir.join("cost.json"))?,
+            cost: read_probe_cost(probe_dir)?,
             runs: RunRow::read(&runs_path)?,
             epochs: read_table_opt(&finetune_dir.join(EpochRow::FILE))?,
             proposals: read_table_opt(&finetune_dir.join(ProposalRow::FILE))?,
@@ -123,6 +124,22 @@ impl TaskData {
             max + 2
         }
     }
+}
+
+/// The probe keeps its timings in the manifest only, so that its artifact id does not change
+/// with them; the manifest's `extra` holds the same fields `cost.json` once did.
+fn read_probe_cost(probe_dir: &Path) -> Result<ProbeCost, ReportError> {
+    let old = probe_dir.join("cost.json");
+    if old.exists() {
+        return read_json_opt(&old);
+    }
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    struct ManifestExtra {
+        extra: ProbeCost,
+    }
+    let m: ManifestExtra = read_json_opt(&probe_dir.join(graft_store::MANIFEST_FILE))?;
+    Ok(m.extra)
 }
 
 fn read_table_opt<T: Table>(path: &Path) -> Result<Vec<T>, ReportError> {

@@ -523,7 +523,12 @@ fn missing_data_is_said_not_drawn() {
     assert_eq!(files.figures_drawn, vec![5]);
 }
 
-fn publish(store: &Store, stage: &str, write: impl FnOnce(&Path)) -> ArtifactId {
+fn publish(
+    store: &Store,
+    stage: &str,
+    extra: BTreeMap<String, serde_json::Value>,
+    write: impl FnOnce(&Path),
+) -> ArtifactId {
     let p = store.begin().unwrap();
     write(p.dir());
     let params = BTreeMap::new();
@@ -541,7 +546,7 @@ fn publish(store: &Store, stage: &str, write: impl FnOnce(&Path)) -> ArtifactId 
         key: &key,
         params: &params,
         inputs: &inputs,
-        extra: BTreeMap::new(),
+        extra,
         wall_seconds: 0.0,
     })
     .unwrap()
@@ -549,24 +554,28 @@ fn publish(store: &Store, stage: &str, write: impl FnOnce(&Path)) -> ArtifactId 
 }
 
 fn publish_task(store: &Store, t: &TaskData, with_json: bool) -> (ArtifactId, ArtifactId) {
-    let probe = publish(store, "probe", |dir| {
+    // The probe's costs live in its manifest.
+    let cost = if with_json {
+        match serde_json::json!({
+            "forward_backward_seconds": 0.5, "svd_seconds": 0.25, "total_seconds": 0.75,
+            "train_step_seconds": 0.05, "cost_in_train_steps": 15.0, "batches": 4,
+            "batch": 32, "tokens": "all", "tolerance": 0.001, "head": "linear-probe"
+        }) {
+            serde_json::Value::Object(m) => m.into_iter().collect(),
+            _ => unreachable!("a JSON object"),
+        }
+    } else {
+        BTreeMap::new()
+    };
+    let probe = publish(store, "probe", cost, |dir| {
         ProbeRow::write(&dir.join(ProbeRow::FILE), &t.probe).unwrap();
         t.model
             .as_ref()
             .unwrap()
             .write(&dir.join(ModelInfo::FILE))
             .unwrap();
-        if with_json {
-            std::fs::write(
-                dir.join("cost.json"),
-                r#"{"forward_backward_seconds": 0.5, "svd_seconds": 0.25, "total_seconds": 0.75,
-                    "train_step_seconds": 0.05, "cost_in_train_steps": 15.0, "batches": 4,
-                    "batch": 32, "tokens": "all", "tolerance": 0.001, "head": "linear-probe"}"#,
-            )
-            .unwrap();
-        }
     });
-    let finetune = publish(store, "finetune", |dir| {
+    let finetune = publish(store, "finetune", BTreeMap::new(), |dir| {
         RunRow::write(&dir.join(RunRow::FILE), &t.runs).unwrap();
         EpochRow::write(&dir.join(EpochRow::FILE), &t.epochs).unwrap();
         ProposalRow::write(&dir.join(ProposalRow::FILE), &t.proposals).unwrap();
