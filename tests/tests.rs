@@ -3,6 +3,7 @@
 
 mod common;
 mod dtd;
+mod faults;
 mod finetune;
 mod gc;
 mod pipeline;
