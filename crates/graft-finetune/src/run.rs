@@ -170,12 +170,12 @@ pub struct RunResult {
 /// Returns the run's artifact: from the store when it was trained before, else trains it
 /// and publishes it, through [`Store::ensure`] (the key's lock makes two processes asking for
 /// one run train it once; a corrupt entry is moved to `corrupt/` and retrained). The second
-/// value is the warning about a corrupt entry, naming its file.
+/// value holds the warnings about corrupt entries, each naming its file.
 pub fn ensure_run(
     store: &Store,
     spec: &RunSpec,
     on_step: impl FnMut(usize, usize, f32),
-) -> Result<(Artifact, Option<String>), FinetuneError> {
+) -> Result<(Artifact, Vec<String>), FinetuneError> {
     let key = spec.key();
     let params = spec.key_params();
     let inputs = spec.key_inputs();
@@ -198,8 +198,8 @@ pub fn ensure_run(
             wall_seconds: result.wall_seconds,
         })
     })?;
-    let warning = ensured.warning();
-    Ok((ensured.artifact, warning))
+    let warnings = ensured.warnings();
+    Ok((ensured.artifact, warnings))
 }
 
 /// Trains one run into `dir` (`epochs.parquet`, and the adapter weights when it has them).

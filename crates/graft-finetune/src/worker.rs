@@ -185,10 +185,10 @@ pub fn worker_main(args: &[String]) -> Result<(), FinetuneError> {
     let spec: RunSpec = serde_json::from_str(&spec)
         .map_err(|e| FinetuneError::Spec(format!("worker: --spec: {e}")))?;
     let store = Store::open(&store)?;
-    let (artifact, warning) = ensure_run(&store, &spec, |step, total, loss| {
+    let (artifact, warnings) = ensure_run(&store, &spec, |step, total, loss| {
         println!("progress {step} {total} {loss:.4}");
     })?;
-    if let Some(w) = warning {
+    for w in warnings {
         println!("warning {w}");
     }
     println!("artifact {}", artifact.id());

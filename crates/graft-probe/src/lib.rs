@@ -523,7 +523,7 @@ fn ensure_head(
             wall_seconds: t0.elapsed().as_secs_f64(),
         })
     })?;
-    if let Some(w) = ensured.warning() {
+    for w in ensured.warnings() {
         eprintln!("warning: {w}");
     }
     Ok(ensured.artifact)

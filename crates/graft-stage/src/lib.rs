@@ -394,7 +394,7 @@ pub fn execute<S: Stage>(args: &StageArgs) -> Result<Outcome, StageError> {
             Halt::Store(error) => serr(error),
         })?;
     let id = ensured.artifact.id().clone();
-    outcome.warnings.extend(ensured.warning());
+    outcome.warnings.extend(ensured.warnings());
     outcome.reasons = match &ensured.before {
         Before::Found => Vec::new(),
         Before::Forced => vec!["forced".to_owned()],

@@ -128,6 +128,9 @@ pub enum Before {
 pub struct Ensured {
     pub artifact: Artifact,
     pub before: Before,
+    /// A corrupt object with the same id (published under another key) that the build's
+    /// output replaced; it was moved to `corrupt/`.
+    pub replaced: Option<Corruption>,
 }
 
 impl Ensured {
@@ -136,12 +139,17 @@ impl Ensured {
         self.before != Before::Found
     }
 
-    /// The warning to show, when the entry was corrupt.
-    pub fn warning(&self) -> Option<String> {
-        match &self.before {
-            Before::Corrupt(c) => Some(c.to_string()),
+    /// The warnings to show: each corrupt entry met on the way, naming its file.
+    pub fn warnings(&self) -> Vec<String> {
+        let before = match &self.before {
+            Before::Corrupt(c) => Some(c),
             _ => None,
-        }
+        };
+        before
+            .into_iter()
+            .chain(&self.replaced)
+            .map(Corruption::to_string)
+            .collect()
     }
 }
 
@@ -302,6 +310,7 @@ impl Store {
                 return Ok(Ensured {
                     artifact,
                     before: Before::Found,
+                    replaced: None,
                 });
             }
             Lookup::Hit(_) => Before::Forced,
@@ -318,9 +327,13 @@ impl Store {
             }
             .into());
         }
-        let manifest = publisher.publish(info)?;
+        let (manifest, replaced) = publisher.publish_reporting(info)?;
         let artifact = self.artifact(&manifest.id)?;
-        Ok(Ensured { artifact, before })
+        Ok(Ensured {
+            artifact,
+            before,
+            replaced,
+        })
     }
 
     /// Opens an artifact for reading, verifying its content hashes the first time this
@@ -634,6 +647,21 @@ impl Store {
         for (path, _) in &plan.corrupt {
             remove_any(path)?;
         }
+        // Slot histories keep only what is still in the store.
+        for (slot, _) in self.slots()? {
+            let kept: Vec<ArtifactId> = self
+                .slot_history(&slot)?
+                .into_iter()
+                .filter(|id| self.object_dir(id).exists())
+                .collect();
+            let path = self.slot_path(&slot).with_extension("history");
+            if kept.is_empty() {
+                remove_if_exists(&path)?;
+            } else {
+                let text: String = kept.iter().map(|id| format!("{id}\n")).collect();
+                write_text_atomic(&path, &text)?;
+            }
+        }
         Ok(())
     }
 
@@ -739,7 +767,17 @@ impl Publisher {
     }
 
     /// Makes the artifact visible under its content id and records `key -> id`.
-    pub fn publish(mut self, info: PublishInfo<'_>) -> Result<Manifest> {
+    /// A corrupt object already under the same id is moved to `corrupt/` and replaced;
+    /// [`Store::ensure`] (through `publish_reporting`) reports that as a warning.
+    pub fn publish(self, info: PublishInfo<'_>) -> Result<Manifest> {
+        self.publish_reporting(info).map(|(m, _)| m)
+    }
+
+    /// [`Publisher::publish`], also returning the corrupt object it replaced, if any.
+    fn publish_reporting(
+        mut self,
+        info: PublishInfo<'_>,
+    ) -> Result<(Manifest, Option<Corruption>)> {
         let mut names = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(StoreError::io(&self.dir))? {
             let entry = entry.map_err(StoreError::io(&self.dir))?;
@@ -785,17 +823,27 @@ impl Publisher {
 
         let target = self.store.object_dir(&id);
         let objects = self.store.root.join("objects");
+        let mut replaced = None;
         loop {
             match fs::rename(&self.dir, &target) {
                 Ok(()) => break,
                 Err(_) if target.exists() => {
                     // Same content published before (or by a concurrent run). Keep it if
                     // it verifies; otherwise move it aside and take its place.
-                    if self.store.verify(&id).is_ok() {
-                        remove_any(&self.dir)?;
-                        break;
+                    match self.store.verify(&id) {
+                        Ok(_) => {
+                            remove_any(&self.dir)?;
+                            break;
+                        }
+                        Err(e) => {
+                            let moved_to = self.store.quarantine(&id)?;
+                            replaced = Some(Corruption {
+                                path: e.path,
+                                reason: e.reason,
+                                moved_to: Some(moved_to),
+                            });
+                        }
                     }
-                    self.store.quarantine(&id)?;
                 }
                 Err(e) => {
                     return Err(StoreError::Io {
@@ -809,7 +857,7 @@ impl Publisher {
         write_json_atomic(&self.store.key_path(info.key), &KeyRecord { artifact: id })?;
         self.done = true;
         remove_if_exists(&self.lock_path)?;
-        Ok(manifest)
+        Ok((manifest, replaced))
     }
 }
 
@@ -876,15 +924,19 @@ fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
 
 /// Writes JSON next to `path`, fsyncs it, and renames it over `path`.
 pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(StoreError::io(dir))?;
     let text = serde_json::to_string_pretty(value).map_err(|source| StoreError::Json {
         path: path.to_path_buf(),
         source,
     })?;
+    write_text_atomic(path, &(text + "\n"))
+}
+
+/// Writes `text` next to `path`, fsyncs it, and renames it over `path`.
+fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(StoreError::io(dir))?;
     tmp.write_all(text.as_bytes())
         .map_err(StoreError::io(path))?;
-    tmp.write_all(b"\n").map_err(StoreError::io(path))?;
     tmp.as_file().sync_all().map_err(StoreError::io(path))?;
     tmp.persist(path).map_err(|e| StoreError::Io {
         path: path.to_path_buf(),
@@ -1027,6 +1079,14 @@ mod tests {
             owners,
             [(&old, Some("mine/t")), (&unit, Some("mine/t"))].into()
         );
+        let history = store.slot_path("mine/t").with_extension("history");
+        assert!(history.exists());
+        store.gc_apply(&plan).unwrap();
+        assert!(
+            !history.exists(),
+            "the history still names deleted artifacts"
+        );
+        assert_eq!(store.read_slot("mine/t").unwrap().unwrap().artifact, new);
     }
 
     #[test]
@@ -1138,7 +1198,7 @@ mod tests {
         assert!(file.exists());
         let b = ensure_text(&store, "a", false, &mut builds).unwrap();
         assert_eq!(builds, 2);
-        let w = b.warning().expect("a warning");
+        let w = b.warnings().join("\n");
         assert!(
             w.contains(&file.display().to_string()) && w.contains("corrupt"),
             "{w}"
@@ -1148,6 +1208,46 @@ mod tests {
         };
         let moved = c.moved_to.as_ref().unwrap();
         assert!(moved.starts_with(dir.path().join("corrupt")) && moved.join("x.txt").exists());
+        assert_eq!(b.artifact.id(), a.artifact.id());
+        assert!(store.verify(b.artifact.id()).is_ok());
+    }
+
+    #[test]
+    fn ensure_warns_when_its_output_replaces_a_corrupt_object_of_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Two keys whose builds write the same bytes: one object.
+        let build = |key: &StageKey| {
+            let params = BTreeMap::new();
+            let inputs = BTreeMap::new();
+            store.ensure(key, false, |_, out| {
+                fs::write(out.file("x.txt"), "same").map_err(StoreError::io(out.file("x.txt")))?;
+                Ok::<_, StoreError>(PublishInfo {
+                    stage: "t",
+                    stage_version: 1,
+                    key,
+                    params: &params,
+                    inputs: &inputs,
+                    extra: BTreeMap::new(),
+                    wall_seconds: 0.0,
+                })
+            })
+        };
+        let (k1, _) = key_of("one");
+        let (k2, _) = key_of("two");
+        let a = build(&k1).unwrap();
+        assert!(a.warnings().is_empty());
+        let file = a.artifact.file("x.txt");
+        fs::write(&file, "sane").unwrap();
+        verified_cache().lock().unwrap().clear();
+        let b = build(&k2).unwrap();
+        assert_eq!(b.before, Before::Never);
+        let w = b.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains(&file.display().to_string()) && w[0].contains("moved to"),
+            "{w:?}"
+        );
         assert_eq!(b.artifact.id(), a.artifact.id());
         assert!(store.verify(b.artifact.id()).is_ok());
     }
