@@ -1,12 +1,14 @@
 //! Faults on the smallest pipeline with every stage (issue 12, item 10): kill -9 at random
 //! moments, eight pipelines at once on one store, a flipped byte in each kind of stored file
-//! (stages' artifacts and the entries stages publish for themselves). Each is bounded by the
-//! pipeline's size: a whole run takes seconds in a debug build.
+//! (stages' artifacts and the entries stages publish for themselves), the probe rerun after a
+//! version bump. A whole run takes seconds in a debug build; every command is bounded by
+//! [`LIMIT`] and killed with its process group past it.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use graft_store::Store;
@@ -63,10 +65,90 @@ inputs = { probe-target = "probe", finetune-target = "finetune" }
     path
 }
 
+/// The longest any one command of these tests may take; a whole run of the tiny pipeline
+/// takes seconds, so only a hang reaches it.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Sends SIGKILL to a process group: the runner, its stage and the stage's workers.
+fn kill_group(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-9", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Starts `cmd` in a process group of its own, stdout and stderr captured.
+fn spawn_group(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child`; past [`LIMIT`] kills its group and fails the test.
+fn wait_bounded(mut child: Child, what: &str) -> Output {
+    let start = Instant::now();
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let out = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Output {
+                status,
+                stdout: out.join().unwrap(),
+                stderr: err.join().unwrap(),
+            };
+        }
+        if start.elapsed() > LIMIT {
+            kill_group(&child);
+            let _ = child.wait();
+            panic!("{what} ran past {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` bounded by [`LIMIT`].
+fn bounded(cmd: &mut Command) -> Output {
+    let what = format!("{cmd:?}");
+    wait_bounded(spawn_group(cmd), &what)
+}
+
+/// Runs `cmd` bounded by [`LIMIT`] and asserts success, returning stdout.
+fn bounded_ok(cmd: &mut Command) -> String {
+    let o = bounded(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed\nstdout:\n{}\nstderr:\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
 /// Every complete-looking artifact verifies (in a fresh process: no verification cache), and
 /// every key record points at one that does.
 pub fn assert_store_verifies(store: &Path) {
-    let o = run(graft(store).arg("verify"));
+    let o = bounded(graft(store).arg("verify"));
     assert!(
         o.status.success(),
         "verify failed:\n{}{}",
@@ -169,7 +251,7 @@ fn twenty_kill_9_at_random_moments_of_a_pipeline_leave_a_store_that_verifies_and
     // A clean run gives the reference ids and how long a run takes.
     let reference = dir.path().join("reference");
     let t0 = Instant::now();
-    ok(graft(&reference).args(["run", p, "-S", "prep.seed=100"]));
+    bounded_ok(graft(&reference).args(["run", p, "-S", "prep.seed=100"]));
     let span = t0.elapsed().as_millis() as u64;
     let expected = reproducible_ids(&reference, "tiny");
     let expected_runs = run_results(&reference, "tiny");
@@ -189,12 +271,7 @@ fn twenty_kill_9_at_random_moments_of_a_pipeline_leave_a_store_that_verifies_and
             .unwrap();
         std::thread::sleep(Duration::from_millis(rng.below(span)));
         let finished = child.try_wait().unwrap().is_some();
-        // SIGKILL to the whole group: the runner, its stage and the stage's workers.
-        let pgid = child.id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-9", "--", &format!("-{pgid}")])
-            .stderr(Stdio::null())
-            .status();
+        kill_group(&child);
         child.wait().unwrap();
         landed += usize::from(!finished);
         assert_store_verifies(&store);
@@ -205,7 +282,7 @@ fn twenty_kill_9_at_random_moments_of_a_pipeline_leave_a_store_that_verifies_and
     );
 
     // The rerun succeeds, leaves no temporary directory, and gives the clean run's ids.
-    ok(graft(&store).args(["run", p, "-S", "prep.seed=100"]));
+    bounded_ok(graft(&store).args(["run", p, "-S", "prep.seed=100"]));
     assert_store_verifies(&store);
     assert_eq!(
         std::fs::read_dir(store.join("tmp")).unwrap().count(),
@@ -222,20 +299,14 @@ fn eight_concurrent_pipelines_on_one_store_all_succeed_with_identical_ids() {
     let store = dir.path().join("store");
     let pipe = tiny_pipeline(dir.path());
     let p = pipe.to_str().unwrap();
-    let children: Vec<_> = (0..8)
-        .map(|_| {
-            graft(&store)
-                .args(["run", p])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+    let children: Vec<Child> = (0..8)
+        .map(|_| spawn_group(graft(&store).args(["run", p])))
         .collect();
     let outs: Vec<String> = children
         .into_iter()
-        .map(|c| {
-            let o = c.wait_with_output().unwrap();
+        .enumerate()
+        .map(|(k, c)| {
+            let o = wait_bounded(c, &format!("concurrent pipeline {k}"));
             assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
             stdout(&o)
         })
@@ -272,7 +343,7 @@ fn a_flipped_byte_in_each_kind_of_stored_file_is_detected_and_recovered() {
     let store = dir.path().join("store");
     let pipe = tiny_pipeline(dir.path());
     let p = pipe.to_str().unwrap();
-    ok(graft(&store).args(["run", p]));
+    bounded_ok(graft(&store).args(["run", p]));
     let ids = stage_ids(&store, "tiny");
     let head = refs(&store, &ids["probe"]);
     assert_eq!(head.len(), 1, "the probe refers to its head entry");
@@ -323,7 +394,7 @@ fn a_flipped_byte_in_each_kind_of_stored_file_is_detected_and_recovered() {
     for (what, id, file, force, reruns) in cases {
         let path = store.join("objects").join(id).join(file);
         flip(&path);
-        let o = run(graft(&store).arg("verify"));
+        let o = bounded(graft(&store).arg("verify"));
         assert!(!o.status.success(), "{what}: verify missed it");
         assert!(
             stdout(&o).contains(file) && stdout(&o).contains("1 corrupt"),
@@ -336,7 +407,7 @@ fn a_flipped_byte_in_each_kind_of_stored_file_is_detected_and_recovered() {
         if let Some(stage) = force {
             cmd.args(["--force", stage]);
         }
-        let o = run(&mut cmd);
+        let o = bounded(&mut cmd);
         let (out, err) = (stdout(&o), stderr(&o));
         assert!(o.status.success(), "{what}:\n{out}\n{err}");
         // Warned, naming the file; moved aside; rebuilt with the same id.
@@ -393,7 +464,7 @@ fn probe_rerun_after_a_version_bump_keeps_its_id_and_propose_stays_fresh() {
     let store = dir.path().join("store");
     let pipe = tiny_pipeline(dir.path());
     let p = pipe.to_str().unwrap();
-    ok(graft(&store).args(["run", p]));
+    bounded_ok(graft(&store).args(["run", p]));
     let probe = slot_artifact(&store, "tiny/probe");
     // Timings are in the manifest, not in the files.
     let obj = store.join("objects").join(&probe);
@@ -423,7 +494,7 @@ fn probe_rerun_after_a_version_bump_keeps_its_id_and_propose_stays_fresh() {
     let key = slot["key"].as_str().unwrap();
     std::fs::remove_file(store.join("keys").join(format!("{key}.json"))).unwrap();
 
-    let out = ok(graft(&store).args(["run", p]));
+    let out = bounded_ok(graft(&store).args(["run", p]));
     assert_eq!(status_of(&out, "probe"), "ran", "{out}");
     assert!(
         out.contains(&format!("stage version {} -> {version}", version - 1)),
@@ -434,7 +505,7 @@ fn probe_rerun_after_a_version_bump_keeps_its_id_and_propose_stays_fresh() {
         assert_eq!(status_of(&out, stage), "fresh", "{stage}: {out}");
     }
     // And a forced rerun: new timings in the manifest, the same files.
-    let out = ok(graft(&store).args(["run", p, "--force", "probe"]));
+    let out = bounded_ok(graft(&store).args(["run", p, "--force", "probe"]));
     assert_eq!(status_of(&out, "probe"), "ran", "{out}");
     assert_eq!(status_of(&out, "propose"), "fresh", "{out}");
     assert_eq!(slot_artifact(&store, "tiny/probe"), probe);
