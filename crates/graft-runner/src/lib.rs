@@ -532,6 +532,13 @@ pub fn gc_lines(roots: &GcRoots, plan: &GcPlan, deleted: bool) -> Vec<String> {
             human_size(*size)
         ));
     }
+    for key in &plan.stale_keys {
+        let name = key.file_name().map(|n| n.to_string_lossy().into_owned());
+        out.push(format!(
+            "{verb} key record keys/{}",
+            name.unwrap_or_default()
+        ));
+    }
     for p in &roots.elsewhere {
         out.push(format!(
             "kept pipeline {p}: its file is not among the known pipelines (`graft gc --forget {p}` lets it go)"
