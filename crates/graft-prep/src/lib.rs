@@ -291,9 +291,14 @@ pub fn write_dataset(
         "mean": params.mean,
         "std": params.std,
     });
+    // A VTAB-1k task's name is not part of the key, so it is not part of the artifact.
+    let task = match params.source {
+        SourceKind::Vtab1k => None,
+        _ => params.task.as_deref(),
+    };
     let mut description = json!({
         "source": params.source,
-        "task": params.task,
+        "task": task,
         "classes": plan.classes,
         "splits": counts,
         "preprocessing": preprocessing,
