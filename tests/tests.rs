@@ -6,3 +6,4 @@ mod dtd;
 mod finetune;
 mod pipeline;
 mod store;
+mod vtab;
