@@ -132,8 +132,14 @@ fn regression_11_dtd_draw_takes_every_class_from_class_ordered_label_files() {
     assert_eq!(desc["draw"]["seed"], 0);
     assert_eq!(desc["draw"]["splits"]["train"]["from"], "labels/train1.txt");
     assert_eq!(desc["draw"]["splits"]["train"]["listed"], 20);
-    assert_eq!(desc["draw"]["splits"]["train"]["chosen"], serde_json::json!(ids));
-    assert_eq!(desc["draw"]["splits"]["val"]["chosen"], serde_json::json!(val_ids));
+    assert_eq!(
+        desc["draw"]["splits"]["train"]["chosen"],
+        serde_json::json!(ids)
+    );
+    assert_eq!(
+        desc["draw"]["splits"]["val"]["chosen"],
+        serde_json::json!(val_ids)
+    );
 
     // Another seed is another draw (and a reason to rerun), still stratified.
     let out = ok(prep(&store)
@@ -321,14 +327,20 @@ fn image_folder_counts_draw_from_every_class() {
     image_tree(&root, "train", &["ants", "bees", "cats"], 4);
     let store = dir.path().join("store");
     ok(prep(&store)
-        .args(["-p", "source=image-folder", "-p", "image_size=8", "-p", "train=6"])
+        .args([
+            "-p",
+            "source=image-folder",
+            "-p",
+            "image_size=8",
+            "-p",
+            "train=6",
+        ])
         .arg("-p")
         .arg(format!("path={}", root.display())));
     let id = slot_artifact(&store, "prep");
-    let (batches, _) = graft_store::table::read_parquet(
-        &store.join("objects").join(&id).join("train.parquet"),
-    )
-    .unwrap();
+    let (batches, _) =
+        graft_store::table::read_parquet(&store.join("objects").join(&id).join("train.parquet"))
+            .unwrap();
     let mut names = Vec::new();
     for b in batches {
         let c = b.column_by_name("label_name").unwrap().clone();
@@ -356,7 +368,10 @@ fn image_folders_without_two_classes_with_images_are_refused() {
     image_tree(&root, "train", &["ants", "bees"], 2);
     std::fs::create_dir_all(root.join("train/cats")).unwrap();
     let err = try_prep(&root);
-    assert!(err.contains("class \"cats\" has no images") && err.contains("train/cats"), "{err}");
+    assert!(
+        err.contains("class \"cats\" has no images") && err.contains("train/cats"),
+        "{err}"
+    );
     // One class is not a classification task.
     let root = dir.path().join("b");
     image_tree(&root, "train", &["ants"], 3);
@@ -536,7 +551,10 @@ fn dtd_pipeline_file_runs_on_a_miniature_dtd() {
     assert!(out.contains("report.html"), "{out}");
     // The file's protocol is the final one, recorded in every run and stated by the report.
     let protocols = run_protocols(&store, &slot_artifact(&store, "dtd/finetune"));
-    assert!(!protocols.is_empty() && protocols.iter().all(|p| p == "final"), "{protocols:?}");
+    assert!(
+        !protocols.is_empty() && protocols.iter().all(|p| p == "final"),
+        "{protocols:?}"
+    );
     let summary = std::fs::read_to_string(
         store
             .join("objects")
@@ -544,7 +562,10 @@ fn dtd_pipeline_file_runs_on_a_miniature_dtd() {
             .join("summary.md"),
     )
     .unwrap();
-    assert!(summary.contains("final (trained on train + val for 1 epochs"), "{summary}");
+    assert!(
+        summary.contains("final (trained on train + val for 1 epochs"),
+        "{summary}"
+    );
 
     let out = ok(graft(&store)
         .args(["run", pipe])

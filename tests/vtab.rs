@@ -36,7 +36,10 @@ fn mini_vtab(root: &Path, task: &str, classes: usize, names: bool) -> PathBuf {
     };
     write("train800.txt", &lists[0]);
     write("val200.txt", &lists[1]);
-    write("train800val200.txt", &[lists[0].clone(), lists[1].clone()].concat());
+    write(
+        "train800val200.txt",
+        &[lists[0].clone(), lists[1].clone()].concat(),
+    );
     write("test.txt", &lists[2]);
     if names {
         let names: Vec<String> = (0..classes).map(|k| format!("kind{k}")).collect();
@@ -60,7 +63,10 @@ fn vtab_args(root: &Path, task: &str) -> Vec<String> {
 /// ids and labels of a split of a dataset artifact.
 fn split(store: &Path, id: &str, name: &str) -> (Vec<String>, Vec<i32>) {
     let (batches, _) = graft_store::table::read_parquet(
-        &store.join("objects").join(id).join(format!("{name}.parquet")),
+        &store
+            .join("objects")
+            .join(id)
+            .join(format!("{name}.parquet")),
     )
     .unwrap();
     let (mut ids, mut labels) = (vec![], vec![]);
@@ -100,12 +106,21 @@ fn vtab_1k_reader_reads_the_list_files() {
     let store = dir.path().join("store");
 
     // VTAB_DIR locates the task folders when path is not given.
-    ok(prep(&store)
-        .env("VTAB_DIR", &root)
-        .args(["-p", "source=vtab-1k", "-p", "task=eurosat", "-p", "image_size=8"]));
+    ok(prep(&store).env("VTAB_DIR", &root).args([
+        "-p",
+        "source=vtab-1k",
+        "-p",
+        "task=eurosat",
+        "-p",
+        "image_size=8",
+    ]));
     let id = slot_artifact(&store, "prep");
     let (ids, labels) = split(&store, &id, "train");
-    assert_eq!(ids, listed(&eurosat, "train800.txt"), "every line, in order");
+    assert_eq!(
+        ids,
+        listed(&eurosat, "train800.txt"),
+        "every line, in order"
+    );
     assert_eq!(labels, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
     assert_eq!(split(&store, &id, "val").0, listed(&eurosat, "val200.txt"));
     assert_eq!(split(&store, &id, "test").0, listed(&eurosat, "test.txt"));
@@ -209,11 +224,19 @@ fn bad_vtab_inputs_name_the_file_and_line_and_leave_the_store_unchanged() {
     let d = mini_vtab(&root, "d", 3, true);
     let text = std::fs::read_to_string(d.join("test.txt")).unwrap();
     std::fs::write(d.join("test.txt"), text.replacen(" 0\n", " 7\n", 1)).unwrap();
-    expect(&root, "d", &["test.txt:1", "label 7", "outside 0..3", "classes.txt"]);
+    expect(
+        &root,
+        "d",
+        &["test.txt:1", "label 7", "outside 0..3", "classes.txt"],
+    );
     let d = mini_vtab(&root, "cifar", 3, false);
     let text = std::fs::read_to_string(d.join("test.txt")).unwrap();
     std::fs::write(d.join("test.txt"), text.replacen(" 0\n", " 100\n", 1)).unwrap();
-    expect(&root, "cifar", &["test.txt:1", "outside 0..100", "cifar has 100 classes"]);
+    expect(
+        &root,
+        "cifar",
+        &["test.txt:1", "outside 0..100", "cifar has 100 classes"],
+    );
     let d = mini_vtab(&root, "e", 3, true);
     let text = std::fs::read_to_string(d.join("train800.txt")).unwrap();
     std::fs::write(d.join("train800.txt"), text.replacen(" 0\n", " zero\n", 1)).unwrap();
@@ -252,7 +275,11 @@ fn vtab_pipeline_file_runs_on_a_miniature_vtab() {
             format!("finetune-{t}.baselines=[\"linear-probe\"]"),
             format!("finetune-{t}.jobs=2"),
         ]);
-        sets.extend(tiny_model_sets(&format!("probe-{t}"), &format!("finetune-{t}"), &ckpt));
+        sets.extend(tiny_model_sets(
+            &format!("probe-{t}"),
+            &format!("finetune-{t}"),
+            &ckpt,
+        ));
     }
     let small = overrides(&sets);
 
@@ -272,7 +299,10 @@ fn vtab_pipeline_file_runs_on_a_miniature_vtab() {
         .env("VTAB_DIR", &root));
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("svhn/") && err.contains("train800.txt"), "{err}");
+    assert!(
+        err.contains("svhn/") && err.contains("train800.txt"),
+        "{err}"
+    );
     assert_eq!(snapshot(&store), before, "the store changed");
 
     mini_vtab(&root, "svhn", 6, false);
@@ -284,21 +314,35 @@ fn vtab_pipeline_file_runs_on_a_miniature_vtab() {
         for stage in ["prep", "probe", "propose", "finetune"] {
             assert_eq!(status_of(&out, &format!("{stage}-{t}")), "ran", "{out}");
         }
-        let protocols = run_protocols(&store, &slot_artifact(&store, &format!("vtab/finetune-{t}")));
+        let protocols = run_protocols(
+            &store,
+            &slot_artifact(&store, &format!("vtab/finetune-{t}")),
+        );
         assert!(
             !protocols.is_empty() && protocols.iter().all(|p| p == "final"),
             "{t}: {protocols:?}"
         );
     }
     assert_eq!(status_of(&out, "report"), "ran", "{out}");
-    let report = store.join("objects").join(slot_artifact(&store, "vtab/report"));
+    let report = store
+        .join("objects")
+        .join(slot_artifact(&store, "vtab/report"));
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     // The cross-task figure is drawn, not skipped: every task swept the parallel edges.
-    assert!(html.contains("Cross-task correlation"), "no cross-task figure");
-    assert!(!html.contains("the cross-task matrix needs"), "cross-task figure skipped");
+    assert!(
+        html.contains("Cross-task correlation"),
+        "no cross-task figure"
+    );
+    assert!(
+        !html.contains("the cross-task matrix needs"),
+        "cross-task figure skipped"
+    );
     let summary = std::fs::read_to_string(report.join("summary.md")).unwrap();
     for t in TASKS {
         assert!(summary.contains(t), "{t} missing from the summary");
     }
-    assert!(summary.contains("final (trained on train + val"), "{summary}");
+    assert!(
+        summary.contains("final (trained on train + val"),
+        "{summary}"
+    );
 }

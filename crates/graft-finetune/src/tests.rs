@@ -108,8 +108,15 @@ fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
     // 96 train + 48 val images in batches of 32: 5 steps an epoch (select would take 3).
     assert_eq!(total, 3 * (96 + 48_usize).div_ceil(32));
     assert_eq!(result.status, "ok");
-    assert_eq!(result.best_epoch, Some(2), "the last epoch, not a chosen one");
-    assert_eq!(result.val_accuracy, None, "val is training data under final");
+    assert_eq!(
+        result.best_epoch,
+        Some(2),
+        "the last epoch, not a chosen one"
+    );
+    assert_eq!(
+        result.val_accuracy, None,
+        "val is training data under final"
+    );
     let epochs = EpochRow::read(&out.join(EpochRow::FILE)).unwrap();
     assert_eq!(epochs.len(), 3);
     assert!(epochs.iter().all(|e| e.val_accuracy.is_none()));
@@ -199,8 +206,8 @@ fn bad_parameters_name_the_field() {
     assert!(e.contains("lr"), "{e}");
     let e = parse(json!({"checkpoint": "x.safetensors"})).unwrap_err();
     assert!(e.contains("preset"), "{e}");
-    let e = parse(json!({"checkpoint": "no-such.safetensors", "preset": "vit-cpu-tiny"}))
-        .unwrap_err();
+    let e =
+        parse(json!({"checkpoint": "no-such.safetensors", "preset": "vit-cpu-tiny"})).unwrap_err();
     assert!(
         e.contains("no-such.safetensors") && e.contains("no such file") && e.contains("README"),
         "{e}"

@@ -185,9 +185,7 @@ fn draw_split(
             let labels: Vec<usize> = samples.iter().map(|s| s.label as usize).collect();
             let keep = stratified_draw(&labels, classes, n, seed, name);
             let mut samples: Vec<Option<Sample>> = samples.into_iter().map(Some).collect();
-            keep.into_iter()
-                .filter_map(|k| samples[k].take())
-                .collect()
+            keep.into_iter().filter_map(|k| samples[k].take()).collect()
         }
         _ => samples,
     };
@@ -270,10 +268,7 @@ pub fn dtd(
         {
             return Err(PrepError::Layout {
                 path: label_path,
-                message: format!(
-                    "has {} entries; params.{name} asks for {n}",
-                    samples.len()
-                ),
+                message: format!("has {} entries; params.{name} asks for {n}", samples.len()),
             });
         }
         if samples.is_empty() {
@@ -326,7 +321,12 @@ pub const VTAB_TASKS: [(&str, usize); 19] = [
 ];
 
 /// The list files of a VTAB-1k task folder, in the order the splits take them.
-pub const VTAB_LISTS: [&str; 4] = ["train800.txt", "val200.txt", "train800val200.txt", "test.txt"];
+pub const VTAB_LISTS: [&str; 4] = [
+    "train800.txt",
+    "val200.txt",
+    "train800val200.txt",
+    "test.txt",
+];
 
 /// Optional class names of a VTAB-1k task folder: line k names label k.
 pub const VTAB_CLASSES: &str = "classes.txt";
@@ -434,11 +434,17 @@ pub fn vtab(
         (names, why)
     } else {
         let known = VTAB_TASKS.iter().find(|(t, _)| *t == task).map(|&(_, k)| k);
-        let largest = lists.values().flatten().map(|r| r.2.max(0) as usize + 1).max();
+        let largest = lists
+            .values()
+            .flatten()
+            .map(|r| r.2.max(0) as usize + 1)
+            .max();
         let k = known.or(largest).unwrap_or(0);
         let why = match known {
             Some(k) => format!("VTAB-1k's {task} has {k} classes"),
-            None => format!("{task} is not a VTAB-1k task and has no {VTAB_CLASSES}: {k} classes from the largest label"),
+            None => format!(
+                "{task} is not a VTAB-1k task and has no {VTAB_CLASSES}: {k} classes from the largest label"
+            ),
         };
         ((0..k).map(|c| format!("class-{c}")).collect(), why)
     };
@@ -534,11 +540,7 @@ pub fn vtab(
 /// `<path>/<split>/<class>/*.{jpg,jpeg,png}`; `train` is required and must hold at least
 /// two classes, none of them empty; `val` and `test` are optional. Classes come from
 /// `train`, sorted. A count cuts a split by a stratified, seeded draw.
-pub fn image_folder(
-    path: &Path,
-    counts: [Option<usize>; 3],
-    seed: u64,
-) -> Result<Plan, PrepError> {
+pub fn image_folder(path: &Path, counts: [Option<usize>; 3], seed: u64) -> Result<Plan, PrepError> {
     let train = path.join("train");
     if !train.is_dir() {
         return Err(PrepError::Layout {
@@ -651,7 +653,10 @@ mod tests {
         let labels: Vec<usize> = (0..47).flat_map(|c| [c; 40]).collect();
         let chosen = stratified_draw(&labels, 47, 800, 0, "train");
         assert_eq!(chosen.len(), 800);
-        assert!(chosen.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
+        assert!(
+            chosen.windows(2).all(|w| w[0] < w[1]),
+            "ascending, no repeats"
+        );
         let n = per_class(&labels, &chosen, 47);
         // 800 = 47 * 17 + 1: every class 17, one class 18.
         assert!(n.iter().all(|&k| k == 17 || k == 18), "{n:?}");
@@ -668,7 +673,10 @@ mod tests {
         let chosen = stratified_draw(&labels, 4, 12, 7, "train");
         assert_eq!(per_class(&labels, &chosen, 4), [2, 5, 5, 0]);
         // Asking for all (or more) keeps every sample in order.
-        assert_eq!(stratified_draw(&labels, 4, 22, 7, "train"), (0..22).collect::<Vec<_>>());
+        assert_eq!(
+            stratified_draw(&labels, 4, 22, 7, "train"),
+            (0..22).collect::<Vec<_>>()
+        );
         assert_eq!(stratified_draw(&labels, 4, 99, 7, "train").len(), 22);
         assert!(stratified_draw(&labels, 4, 0, 7, "train").is_empty());
     }
