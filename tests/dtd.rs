@@ -563,7 +563,7 @@ fn dtd_pipeline_file_runs_on_a_miniature_dtd() {
     )
     .unwrap();
     assert!(
-        summary.contains("final (trained on train + val for 1 epochs"),
+        summary.contains("final (trained on train + val for 1 epoch,"),
         "{summary}"
     );
 

@@ -689,12 +689,15 @@ pub fn protocol_text(t: &TaskAnalysis) -> String {
         .train
         .as_ref()
         .and_then(|x| x.epochs)
-        .map_or_else(|| "the configured".to_owned(), |e| e.to_string());
+        .map_or_else(
+            || "the configured epochs".to_owned(),
+            |e| format!("{e} epoch{}", if e == 1 { "" } else { "s" }),
+        );
     names
         .iter()
         .map(|n| match *n {
             "final" => format!(
-                "final (trained on train + val for {epochs} epochs, the last epoch's test \
+                "final (trained on train + val for {epochs}, the last epoch's test \
                  accuracy; no model selection)"
             ),
             "select" => {
