@@ -33,7 +33,8 @@ pub fn graft(store: &Path) -> Command {
     c.arg("--store")
         .arg(store)
         .env_remove("GRAFT_STORE")
-        .env_remove("DTD_DIR");
+        .env_remove("DTD_DIR")
+        .env_remove("VTAB_DIR");
     c
 }
 
@@ -42,7 +43,8 @@ pub fn prep(store: &Path) -> Command {
     c.arg("--store")
         .arg(store)
         .env_remove("GRAFT_STORE")
-        .env_remove("DTD_DIR");
+        .env_remove("DTD_DIR")
+        .env_remove("VTAB_DIR");
     c
 }
 

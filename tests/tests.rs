@@ -8,3 +8,4 @@ mod finetune;
 mod gc;
 mod pipeline;
 mod store;
+mod vtab;

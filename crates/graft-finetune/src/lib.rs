@@ -1,7 +1,8 @@
 //! The fine-tune stage: trains every placement of a proposals table (and the pipeline
-//! file's `manual` placements) plus the baselines asked for, for every seed, with the
-//! spec's protocol (section 4: AdamW, warm-up + cosine, train on `train`, choose the epoch
-//! on `val`, report `test`).
+//! file's `manual` placements) plus the baselines asked for, for every seed, with one of
+//! the spec's two protocols (section 4: AdamW, warm-up + cosine; `select` trains on
+//! `train`, chooses the epoch on `val` and reports `test`; `final` trains on `train` +
+//! `val` for exactly `epochs` and reports the last epoch's `test`).
 //!
 //! Principal types: [`Finetune`] (the [`Stage`]), [`FinetuneParams`], [`run::RunSpec`] (one
 //! placement and seed, the cache unit) and [`worker`] (the process fan-out).
@@ -33,6 +34,7 @@ use graft_tables::{EpochRow, ProposalRow, RunRow, Table, edge_rows};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use run::ProtocolKind;
 use run::{Method, Protocol, RunResult, RunSpec};
 
 /// Errors of the fine-tune library; each names its file or field.
@@ -98,6 +100,10 @@ pub struct FinetuneParams {
     /// The base model's preset; read from the base artifact when it has one.
     #[serde(default)]
     pub preset: Option<String>,
+    /// `select` (train on train, pick the epoch on val) or `final` (train on train + val
+    /// for exactly `epochs`, test the last epoch): recorded in every run's row.
+    #[serde(default)]
+    pub protocol: ProtocolKind,
     #[serde(default = "default_epochs")]
     pub epochs: usize,
     #[serde(default = "default_lr")]
@@ -168,7 +174,8 @@ pub struct Finetune;
 
 impl Stage for Finetune {
     const NAME: &'static str = "finetune";
-    const VERSION: u32 = 1;
+    // 2: runs.parquet has a `protocol` column, summary.json `train.protocol`.
+    const VERSION: u32 = 2;
     type Params = FinetuneParams;
 
     fn input_names(p: &FinetuneParams) -> Vec<String> {
@@ -321,6 +328,7 @@ impl Stage for Finetune {
 
         // One run per distinct placement id and seed.
         let protocol = |lr: f64| Protocol {
+            kind: p.protocol,
             epochs: p.epochs,
             lr,
             batch: p.batch,
@@ -467,6 +475,7 @@ impl Stage for Finetune {
             run_rows.push(RunRow {
                 placement_id: spec.placement_id.clone(),
                 method: spec.method.name().into(),
+                protocol: Some(spec.protocol.kind.name().into()),
                 seed: spec.seed as i64,
                 edges: spec.edges.iter().map(|&e| e.into()).collect(),
                 adapters: spec.edges.len() as i64,
@@ -511,6 +520,7 @@ impl Stage for Finetune {
             "preset": preset,
             "classes": info.classes.len(),
             "train": {
+                "protocol": p.protocol.name(),
                 "epochs": p.epochs, "lr": p.lr, "full_lr": p.full_lr, "batch": p.batch,
                 "weight_decay": p.weight_decay, "warmup_epochs": p.warmup_epochs,
                 "bottleneck": p.bottleneck,

@@ -59,9 +59,38 @@ impl Method {
     }
 }
 
+/// How a run is trained and measured (spec section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProtocolKind {
+    /// Train on train, choose the epoch on val, report that epoch's test accuracy.
+    #[default]
+    Select,
+    /// VTAB-1k's protocol in the PETL literature: train on train + val for exactly the
+    /// configured epochs, report the last epoch's test accuracy; no model selection.
+    Final,
+}
+
+impl ProtocolKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProtocolKind::Select => "select",
+            ProtocolKind::Final => "final",
+        }
+    }
+
+    /// `select` is left out of a run's key, so runs trained before the protocol was a
+    /// parameter (all of them `select`) keep their keys.
+    pub fn is_select(&self) -> bool {
+        *self == ProtocolKind::Select
+    }
+}
+
 /// The training protocol of a run (spec section 4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Protocol {
+    #[serde(default, skip_serializing_if = "ProtocolKind::is_select")]
+    pub kind: ProtocolKind,
     pub epochs: usize,
     pub lr: f64,
     pub batch: usize,
@@ -255,9 +284,20 @@ pub fn train_run(
         device: spec.device.clone(),
         weights: false,
     };
-    let fit = match graft_train::fit(model, &train, &val, pre, &tc, &device, |s, t, l| {
-        on_step(s, t, l)
-    }) {
+    let fitted = match p.kind {
+        ProtocolKind::Select => {
+            graft_train::fit(model, &train, &val, pre, &tc, &device, |s, t, l| {
+                on_step(s, t, l)
+            })
+        }
+        ProtocolKind::Final => {
+            let train_val = train.concat(&val);
+            graft_train::fit_final(model, &train_val, pre, &tc, &device, |s, t, l| {
+                on_step(s, t, l)
+            })
+        }
+    };
+    let fit = match fitted {
         Ok(fit) => fit,
         Err(e @ TrainError::NonFinite { .. }) => {
             EpochRow::write(&dir.join(EpochRow::FILE), &[])?;
@@ -295,7 +335,8 @@ pub fn train_run(
     }
     Ok(RunResult {
         best_epoch: Some(fit.best_epoch),
-        val_accuracy: Some(fit.best_val_accuracy),
+        // Under `final` val is training data: no val accuracy.
+        val_accuracy: (p.kind == ProtocolKind::Select).then_some(fit.best_val_accuracy),
         test_accuracy: Some(test_accuracy),
         train_loss: fit.history.get(fit.best_epoch).map(|h| h.train_loss),
         images_per_second: Some(fit.images_per_second),

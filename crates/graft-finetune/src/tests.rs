@@ -36,6 +36,7 @@ fn spec(dir: &Path, method: Method, edges: Vec<Edge>, lr: f64) -> RunSpec {
         seed: 3,
         preset: "vit-cpu-tiny".into(),
         protocol: Protocol {
+            kind: ProtocolKind::Select,
             epochs: 2,
             lr,
             batch: 32,
@@ -95,6 +96,46 @@ fn adapter_only_files_reload_to_the_same_accuracy() {
 }
 
 #[test]
+fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
+    let dir = setup();
+    let mut s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
+    s.protocol.kind = ProtocolKind::Final;
+    s.protocol.epochs = 3;
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut total = 0;
+    let result = train_run(&s, &out, |_, t, _| total = t).unwrap();
+    // 96 train + 48 val images in batches of 32: 5 steps an epoch (select would take 3).
+    assert_eq!(total, 3 * (96 + 48_usize).div_ceil(32));
+    assert_eq!(result.status, "ok");
+    assert_eq!(
+        result.best_epoch,
+        Some(2),
+        "the last epoch, not a chosen one"
+    );
+    assert_eq!(
+        result.val_accuracy, None,
+        "val is training data under final"
+    );
+    let epochs = EpochRow::read(&out.join(EpochRow::FILE)).unwrap();
+    assert_eq!(epochs.len(), 3);
+    assert!(epochs.iter().all(|e| e.val_accuracy.is_none()));
+    assert_eq!(result.train_loss, Some(epochs[2].train_loss));
+
+    // The test accuracy is the last epoch's weights on test.
+    let dev = graft_backend::device("cpu").unwrap();
+    let info = DatasetInfo::read(&s.dataset_dir).unwrap();
+    let mut vit = VitConfig::preset("vit-cpu-tiny", info.classes.len())
+        .unwrap()
+        .init(&dev);
+    graft_model::checkpoint::load_timm(&mut vit, &s.base_path).unwrap();
+    let (vit, _) = graft_model::checkpoint::load_adapters(vit, &out.join(WEIGHTS_FILE)).unwrap();
+    let test = Split::read(&s.dataset_dir, "test", 16).unwrap();
+    let acc = graft_train::evaluate(&vit, &test, &info.preprocessing, &dev, 32);
+    assert_eq!(Some(acc), result.test_accuracy);
+}
+
+#[test]
 fn a_linear_probe_trains_the_head_alone_and_saves_it() {
     let dir = setup();
     let s = spec(dir.path(), Method::LinearProbe, vec![], 1e-2);
@@ -142,6 +183,10 @@ fn run_keys_follow_what_is_trained_not_where() {
     changed(&|c| c.method = Method::AdaptersRandomInit);
     changed(&|c| c.protocol.lr = 2e-3);
     changed(&|c| c.protocol.bottleneck = 16);
+    changed(&|c| c.protocol.kind = ProtocolKind::Final);
+    // `select` stays out of the key, so runs trained before `protocol` existed (all of them
+    // `select`) keep their keys.
+    assert!(a.key_params()["protocol"].get("kind").is_none());
     changed(&|c| c.dataset = ArtifactId::parse(&"c".repeat(64)).unwrap());
     changed(&|c| c.base = ArtifactId::parse(&"d".repeat(64)).unwrap());
 }
@@ -161,6 +206,18 @@ fn bad_parameters_name_the_field() {
     assert!(e.contains("lr"), "{e}");
     let e = parse(json!({"checkpoint": "x.safetensors"})).unwrap_err();
     assert!(e.contains("preset"), "{e}");
+    let e =
+        parse(json!({"checkpoint": "no-such.safetensors", "preset": "vit-cpu-tiny"})).unwrap_err();
+    assert!(
+        e.contains("no-such.safetensors") && e.contains("no such file") && e.contains("README"),
+        "{e}"
+    );
+    let e = parse(json!({"protocol": "best"})).unwrap_err();
+    assert!(e.contains("best") && e.contains("final"), "{e}");
+    assert_eq!(
+        parse(json!({"protocol": "final"})).unwrap().protocol,
+        ProtocolKind::Final
+    );
     let e = parse(json!({"epochs": 3, "bogus": 1})).unwrap_err();
     assert!(e.contains("bogus"), "{e}");
     assert!(parse(json!({})).is_ok());

@@ -14,6 +14,19 @@ pub enum PrepError {
          to the unpacked `dtd` directory (images/, labels/) of the Describable Textures Dataset"
     )]
     DtdUnset,
+    #[error(
+        "no VTAB-1k task folder {task}/ at {path}: expected {path}/{task}/ holding train800.txt, \
+         val200.txt, train800val200.txt and test.txt (lines `<image path> <label>`) and the \
+         images they name, as the PETL code bases distribute VTAB-1k (set params.path or \
+         VTAB_DIR to the folder that holds the task folders)"
+    )]
+    VtabMissing { path: PathBuf, task: String },
+    #[error(
+        "no VTAB-1k location given: set params.path (or -p path=...) or the VTAB_DIR environment \
+         variable to the folder that holds the VTAB-1k task folders (<task>/train800.txt, \
+         val200.txt, train800val200.txt, test.txt and the images)"
+    )]
+    VtabUnset,
     #[error("{path}:{line}: {message}")]
     LabelLine {
         path: PathBuf,

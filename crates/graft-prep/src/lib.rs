@@ -1,5 +1,6 @@
-//! The dataset-prep stage: DTD as distributed, a generic image folder, or a procedural
-//! texture task, turned into one Parquet table per split.
+//! The dataset-prep stage: DTD as distributed, one VTAB-1k task in the PETL code bases'
+//! list-file format, a generic image folder, or a procedural texture task, turned into one
+//! Parquet table per split.
 //!
 //! Principal types: [`PrepParams`] (the stage's parameters), [`sources::Plan`] (which
 //! samples go where, decided before any pixel is read), and [`Prep`], the [`Stage`] that
@@ -10,13 +11,15 @@
 //!
 //! | column | type | meaning |
 //! |---|---|---|
-//! | `id` | utf8 | DTD: `class/file.jpg`; image folder: `class/file`; procedural: `split/index` |
+//! | `id` | utf8 | DTD: `class/file.jpg`; VTAB-1k: the listed path; image folder: `class/file`; procedural: `split/index` |
 //! | `label` | int32 | index into the sorted class names |
 //! | `label_name` | utf8 | class name |
 //! | `image` | binary | `image_size * image_size * 3` bytes, uint8, HWC, RGB |
 //!
-//! `dataset.json` in the same artifact records the classes, the split sizes and the
-//! preprocessing (size, interpolation, mean, std) that later stages apply.
+//! `dataset.json` in the same artifact records the classes, the split sizes, the
+//! preprocessing (size, interpolation, mean, std) that later stages apply and, for data read
+//! from disk, the `draw`: its seed and, per split, the list it came from, how many that list
+//! holds and the ids chosen.
 
 mod error;
 mod params;
@@ -42,6 +45,9 @@ use sources::{Pixels, Plan};
 
 /// Name of the environment variable that locates DTD when `path` is not given.
 pub const DTD_DIR_ENV: &str = "DTD_DIR";
+/// Name of the environment variable that locates the VTAB-1k task folders when `path` is
+/// not given.
+pub const VTAB_DIR_ENV: &str = "VTAB_DIR";
 
 /// The table schema shared by every split.
 pub fn schema() -> Arc<Schema> {
@@ -65,12 +71,25 @@ impl Stage for Prep {
         Vec::new()
     }
 
+    /// Besides the parameters, checks that the data is where they say (a directory lookup,
+    /// nothing read), so a pipeline without its data fails at `--check`, before any stage
+    /// runs, saying what is missing and where it goes.
     fn validate(params: PrepParams) -> Result<PrepParams, BoxError> {
-        Ok(params.normalize()?)
+        let params = params.normalize()?;
+        data_present(&params)?;
+        Ok(params)
     }
 
     fn location_params() -> &'static [&'static str] {
         &["path"]
+    }
+
+    /// A VTAB-1k task's name says where its lists are; what they hold enters the key.
+    fn location_params_of(params: &PrepParams) -> Vec<&'static str> {
+        match params.source {
+            SourceKind::Vtab1k => vec!["path", "task"],
+            _ => vec!["path"],
+        }
     }
 
     fn fingerprints(params: &PrepParams) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
@@ -98,6 +117,9 @@ fn location(params: &PrepParams) -> Result<PathBuf, PrepError> {
         (None, SourceKind::Dtd) => std::env::var_os(DTD_DIR_ENV)
             .map(PathBuf::from)
             .ok_or(PrepError::DtdUnset),
+        (None, SourceKind::Vtab1k) => std::env::var_os(VTAB_DIR_ENV)
+            .map(PathBuf::from)
+            .ok_or(PrepError::VtabUnset),
         (None, _) => Err(PrepError::Layout {
             path: PathBuf::new(),
             message: "params.path is required".into(),
@@ -108,6 +130,7 @@ fn location(params: &PrepParams) -> Result<PathBuf, PrepError> {
 /// Decides the samples of every split (normalised parameters).
 pub fn plan(params: &PrepParams) -> Result<Plan, PrepError> {
     let counts = [params.train, params.val, params.test];
+    let seed = params.seed.unwrap_or(0);
     match params.source {
         SourceKind::Procedural => Ok(sources::procedural(
             params.task.as_deref().unwrap_or("textures"),
@@ -115,8 +138,39 @@ pub fn plan(params: &PrepParams) -> Result<Plan, PrepError> {
             counts.map(|c| c.unwrap_or(0)),
             params.render_size.unwrap_or(2 * params.image_size),
         )),
-        SourceKind::Dtd => sources::dtd(&location(params)?, params.fold.unwrap_or(1), counts),
-        SourceKind::ImageFolder => sources::image_folder(&location(params)?, counts),
+        SourceKind::Dtd => sources::dtd(&location(params)?, params.fold.unwrap_or(1), counts, seed),
+        SourceKind::Vtab1k => sources::vtab(
+            &location(params)?,
+            params.task.as_deref().unwrap_or_default(),
+            counts,
+            seed,
+        ),
+        SourceKind::ImageFolder => sources::image_folder(&location(params)?, counts, seed),
+    }
+}
+
+/// Whether the data the parameters name is on disk (directories and list files only).
+pub fn data_present(params: &PrepParams) -> Result<(), PrepError> {
+    match params.source {
+        SourceKind::Procedural => Ok(()),
+        SourceKind::Dtd => sources::dtd_root(&location(params)?).map(drop),
+        SourceKind::Vtab1k => sources::vtab_present(
+            &location(params)?,
+            params.task.as_deref().unwrap_or_default(),
+        )
+        .map(drop),
+        SourceKind::ImageFolder => {
+            let path = location(params)?;
+            if path.join("train").is_dir() {
+                Ok(())
+            } else {
+                Err(PrepError::Layout {
+                    path,
+                    message: "expected <split>/<class>/*.jpg|png with at least a train/ directory"
+                        .into(),
+                })
+            }
+        }
     }
 }
 
@@ -179,7 +233,22 @@ pub fn write_dataset(
             .samples
             .par_iter()
             .map(|s| {
-                let img = load(&s.pixels, size, params.interpolation);
+                let img = load(&s.pixels, size, params.interpolation).map_err(|e| {
+                    match (&s.origin, e) {
+                        // A listed image that does not decode: name the list and line too.
+                        (Some((list, line)), PrepError::Decode { path, message }) => {
+                            PrepError::LabelLine {
+                                path: list.clone(),
+                                line: *line,
+                                message: format!(
+                                    "image {}: cannot decode image: {message}",
+                                    path.display()
+                                ),
+                            }
+                        }
+                        (_, e) => e,
+                    }
+                });
                 bar.inc(1);
                 img
             })
@@ -222,13 +291,37 @@ pub fn write_dataset(
         "mean": params.mean,
         "std": params.std,
     });
-    let description = json!({
+    // A VTAB-1k task's name is not part of the key, so it is not part of the artifact.
+    let task = match params.source {
+        SourceKind::Vtab1k => None,
+        _ => params.task.as_deref(),
+    };
+    let mut description = json!({
         "source": params.source,
-        "task": params.task,
+        "task": task,
         "classes": plan.classes,
         "splits": counts,
         "preprocessing": preprocessing,
     });
+    if !plan.draws.is_empty() {
+        let splits: serde_json::Map<String, Value> = plan
+            .draws
+            .iter()
+            .map(|d| {
+                let split = plan.splits.iter().find(|s| s.name == d.split);
+                let ids: Vec<&str> = split
+                    .map(|s| s.samples.iter().map(|x| x.id.as_str()).collect())
+                    .unwrap_or_default();
+                let entry = json!({ "from": d.from, "listed": d.listed, "chosen": ids });
+                (d.split.to_owned(), entry)
+            })
+            .collect();
+        description["draw"] = json!({
+            "method": "class-stratified",
+            "seed": params.seed,
+            "splits": splits,
+        });
+    }
     let desc_path = dir.join("dataset.json");
     let text = serde_json::to_string_pretty(&description).unwrap_or_default();
     std::fs::write(&desc_path, text + "\n").map_err(PrepError::io(&desc_path))?;

@@ -6,8 +6,13 @@ use serde::{Deserialize, Serialize};
 pub enum SourceKind {
     /// Textures generated from a seed; no download.
     Procedural,
-    /// The Describable Textures Dataset as distributed, VTAB-1k split.
+    /// The Describable Textures Dataset as distributed, cut to VTAB-1k's sizes by a
+    /// class-stratified, seeded draw.
     Dtd,
+    /// One task of VTAB-1k in the PETL code bases' format:
+    /// `<path>/<task>/{train800,val200,train800val200,test}.txt`.
+    #[serde(rename = "vtab-1k")]
+    Vtab1k,
     /// `<path>/<split>/<class>/*.{jpg,jpeg,png}`.
     ImageFolder,
 }
@@ -42,11 +47,13 @@ impl Interpolation {
 #[serde(deny_unknown_fields)]
 pub struct PrepParams {
     pub source: SourceKind,
-    /// Procedural only: which generated task (`source`, `textures`).
+    /// Procedural: which generated task (`source`, `textures`); VTAB-1k: the task folder
+    /// (`dtd`, `cifar`, ...), which enters the key only through the content read from it.
     #[serde(default)]
     pub task: Option<String>,
-    /// DTD (or `DTD_DIR`) and image-folder: the data set's directory. Not part of the key:
-    /// the content of the files read is.
+    /// DTD (or `DTD_DIR`), VTAB-1k (or `VTAB_DIR`: the folder holding the task folders)
+    /// and image-folder: the data set's directory. Not part of the key: the content of the
+    /// files read is.
     #[serde(default)]
     pub path: Option<String>,
     /// Side of the square output images, in pixels.
@@ -59,11 +66,13 @@ pub struct PrepParams {
     pub mean: [f64; 3],
     #[serde(default = "default_half")]
     pub std: [f64; 3],
-    /// Procedural only: the generator's seed (default 0).
+    /// Procedural: the generator's seed; DTD, VTAB-1k and image folders: the seed of the
+    /// class-stratified draw that cuts a split to its count (default 0).
     #[serde(default)]
     pub seed: Option<u64>,
-    /// Procedural: images to generate; DTD and image folders: the first N (default
-    /// 800 / 200 / all, the VTAB-1k split).
+    /// Procedural: images to generate; DTD and image folders: a class-stratified, seeded
+    /// draw of N (default 800 / 200 / all, VTAB-1k's sizes); VTAB-1k: all of each list
+    /// unless set.
     #[serde(default)]
     pub train: Option<usize>,
     #[serde(default)]
@@ -107,8 +116,10 @@ impl PrepParams {
                 Ok(())
             }
         };
-        self.train = Some(self.train.unwrap_or(800));
-        self.val = Some(self.val.unwrap_or(200));
+        if self.source != SourceKind::Vtab1k {
+            self.train = Some(self.train.unwrap_or(800));
+            self.val = Some(self.val.unwrap_or(200));
+        }
         match self.source {
             SourceKind::Procedural => {
                 only("path", self.path.is_some(), "procedural")?;
@@ -127,6 +138,23 @@ impl PrepParams {
                     return Err(format!("render_size = {render} is outside 4..=2048"));
                 }
             }
+            SourceKind::Vtab1k => {
+                only("fold", self.fold.is_some(), "vtab-1k")?;
+                only("render_size", self.render_size.is_some(), "vtab-1k")?;
+                self.seed.get_or_insert(0);
+                let Some(task) = &self.task else {
+                    return Err(format!(
+                        "task is required for source = \"vtab-1k\": the task folder's name \
+                         (VTAB-1k's are {})",
+                        crate::sources::VTAB_TASKS.map(|(t, _)| t).join(", ")
+                    ));
+                };
+                if task.is_empty() || task.contains(['/', '\\']) || task == "." || task == ".." {
+                    return Err(format!(
+                        "task = {task:?} must be the name of a folder (no path separators)"
+                    ));
+                }
+            }
             SourceKind::Dtd | SourceKind::ImageFolder => {
                 let name = if self.source == SourceKind::Dtd {
                     "dtd"
@@ -134,8 +162,8 @@ impl PrepParams {
                     "image-folder"
                 };
                 only("task", self.task.is_some(), name)?;
-                only("seed", self.seed.is_some(), name)?;
                 only("render_size", self.render_size.is_some(), name)?;
+                self.seed.get_or_insert(0);
                 if self.source == SourceKind::Dtd {
                     let fold = *self.fold.get_or_insert(1);
                     if !(1..=10).contains(&fold) {

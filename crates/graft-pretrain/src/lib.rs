@@ -214,7 +214,8 @@ fn write_history(
                 history.iter().map(|h| h.train_loss),
             )),
             Arc::new(Float64Array::from_iter_values(
-                history.iter().map(|h| h.val_accuracy),
+                // `fit` measures val every epoch.
+                history.iter().map(|h| h.val_accuracy.unwrap_or(f64::NAN)),
             )),
             Arc::new(Float64Array::from_iter_values(history.iter().map(|h| h.lr))),
         ],

@@ -41,6 +41,7 @@ pub struct Preprocessing {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct TrainSettings {
+    pub protocol: Option<String>,
     pub epochs: Option<i64>,
     pub lr: Option<f64>,
     pub batch: Option<i64>,

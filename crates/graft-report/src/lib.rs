@@ -82,7 +82,8 @@ pub struct Report;
 
 impl Stage for Report {
     const NAME: &'static str = "report";
-    const VERSION: u32 = 1;
+    // 2: states the protocol behind each task's numbers.
+    const VERSION: u32 = 2;
     type Params = ReportParams;
 
     fn input_names(p: &ReportParams) -> Vec<String> {

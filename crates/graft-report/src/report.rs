@@ -2,7 +2,7 @@
 //! findings, and the two pages (`report.html`, `summary.md`). [`build`] runs the analysis
 //! and the figures and returns every file as text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use graft_graph::EdgeKind;
@@ -181,6 +181,7 @@ fn placements_table(a: &Analysis) -> TableData {
                 .collect();
             rows.push(vec![
                 Cell::text(&t.task),
+                Cell::text(protocol_name(t, &p.placement_id)),
                 Cell::text(&p.placement_id),
                 Cell::text(p.heuristics.join("; ")),
                 Cell::text(&p.method),
@@ -208,6 +209,7 @@ fn placements_table(a: &Analysis) -> TableData {
             .into(),
         columns: cols(&[
             "task",
+            "protocol",
             "placement_id",
             "heuristics",
             "method",
@@ -227,6 +229,18 @@ fn placements_table(a: &Analysis) -> TableData {
         rows,
         shown: None,
     }
+}
+
+/// The protocol of a placement's runs, as recorded (`select`, `final`).
+fn protocol_name(t: &TaskAnalysis, placement_id: &str) -> String {
+    let names: BTreeSet<&str> = t
+        .data
+        .runs
+        .iter()
+        .filter(|r| r.placement_id == placement_id)
+        .map(|r| r.protocol.as_deref().unwrap_or("not recorded"))
+        .collect();
+    names.into_iter().collect::<Vec<_>>().join(", ")
 }
 
 fn single_table(a: &Analysis) -> TableData {
@@ -417,6 +431,7 @@ fn setup_table(a: &Analysis) -> TableData {
     type Getter = Box<dyn Fn(&TaskAnalysis) -> Option<String>>;
     let settings: Vec<(&str, Getter)> = vec![
         ("task (recorded)", Box::new(|t| t.data.summary.task.clone())),
+        ("protocol", Box::new(|t| Some(protocol_text(t)))),
         ("base model", Box::new(|t| t.data.summary.base.clone())),
         (
             "preset",
@@ -659,6 +674,43 @@ fn correlation_sentence(name: &str, c: &crate::analysis::ScoreCorrelation) -> St
     }
 }
 
+/// Which protocol produced a task's runs (`select`, `final`, both, or not recorded), with
+/// what it means.
+pub fn protocol_text(t: &TaskAnalysis) -> String {
+    let names: BTreeSet<&str> = t
+        .data
+        .runs
+        .iter()
+        .map(|r| r.protocol.as_deref().unwrap_or("not recorded"))
+        .collect();
+    let epochs = t
+        .data
+        .summary
+        .train
+        .as_ref()
+        .and_then(|x| x.epochs)
+        .map_or_else(
+            || "the configured epochs".to_owned(),
+            |e| format!("{e} epoch{}", if e == 1 { "" } else { "s" }),
+        );
+    names
+        .iter()
+        .map(|n| match *n {
+            "final" => format!(
+                "final (trained on train + val for {epochs}, the last epoch's test \
+                 accuracy; no model selection)"
+            ),
+            "select" => {
+                "select (trained on train, the epoch best on val tested; val accuracy is the \
+                 selected epoch's)"
+                    .to_owned()
+            }
+            other => other.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
 fn task_findings(t: &TaskAnalysis) -> Vec<String> {
     let mut out = Vec::new();
     let finished = t.runs - t.failed.len();
@@ -666,6 +718,10 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
         out.push("no fine-tuning runs were recorded, so there is nothing to report.".into());
         return out;
     }
+    out.push(format!(
+        "accuracies come from the {} protocol.",
+        protocol_text(t)
+    ));
     let mut s = format!(
         "{} runs of {} placements over {} {}",
         t.runs,

@@ -254,6 +254,7 @@ fn task_data(task: usize) -> TaskData {
             runs.push(RunRow {
                 placement_id: row.placement_id.clone(),
                 method: row.method.clone(),
+                protocol: Some("select".into()),
                 seed,
                 edges: row.edges.clone(),
                 adapters: row.adapters,
@@ -292,7 +293,7 @@ fn task_data(task: usize) -> TaskData {
                     seed,
                     epoch,
                     train_loss: 1.0 / (epoch + 1) as f64,
-                    val_accuracy: a,
+                    val_accuracy: Some(a),
                     lr: 1e-3,
                     seconds: 3.0,
                 });
@@ -345,6 +346,7 @@ fn task_data(task: usize) -> TaskData {
                 program_version: Some("0.1.0".into()),
                 base: Some("pretrain 0123456789ab".into()),
                 train: Some(TrainSettings {
+                    protocol: Some("select".into()),
                     epochs: Some(3),
                     lr: Some(1e-3),
                     batch: Some(64),

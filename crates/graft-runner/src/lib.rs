@@ -298,8 +298,10 @@ impl RunOptions {
     }
 
     /// Checks every built stage's parameters and input names before anything runs, so a bad
-    /// parameter anywhere leaves the store untouched.
+    /// parameter anywhere leaves the store untouched. Every stage is checked, so one run
+    /// lists everything that is missing (data, checkpoints), each stage's error printed.
     pub fn check(&self, pipeline: &Pipeline) -> Result<(), RunnerError> {
+        let mut failed = Vec::new();
         for spec in pipeline
             .stages
             .iter()
@@ -311,9 +313,22 @@ impl RunOptions {
                 cmd.arg("--input")
                     .arg(format!("{input}={}", placeholder_id()));
             }
-            self.invoke(&spec.name, cmd)?;
+            if let Err(e) = self.invoke(&spec.name, cmd) {
+                failed.push((spec.name.clone(), e));
+            }
         }
-        Ok(())
+        match failed.len() {
+            0 => Ok(()),
+            1 => Err(failed.remove(0).1),
+            _ => Err(RunnerError::Stage {
+                stage: failed
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                message: "failed the check; their errors are printed above".into(),
+            }),
+        }
     }
 
     /// Runs (or asks the status of) every stage in order, calling `report` after each.
@@ -610,7 +625,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
         let all = all_pipelines(&dir).unwrap();
         let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["default", "ci", "dtd"]);
+        assert_eq!(names, ["default", "ci", "dtd", "vtab"]);
     }
 
     #[test]

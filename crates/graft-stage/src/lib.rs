@@ -50,6 +50,13 @@ pub trait Stage {
         &[]
     }
 
+    /// The location parameters for these parameters, where they depend on them (a name
+    /// that locates data for one source and defines it for another); by default
+    /// [`Stage::location_params`].
+    fn location_params_of(_params: &Self::Params) -> Vec<&'static str> {
+        Self::location_params().to_vec()
+    }
+
     /// Content fingerprints of external data (name -> blake3), added to the key's inputs.
     fn fingerprints(_params: &Self::Params) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
         Ok(BTreeMap::new())
@@ -240,8 +247,8 @@ fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError
         _ => return Err(perr("parameters must serialise to a table".into())),
     };
     let mut canonical = recorded.clone();
-    for name in S::location_params() {
-        canonical.remove(*name);
+    for name in S::location_params_of(&params) {
+        canonical.remove(name);
     }
 
     let mut input_ids = BTreeMap::new();

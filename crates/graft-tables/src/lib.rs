@@ -219,6 +219,9 @@ impl Table for ProposalRow {
 pub struct RunRow {
     pub placement_id: String,
     pub method: String,
+    /// `select` (epoch chosen on val) or `final` (trained on train + val, last epoch
+    /// tested); null in tables written before it was recorded.
+    pub protocol: Option<String>,
     pub seed: i64,
     pub edges: Vec<EdgeRow>,
     pub adapters: i64,
@@ -250,6 +253,7 @@ impl Table for RunRow {
         Arc::new(Schema::new(vec![
             Field::new("placement_id", DataType::Utf8, false),
             Field::new("method", DataType::Utf8, false),
+            Field::new("protocol", DataType::Utf8, true),
             Field::new("seed", DataType::Int64, false),
             Field::new("edges", edges_type(), false),
             Field::new("adapters", DataType::Int64, false),
@@ -279,7 +283,8 @@ pub struct EpochRow {
     pub seed: i64,
     pub epoch: i64,
     pub train_loss: f64,
-    pub val_accuracy: f64,
+    /// Null under the `final` protocol, which holds no split out.
+    pub val_accuracy: Option<f64>,
     pub lr: f64,
     pub seconds: f64,
 }
@@ -292,7 +297,7 @@ impl Table for EpochRow {
             Field::new("seed", DataType::Int64, false),
             Field::new("epoch", DataType::Int64, false),
             Field::new("train_loss", DataType::Float64, false),
-            Field::new("val_accuracy", DataType::Float64, false),
+            Field::new("val_accuracy", DataType::Float64, true),
             Field::new("lr", DataType::Float64, false),
             Field::new("seconds", DataType::Float64, false),
         ]))
@@ -360,6 +365,8 @@ fn read_rows<T: Table>(path: &Path) -> Result<Vec<T>, TableError> {
     for f in T::schema().fields() {
         match have.field_with_name(f.name()) {
             Ok(h) if h.data_type().equals_datatype(f.data_type()) => {}
+            // A nullable column added later reads as null from older tables.
+            Err(_) if f.is_nullable() => {}
             _ => {
                 return Err(TableError::Schema {
                     path: path.to_path_buf(),
@@ -484,6 +491,7 @@ mod tests {
         let run = RunRow {
             placement_id: "abc".into(),
             method: "adapters".into(),
+            protocol: Some("final".into()),
             seed: 1,
             edges: vec![EdgeRow { i: 0, j: 1 }],
             adapters: 1,

@@ -77,6 +77,17 @@ pub fn check_base_params(preset: Option<&str>, checkpoint: Option<&str>) -> Resu
     if checkpoint.is_some() && preset.is_none() {
         return Err("checkpoint needs preset (the model the file holds)".into());
     }
+    // Said at `--check`, before a pipeline runs anything.
+    if let (Some(path), Some(preset)) = (checkpoint, preset)
+        && !Path::new(path).is_file()
+    {
+        return Err(format!(
+            "checkpoint = {path:?}: no such file (a relative path is read from the directory \
+             the pipeline runs in). Put a timm ViT safetensors file of preset {preset} there \
+             or point checkpoint at one; README.md, section \"Checkpoints\", says which timm \
+             checkpoint reproduces which published baseline and how to save it"
+        ));
+    }
     Ok(())
 }
 

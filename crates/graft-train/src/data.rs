@@ -86,6 +86,21 @@ impl Split {
         })
     }
 
+    /// `self` followed by `other` (train + val for the final protocol): two splits of one
+    /// dataset, read at its image size.
+    pub fn concat(&self, other: &Split) -> Split {
+        assert_eq!(self.size, other.size, "splits of one dataset share a size");
+        let mut images = self.images.clone();
+        images.extend_from_slice(&other.images);
+        let mut labels = self.labels.clone();
+        labels.extend_from_slice(&other.labels);
+        Split {
+            images,
+            labels,
+            size: self.size,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }

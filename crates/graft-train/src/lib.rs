@@ -1,9 +1,11 @@
 //! The training protocol shared by the pretrain and fine-tune stages (spec section 4):
-//! AdamW, cosine schedule with linear warm-up, batches from a dataset artifact, accuracy on
-//! a held-out split after every epoch, and the weights of the best epoch kept.
+//! AdamW, cosine schedule with linear warm-up, batches from a dataset artifact, and one of
+//! two ways to end: [`fit`] measures accuracy on a held-out split after every epoch and
+//! keeps the best epoch's weights (the `select` protocol); [`fit_final`] trains for exactly
+//! the configured epochs and keeps the last (the `final` protocol, with no held-out split).
 //!
 //! Principal types: [`TrainConfig`] (the protocol's knobs), [`Split`] and [`DatasetInfo`]
-//! (a dataset artifact in memory), [`fit`] (the loop) and [`evaluate`].
+//! (a dataset artifact in memory), [`fit`] / [`fit_final`] (the loop) and [`evaluate`].
 //! A loss that is not finite stops the run with [`TrainError::NonFinite`].
 
 mod base;
@@ -83,16 +85,20 @@ impl TrainConfig {
 pub struct EpochRecord {
     pub epoch: usize,
     pub train_loss: f64,
-    pub val_accuracy: f64,
+    /// `None` under [`fit_final`], which has no held-out split.
+    pub val_accuracy: Option<f64>,
     pub lr: f64,
     pub seconds: f64,
 }
 
-/// The outcome of [`fit`]: the best epoch's model and the curves.
+/// The outcome of [`fit`] (the best epoch's model) or [`fit_final`] (the last epoch's) and
+/// the curves.
 #[derive(Debug)]
 pub struct FitResult {
     pub model: Vit,
+    /// The epoch whose weights `model` holds: the best on val, or the last.
     pub best_epoch: usize,
+    /// Its accuracy on val; NaN under [`fit_final`].
     pub best_val_accuracy: f64,
     pub history: Vec<EpochRecord>,
     /// Training throughput over all epochs (forward, backward and optimiser step).
@@ -110,13 +116,39 @@ pub fn fit(
     pre: &Preprocessing,
     config: &TrainConfig,
     device: &Device,
+    on_step: impl FnMut(usize, usize, f32),
+) -> Result<FitResult, TrainError> {
+    if val.is_empty() {
+        return Err(TrainError::Empty("val"));
+    }
+    fit_inner(model, train, Some(val), pre, config, device, on_step)
+}
+
+/// Trains `model` on `train` for exactly `config.epochs` epochs and keeps the last epoch's
+/// weights: no held-out split, no model selection, no early stopping (the `final`
+/// protocol, where `train` is train + val and only test accuracy is reported).
+pub fn fit_final(
+    model: Vit,
+    train: &Split,
+    pre: &Preprocessing,
+    config: &TrainConfig,
+    device: &Device,
+    on_step: impl FnMut(usize, usize, f32),
+) -> Result<FitResult, TrainError> {
+    fit_inner(model, train, None, pre, config, device, on_step)
+}
+
+fn fit_inner(
+    model: Vit,
+    train: &Split,
+    val: Option<&Split>,
+    pre: &Preprocessing,
+    config: &TrainConfig,
+    device: &Device,
     mut on_step: impl FnMut(usize, usize, f32),
 ) -> Result<FitResult, TrainError> {
     if train.is_empty() {
         return Err(TrainError::Empty("train"));
-    }
-    if val.is_empty() {
-        return Err(TrainError::Empty("val"));
     }
     let ad = device.clone().autodiff();
     // `train` moves the parameters onto the autodiff device as tracked leaves (`fork` and
@@ -165,7 +197,7 @@ pub fn fit(
             on_step(step, total, value);
         }
         train_seconds += t0.elapsed().as_secs_f64();
-        let val_accuracy = evaluate(&model, val, pre, device, config.batch);
+        let val_accuracy = val.map(|val| evaluate(&model, val, pre, device, config.batch));
         history.push(EpochRecord {
             epoch,
             train_loss: loss_sum / train.len() as f64,
@@ -173,8 +205,16 @@ pub fn fit(
             lr,
             seconds: t0.elapsed().as_secs_f64(),
         });
-        if best.as_ref().is_none_or(|(_, acc, _)| val_accuracy > *acc) {
-            best = Some((epoch, val_accuracy, model.clone()));
+        match val_accuracy {
+            Some(acc) if best.as_ref().is_none_or(|(_, best, _)| acc > *best) => {
+                best = Some((epoch, acc, model.clone()));
+            }
+            Some(_) => {}
+            // No held-out split: the last epoch is the result; no copy per epoch.
+            None if epoch + 1 == config.epochs => {
+                best = Some((epoch, f64::NAN, model.clone()));
+            }
+            None => {}
         }
     }
     let _ = start;
