@@ -1,7 +1,8 @@
 //! Running the external program: in its own process group, stdin closed, stdout and stderr
 //! forwarded to this process's stderr (stdout is the stage's outcome line) while the last
 //! lines are kept for the error message, and killed with its whole group at the timeout.
-//! Anything the program leaves running after it exits is killed too.
+//! Anything the program leaves running after it exits is killed too, and the program is
+//! killed when this process dies (Ctrl-C on the runner).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -106,6 +107,18 @@ pub fn run(inv: &Invocation) -> Result<Finished, ProgramError> {
         .process_group(0);
     for (k, v) in &inv.env {
         cmd.env(k, v);
+    }
+    // Its own group keeps a terminal's Ctrl-C from reaching it directly, so it dies with
+    // this process instead (Linux: the parent-death signal).
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            #[cfg(target_os = "linux")]
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let mut child = cmd.spawn().map_err(|source| ProgramError::Start {
         program: inv.program.clone(),
