@@ -189,16 +189,16 @@ pub fn check_rows(
             }
         }
         let id = placement.id();
-        if let Some(have) = present("placement_id") {
-            if have.as_str() != Some(id.as_str()) {
-                return Err(err(
-                    "placement_id",
-                    format!(
-                        "{have} does not match its edges: graft computes {id:?} (leave the \
-                         column out to have it filled in)"
-                    ),
-                ));
-            }
+        if let Some(have) = present("placement_id")
+            && have.as_str() != Some(id.as_str())
+        {
+            return Err(err(
+                "placement_id",
+                format!(
+                    "{have} does not match its edges: graft computes {id:?} (leave the \
+                     column out to have it filled in)"
+                ),
+            ));
         }
         let draw = int("draw")?.unwrap_or(0);
         if draw < 0 {
