@@ -30,7 +30,7 @@ $(VENV)/.installed-$(TORCH)-$(TIMM):
 venv: $(VENV)/.installed-$(TORCH)-$(TIMM)
 
 # Stage binaries without tensors, and those with (built with the backend feature).
-PLAIN_BINS  := graft-runner graft-prep graft-propose graft-report
+PLAIN_BINS  := graft-runner graft-prep graft-propose graft-report graft-command
 TENSOR_BINS := graft-pretrain graft-probe graft-finetune
 
 # Uses tch when PyTorch can be installed, flex otherwise (said out loud).

@@ -18,6 +18,7 @@ pub fn bin_dir() -> PathBuf {
         "graft-propose",
         "graft-finetune",
         "graft-report",
+        "graft-command",
     ] {
         assert!(
             dir.join(b).exists(),

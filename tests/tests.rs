@@ -1,6 +1,7 @@
 //! The one integration test binary: drives the built stage binaries and the runner
 //! through real stores in temporary directories. `make test` builds the binaries first.
 
+mod command;
 mod common;
 mod dtd;
 mod faults;

@@ -29,8 +29,11 @@ use serde_json::Value;
 /// The embedded default pipeline: procedural data, no download.
 pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/default.toml");
 
-/// Stage kinds that have a binary in this build.
-pub const BUILT_KINDS: &[&str] = &["prep", "pretrain", "probe", "propose", "finetune", "report"];
+/// Stage kinds that have a binary in this build. `command` runs an external program
+/// (`graft-command`: a script with declared inputs, outputs and their contracts).
+pub const BUILT_KINDS: &[&str] = &[
+    "prep", "pretrain", "probe", "propose", "finetune", "report", "command",
+];
 
 /// Stage kinds of the method that are not built yet; a pipeline may list them, and the
 /// runner reports them (and whatever depends on them) as not built.
@@ -626,6 +629,16 @@ mod tests {
         let all = all_pipelines(&dir).unwrap();
         let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["default", "ci", "dtd", "vtab"]);
+    }
+
+    #[test]
+    fn example_pipelines_parse() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/heuristics/python.toml");
+        let p = Pipeline::load(Some(&path.display().to_string())).unwrap();
+        let command = p.stages.iter().find(|s| s.kind == "command").unwrap();
+        let finetune = p.stages.iter().find(|s| s.kind == "finetune").unwrap();
+        assert_eq!(finetune.inputs["proposals"], command.name);
     }
 
     #[test]

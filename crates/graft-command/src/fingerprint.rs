@@ -1,0 +1,170 @@
+//! What the key knows of the code the command runs: the content of the declared script (a
+//! file, or every file under a directory) and the interpreter's version string. Paths,
+//! mtimes and the location of the checkout never enter.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use graft_store::ArtifactId;
+
+use crate::program::{self, Invocation};
+
+/// Directories and files left out of a script directory's hash: Python's byte-code cache
+/// is written by running the script and says nothing new about it.
+fn skipped(name: &str) -> bool {
+    name == "__pycache__" || name.ends_with(".pyc") || name.starts_with('.')
+}
+
+fn id(hash: blake3::Hash) -> ArtifactId {
+    ArtifactId::parse(hash.to_hex().as_str()).expect("a blake3 hex digest is a valid id")
+}
+
+/// The content hash of a script file, or of every file under a script directory (by
+/// relative path, sorted; `__pycache__`, `*.pyc` and hidden entries skipped).
+pub fn script(path: &Path) -> Result<ArtifactId, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = blake3::Hasher::new();
+    if meta.is_file() {
+        h.update(b"graft script file v1\0");
+        hash_file(&mut h, path)?;
+    } else {
+        h.update(b"graft script directory v1\0");
+        let mut files = Vec::new();
+        walk(path, Path::new(""), &mut files)?;
+        files.sort();
+        if files.is_empty() {
+            return Err(format!(
+                "{}: the script directory has no files",
+                path.display()
+            ));
+        }
+        for rel in files {
+            let name = rel.to_string_lossy();
+            h.update(&(name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            hash_file(&mut h, &path.join(&rel))?;
+        }
+    }
+    Ok(id(h.finalize()))
+}
+
+fn hash_file(h: &mut blake3::Hasher, path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(&bytes);
+    Ok(())
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let dir = root.join(rel);
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in entries {
+        let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if skipped(&name) {
+            continue;
+        }
+        let path = e.path();
+        let child = rel.join(&name);
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.is_dir() {
+            walk(root, &child, out)?;
+        } else {
+            out.push(child);
+        }
+    }
+    Ok(())
+}
+
+/// The interpreter's identity: the output of `program version_args...` (trimmed), or, with
+/// no `version_args`, the program file's own content hash. Returns the fingerprint and the
+/// text recorded in the manifest.
+pub fn interpreter(
+    program: &Path,
+    version_args: &[String],
+) -> Result<(ArtifactId, String), String> {
+    if version_args.is_empty() {
+        let mut h = blake3::Hasher::new();
+        h.update(b"graft program file v1\0");
+        hash_file(&mut h, program)?;
+        let hash = h.finalize();
+        return Ok((id(hash), format!("program file blake3 {}", hash.to_hex())));
+    }
+    let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+    let inv = Invocation {
+        program: program.to_path_buf(),
+        args: version_args.iter().map(Into::into).collect(),
+        cwd,
+        env: Vec::new(),
+        timeout: Duration::from_secs(60),
+        echo: false,
+    };
+    let finished = program::run(&inv).map_err(|e| format!("version_args: {e}"))?;
+    let text = finished.output.trim().to_owned();
+    let mut h = blake3::Hasher::new();
+    h.update(b"graft interpreter version v1\0");
+    h.update(text.as_bytes());
+    Ok((id(h.finalize()), text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_hash_follows_its_content_not_its_mtime_or_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.py");
+        std::fs::write(&a, "print(1)\n").unwrap();
+        let first = script(&a).unwrap();
+        std::fs::write(&a, "print(1)\n").unwrap();
+        assert_eq!(script(&a).unwrap(), first, "rewriting the same bytes");
+        let b = dir.path().join("b.py");
+        std::fs::copy(&a, &b).unwrap();
+        assert_eq!(script(&b).unwrap(), first, "another path, same content");
+        std::fs::write(&a, "print(2)\n").unwrap();
+        assert_ne!(script(&a).unwrap(), first);
+        assert!(
+            script(&dir.path().join("none.py"))
+                .unwrap_err()
+                .contains("none.py")
+        );
+    }
+
+    #[test]
+    fn a_script_directory_hashes_names_and_contents_but_not_byte_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("h");
+        std::fs::create_dir_all(d.join("lib")).unwrap();
+        std::fs::write(d.join("main.py"), "import lib.x\n").unwrap();
+        std::fs::write(d.join("lib/x.py"), "K = 1\n").unwrap();
+        let first = script(&d).unwrap();
+        std::fs::create_dir_all(d.join("lib/__pycache__")).unwrap();
+        std::fs::write(d.join("lib/__pycache__/x.cpython-311.pyc"), "junk").unwrap();
+        assert_eq!(script(&d).unwrap(), first);
+        std::fs::write(d.join("lib/x.py"), "K = 2\n").unwrap();
+        let second = script(&d).unwrap();
+        assert_ne!(second, first);
+        std::fs::rename(d.join("lib/x.py"), d.join("lib/y.py")).unwrap();
+        assert_ne!(script(&d).unwrap(), second, "a rename is a change");
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(script(&empty).unwrap_err().contains("no files"));
+    }
+
+    #[test]
+    fn the_interpreter_is_its_version_output_or_its_file() {
+        let sh = program::resolve("sh").unwrap();
+        let args = |s: &str| vec!["-c".to_owned(), s.to_owned()];
+        let (a, text) = interpreter(&sh, &args("echo 'Tool 1.0'")).unwrap();
+        assert_eq!(text, "Tool 1.0");
+        let (b, _) = interpreter(&sh, &args("echo 'Tool 1.1'")).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(interpreter(&sh, &args("echo 'Tool 1.0'")).unwrap().0, a);
+        let e = interpreter(&sh, &args("exit 2")).unwrap_err();
+        assert!(e.contains("version_args") && e.contains("status 2"), "{e}");
+        let (c, text) = interpreter(&sh, &[]).unwrap();
+        assert!(text.starts_with("program file blake3"), "{text}");
+        assert_ne!(c, a);
+    }
+}
