@@ -77,6 +77,11 @@ pub fn check_base_params(preset: Option<&str>, checkpoint: Option<&str>) -> Resu
     if checkpoint.is_some() && preset.is_none() {
         return Err("checkpoint needs preset (the model the file holds)".into());
     }
+    if let Some(path) = checkpoint
+        && !Path::new(path).is_file()
+    {
+        return Err(format!("checkpoint = {path:?}: no such file"));
+    }
     Ok(())
 }
 
