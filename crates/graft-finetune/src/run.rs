@@ -10,7 +10,7 @@ use graft_graph::{Edge, Placement};
 use graft_model::{AdapterAct, AdapterConfig, Trainable, VitConfig};
 use graft_store::{Artifact, ArtifactId, KeyInput, Lookup, PublishInfo, StageKey, Store};
 use graft_tables::{EpochRow, Table};
-use graft_train::{DatasetInfo, Split, TrainConfig, TrainError};
+use graft_train::{DatasetInfo, Progress, Split, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -172,7 +172,7 @@ pub struct RunResult {
 pub fn ensure_run(
     store: &Store,
     spec: &RunSpec,
-    on_step: impl FnMut(usize, usize, f32),
+    on_progress: impl FnMut(Progress<'_>),
 ) -> Result<Artifact, FinetuneError> {
     let key = spec.key();
     let _lock = store.lock_key(&key)?;
@@ -181,7 +181,7 @@ pub fn ensure_run(
     }
     let start = Instant::now();
     let out = store.begin()?;
-    let result = train_run(spec, out.dir(), on_step)?;
+    let result = train_run(spec, out.dir(), on_progress)?;
     let result = RunResult {
         wall_seconds: start.elapsed().as_secs_f64(),
         peak_memory_bytes: peak_rss(),
@@ -205,7 +205,7 @@ pub fn ensure_run(
 pub fn train_run(
     spec: &RunSpec,
     dir: &Path,
-    mut on_step: impl FnMut(usize, usize, f32),
+    on_progress: impl FnMut(Progress<'_>),
 ) -> Result<RunResult, FinetuneError> {
     let info = DatasetInfo::read(&spec.dataset_dir)?;
     let pre = &info.preprocessing;
@@ -253,9 +253,7 @@ pub fn train_run(
         device: spec.device.clone(),
         weights: false,
     };
-    let fit = match graft_train::fit(model, &train, &val, pre, &tc, &device, |s, t, l| {
-        on_step(s, t, l)
-    }) {
+    let fit = match graft_train::fit(model, &train, &val, pre, &tc, &device, on_progress) {
         Ok(fit) => fit,
         Err(e @ TrainError::NonFinite { .. }) => {
             EpochRow::write(&dir.join(EpochRow::FILE), &[])?;

@@ -72,7 +72,7 @@ fn adapter_only_files_reload_to_the_same_accuracy() {
     );
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
-    let result = train_run(&s, &out, |_, _, _| {}).unwrap();
+    let result = train_run(&s, &out, |_| {}).unwrap();
     assert_eq!(result.status, "ok");
     assert!(result.weights);
 
@@ -100,7 +100,7 @@ fn a_linear_probe_trains_the_head_alone_and_saves_it() {
     let s = spec(dir.path(), Method::LinearProbe, vec![], 1e-2);
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
-    let result = train_run(&s, &out, |_, _, _| {}).unwrap();
+    let result = train_run(&s, &out, |_| {}).unwrap();
     let classes = DatasetInfo::read(&s.dataset_dir).unwrap().classes.len();
     let head = 64 * classes + classes;
     assert_eq!(result.trainable_params, head);
@@ -115,7 +115,7 @@ fn a_diverging_run_is_a_result_not_an_error() {
     let s = spec(dir.path(), Method::Full, vec![], 1e9);
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
-    let result = train_run(&s, &out, |_, _, _| {}).unwrap();
+    let result = train_run(&s, &out, |_| {}).unwrap();
     assert_eq!(result.status, "diverged");
     let err = result.error.unwrap();
     assert!(err.contains("diverged"), "{err}");

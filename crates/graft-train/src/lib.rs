@@ -8,6 +8,7 @@
 
 mod base;
 mod data;
+pub mod progress;
 
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ use serde::Serialize;
 
 pub use base::{BaseModel, base_fingerprints, check_base_params, file_fingerprint, resolve_base};
 pub use data::{DatasetInfo, Preprocessing, Split};
+pub use progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -101,8 +103,8 @@ pub struct FitResult {
 }
 
 /// Trains `model` (on the autodiff version of `device`) on `train`, choosing the epoch
-/// with the best accuracy on `val`. `on_step` is called after every optimiser step with
-/// (step, total steps, loss).
+/// with the best accuracy on `val`. `on_progress` hears of every optimiser step and every
+/// epoch ([`Progress`]).
 pub fn fit(
     model: Vit,
     train: &Split,
@@ -110,7 +112,7 @@ pub fn fit(
     pre: &Preprocessing,
     config: &TrainConfig,
     device: &Device,
-    mut on_step: impl FnMut(usize, usize, f32),
+    mut on_progress: impl FnMut(Progress<'_>),
 ) -> Result<FitResult, TrainError> {
     if train.is_empty() {
         return Err(TrainError::Empty("train"));
@@ -162,7 +164,11 @@ pub fn fit(
             model = optim.step(lr, model, grads);
             loss_sum += value as f64 * chunk.len() as f64;
             step += 1;
-            on_step(step, total, value);
+            on_progress(Progress::Step {
+                step,
+                total,
+                loss: value,
+            });
         }
         train_seconds += t0.elapsed().as_secs_f64();
         let val_accuracy = evaluate(&model, val, pre, device, config.batch);
@@ -172,6 +178,10 @@ pub fn fit(
             val_accuracy,
             lr,
             seconds: t0.elapsed().as_secs_f64(),
+        });
+        on_progress(Progress::Epoch {
+            record: &history[history.len() - 1],
+            epochs: config.epochs,
         });
         if best.as_ref().is_none_or(|(_, acc, _)| val_accuracy > *acc) {
             best = Some((epoch, val_accuracy, model.clone()));
