@@ -1,6 +1,7 @@
 //! The one integration test binary: drives the built stage binaries and the runner
 //! through real stores in temporary directories. `make test` builds the binaries first.
 
+mod bad_input;
 mod common;
 mod dtd;
 mod finetune;
