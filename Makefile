@@ -64,7 +64,7 @@ gc:
 export GRAFT_EXTERNAL_LOG ?= $(CURDIR)/target/external-checks.log
 
 test: test-flex test-tch
-	@echo "external checks: $$(grep -c '^ran ' $(GRAFT_EXTERNAL_LOG) || true) ran, $$(grep -c '^skipped ' $(GRAFT_EXTERNAL_LOG) || true) skipped"
+	@echo "external checks: $$(grep -s '^ran ' $(GRAFT_EXTERNAL_LOG) | wc -l) ran, $$(grep -s '^skipped ' $(GRAFT_EXTERNAL_LOG) | wc -l) skipped"
 	@sed 's/^/  /' $(GRAFT_EXTERNAL_LOG) 2>/dev/null || true
 
 test-flex: venv chromium

@@ -6,4 +6,5 @@ mod common;
 mod dtd;
 mod finetune;
 mod pipeline;
+mod progress;
 mod store;

@@ -627,3 +627,76 @@ pub fn main<S: Stage>(about: &'static str) -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct WithPath {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_line_does_not_repeat_a_source() {
+        let e = WithPath {
+            path: "x.toml",
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        assert_eq!(error_line(&e), "x.toml: no such file");
+        let boxed: BoxError = Box::new(e);
+        let outer = StageError::Run {
+            stage: "prep",
+            error: boxed,
+        };
+        assert_eq!(error_line(&outer), "prep: x.toml: no such file");
+    }
+
+    /// A panic becomes one line with its first line and place; the rest of a long message
+    /// (LibTorch's C++ backtrace) stays out of it.
+    #[test]
+    fn a_panic_is_one_error_line() {
+        let e = catch_panic(|| -> u32 { panic!("no CUDA device\nframe 1\nframe 2") }).unwrap_err();
+        assert!(
+            e.starts_with("internal error: no CUDA device (panic at "),
+            "{e}"
+        );
+        assert!(e.contains("src/lib.rs:") && !e.contains("frame"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        // A panic on another thread that reaches this one: its own message is the line.
+        let e = catch_panic(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| panic!("in a worker thread"));
+            })
+        })
+        .unwrap_err();
+        assert!(
+            e.starts_with("internal error: in a worker thread (panic at "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn failures_name_where_in_the_pipeline_entry() {
+        let e = StageError::Params {
+            stage: "prep",
+            field: Some("image_size".into()),
+            message: "invalid type".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "prep: bad parameter image_size: invalid type"
+        );
+        assert_eq!(e.failure().at.as_deref(), Some("params.image_size"));
+        let e = StageError::Input {
+            stage: "probe",
+            arg: "dataset=abc".into(),
+            message: "bad id".into(),
+        };
+        assert_eq!(e.failure().at.as_deref(), Some("inputs.dataset"));
+    }
+}
