@@ -337,7 +337,7 @@ impl RunOptions {
                 Some(f) => failure_error(pipeline, spec, f),
                 None => RunnerError::Stage {
                     stage: spec.name.clone(),
-                    message: format!("failed ({}) without saying why", out.status),
+                    message: format!("failed ({}); what it printed is above", out.status),
                 },
             });
         }
