@@ -382,14 +382,13 @@ fn image_folders_without_two_classes_with_images_are_refused() {
 
 #[test]
 fn tables_open_in_pyarrow_and_pandas() {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if !py.exists() {
-        println!(
-            "skipped: {} is absent (make venv creates it; CI always has it)",
-            py.display()
-        );
+    let Some((py, running)) = graft_external::require(
+        "graft tables_open_in_pyarrow_and_pandas",
+        graft_external::VENV,
+        graft_external::venv_python(),
+    ) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     ok(prep(&store).args([
@@ -424,6 +423,7 @@ print(json.dumps({"rows": len(df), "first": df.id[0], "label": int(df.label[0]),
     assert_eq!(v["rows"], 24);
     assert_eq!(v["first"], "train/000000");
     assert_eq!(v["label"], 0);
+    running.passed();
 }
 
 /// A tiny 16 px vit-cpu-tiny checkpoint in `store`, made by the prep and pretrain stages on

@@ -1,6 +1,7 @@
 //! The one integration test binary: drives the built stage binaries and the runner
 //! through real stores in temporary directories. `make test` builds the binaries first.
 
+mod bad_input;
 mod command;
 mod common;
 mod dtd;
@@ -8,5 +9,6 @@ mod faults;
 mod finetune;
 mod gc;
 mod pipeline;
+mod progress;
 mod store;
 mod vtab;

@@ -15,16 +15,25 @@
 
 pub use burn::tensor::Device;
 
-/// Errors of device selection.
+/// Errors of device selection; each names the `device` parameter and what was found.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("--device {spec:?}: expected cpu, cuda or cuda:<index>")]
+    #[error("device = {spec:?}: expected cpu, cuda or cuda:<index>")]
     BadSpec { spec: String },
     #[error(
-        "--device {spec:?}: this build has no CUDA backend (backend {backend}); rebuild with --features tch or --features cuda"
+        "device = {spec:?}: CUDA is not available in this build (backend {backend}); rebuild with --features tch or --features cuda"
     )]
     NoCuda { spec: String, backend: &'static str },
-    #[error("--device cpu: this build has no CPU backend (enable the flex or tch feature)")]
+    #[error(
+        "device = {spec:?}: no CUDA device {index} found: {backend} sees {found} CUDA device(s)"
+    )]
+    NoCudaDevice {
+        spec: String,
+        index: usize,
+        backend: &'static str,
+        found: usize,
+    },
+    #[error("device = \"cpu\": this build has no CPU backend (enable the flex or tch feature)")]
     NoCpu,
 }
 
@@ -64,7 +73,19 @@ impl std::str::FromStr for DeviceSpec {
     }
 }
 
-/// The device for a `--device` flag in this build.
+/// How many CUDA devices this build's CUDA backend sees; `None` for a build without one.
+/// Asks the backend (LibTorch's device count on `tch`), which never panics for want of a GPU.
+#[allow(unreachable_code)]
+pub fn cuda_devices() -> Option<usize> {
+    #[cfg(feature = "tch")]
+    return Some(burn::tensor::Device::enumerate(burn::tensor::DeviceType::LibTorch).len());
+    #[cfg(feature = "cuda")]
+    return Some(burn::tensor::Device::enumerate(burn::tensor::DeviceType::Cuda).len());
+    None
+}
+
+/// The device for a `device` parameter in this build. A CUDA device that is not there is an
+/// error here, before any tensor is made on it.
 #[allow(deprecated, unreachable_code)] // burn marks tch deprecated; it is our fastest backend here
 pub fn device(spec: &str) -> Result<Device, BackendError> {
     let parsed: DeviceSpec = spec.parse()?;
@@ -76,15 +97,30 @@ pub fn device(spec: &str) -> Result<Device, BackendError> {
             return Ok(Device::flex());
             Err(BackendError::NoCpu)
         }
-        DeviceSpec::Cuda(_k) => {
+        DeviceSpec::Cuda(k) => {
+            let Some(found) = cuda_devices() else {
+                return Err(BackendError::NoCuda {
+                    spec: spec.to_owned(),
+                    backend: backend_name(),
+                });
+            };
+            if k >= found {
+                return Err(BackendError::NoCudaDevice {
+                    spec: spec.to_owned(),
+                    index: k,
+                    backend: if cfg!(feature = "tch") {
+                        "LibTorch"
+                    } else {
+                        "CUDA"
+                    },
+                    found,
+                });
+            }
             #[cfg(feature = "tch")]
-            return Ok(Device::libtorch_cuda(_k));
+            return Ok(Device::libtorch_cuda(k));
             #[cfg(feature = "cuda")]
-            return Ok(Device::cuda(_k));
-            Err(BackendError::NoCuda {
-                spec: spec.to_owned(),
-                backend: backend_name(),
-            })
+            return Ok(Device::cuda(k));
+            unreachable!("cuda_devices() is None without a CUDA backend")
         }
     }
 }
@@ -121,7 +157,33 @@ mod tests {
     #[cfg(not(any(feature = "tch", feature = "cuda")))]
     #[test]
     fn cuda_on_a_cpu_only_build_is_a_clear_error() {
+        assert_eq!(cuda_devices(), None);
         let e = device("cuda:1").unwrap_err().to_string();
-        assert!(e.contains("no CUDA backend") && e.contains("flex"), "{e}");
+        assert!(
+            e.contains("device = \"cuda:1\"")
+                && e.contains("CUDA is not available")
+                && e.contains("flex"),
+            "{e}"
+        );
+    }
+
+    /// A CUDA device index past what the backend sees is an error naming both, not a panic
+    /// inside the backend; on a machine without a GPU that is every index.
+    #[cfg(feature = "tch")]
+    #[test]
+    fn missing_cuda_device_is_an_error_on_tch() {
+        let found = cuda_devices().expect("tch has a CUDA backend");
+        let spec = format!("cuda:{found}");
+        let e = device(&spec).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("device = {spec:?}"))
+                && e.contains(&format!("no CUDA device {found} found"))
+                && e.contains(&format!("LibTorch sees {found} CUDA device(s)")),
+            "{e}"
+        );
+        if found == 0 {
+            let e = device("cuda").unwrap_err().to_string();
+            assert!(e.contains("no CUDA device 0 found"), "{e}");
+        }
     }
 }

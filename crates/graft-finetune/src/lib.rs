@@ -225,6 +225,16 @@ impl Stage for Finetune {
             );
         }
         graft_backend::device(&p.device)?;
+        let last = worker::slot_device(&p.device, p.jobs - 1, p.jobs);
+        if last != p.device {
+            graft_backend::device(&last).map_err(|e| {
+                format!(
+                    "jobs = {} puts one worker on each of cuda:0..cuda:{}: {e}",
+                    p.jobs,
+                    p.jobs - 1
+                )
+            })?;
+        }
         Ok(p)
     }
 

@@ -4,10 +4,14 @@
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("worker") {
-        return match graft_finetune::worker::worker_main(&args[1..]) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
+        return match graft_stage::catch_panic(|| graft_finetune::worker::worker_main(&args[1..])) {
+            Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+            Ok(Err(e)) => {
+                eprintln!("error: {}", graft_stage::error_line(&e));
+                std::process::ExitCode::FAILURE
+            }
+            Err(panic) => {
+                eprintln!("error: finetune worker: {panic}");
                 std::process::ExitCode::FAILURE
             }
         };

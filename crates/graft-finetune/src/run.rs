@@ -10,7 +10,7 @@ use graft_graph::{Edge, Placement};
 use graft_model::{AdapterAct, AdapterConfig, Trainable, VitConfig};
 use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, StageKey, Store};
 use graft_tables::{EpochRow, Table};
-use graft_train::{DatasetInfo, Split, TrainConfig, TrainError};
+use graft_train::{DatasetInfo, Progress, Split, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -203,14 +203,14 @@ pub struct RunResult {
 pub fn ensure_run(
     store: &Store,
     spec: &RunSpec,
-    on_step: impl FnMut(usize, usize, f32),
+    on_progress: impl FnMut(Progress<'_>),
 ) -> Result<(Artifact, Vec<String>), FinetuneError> {
     let key = spec.key();
     let params = spec.key_params();
     let inputs = spec.key_inputs();
     let ensured = store.ensure(&key, false, |_, out| {
         let start = Instant::now();
-        let result = train_run(spec, out.dir(), on_step)?;
+        let result = train_run(spec, out.dir(), on_progress)?;
         let result = RunResult {
             wall_seconds: start.elapsed().as_secs_f64(),
             peak_memory_bytes: peak_rss(),
@@ -236,7 +236,7 @@ pub fn ensure_run(
 pub fn train_run(
     spec: &RunSpec,
     dir: &Path,
-    mut on_step: impl FnMut(usize, usize, f32),
+    on_progress: impl FnMut(Progress<'_>),
 ) -> Result<RunResult, FinetuneError> {
     let info = DatasetInfo::read(&spec.dataset_dir)?;
     let pre = &info.preprocessing;
@@ -286,15 +286,11 @@ pub fn train_run(
     };
     let fitted = match p.kind {
         ProtocolKind::Select => {
-            graft_train::fit(model, &train, &val, pre, &tc, &device, |s, t, l| {
-                on_step(s, t, l)
-            })
+            graft_train::fit(model, &train, &val, pre, &tc, &device, on_progress)
         }
         ProtocolKind::Final => {
             let train_val = train.concat(&val);
-            graft_train::fit_final(model, &train_val, pre, &tc, &device, |s, t, l| {
-                on_step(s, t, l)
-            })
+            graft_train::fit_final(model, &train_val, pre, &tc, &device, on_progress)
         }
     };
     let fit = match fitted {

@@ -73,7 +73,7 @@ fn adapter_only_files_reload_to_the_same_accuracy() {
     );
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
-    let result = train_run(&s, &out, |_, _, _| {}).unwrap();
+    let result = train_run(&s, &out, |_| {}).unwrap();
     assert_eq!(result.status, "ok");
     assert!(result.weights);
 
@@ -104,7 +104,12 @@ fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
     let mut total = 0;
-    let result = train_run(&s, &out, |_, t, _| total = t).unwrap();
+    let result = train_run(&s, &out, |p| {
+        if let graft_train::Progress::Step { total: t, .. } = p {
+            total = t;
+        }
+    })
+    .unwrap();
     // 96 train + 48 val images in batches of 32: 5 steps an epoch (select would take 3).
     assert_eq!(total, 3 * (96 + 48_usize).div_ceil(32));
     assert_eq!(result.status, "ok");
@@ -141,7 +146,7 @@ fn a_linear_probe_trains_the_head_alone_and_saves_it() {
     let s = spec(dir.path(), Method::LinearProbe, vec![], 1e-2);
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
-    let result = train_run(&s, &out, |_, _, _| {}).unwrap();
+    let result = train_run(&s, &out, |_| {}).unwrap();
     let classes = DatasetInfo::read(&s.dataset_dir).unwrap().classes.len();
     let head = 64 * classes + classes;
     assert_eq!(result.trainable_params, head);
@@ -156,7 +161,7 @@ fn a_diverging_run_is_a_result_not_an_error() {
     let s = spec(dir.path(), Method::Full, vec![], 1e9);
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
-    let result = train_run(&s, &out, |_, _, _| {}).unwrap();
+    let result = train_run(&s, &out, |_| {}).unwrap();
     assert_eq!(result.status, "diverged");
     let err = result.error.unwrap();
     assert!(err.contains("diverged"), "{err}");

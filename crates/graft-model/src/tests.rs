@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -320,16 +320,7 @@ fn timm_names_round_trip_and_mismatches_are_listed() {
 
 // ---- equivalence with timm (PyTorch) ----
 
-fn venv_python() -> Option<PathBuf> {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    py.exists().then_some(py)
-}
-
-fn reference(args: &[&str]) -> bool {
-    let Some(py) = venv_python() else {
-        println!("skipped: the project's .venv is absent (make venv creates it; CI always has it)");
-        return false;
-    };
+fn reference(py: &Path, args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/timm_reference.py");
     let out = std::process::Command::new(py)
         .arg(script)
@@ -341,7 +332,6 @@ fn reference(args: &[&str]) -> bool {
         "timm_reference.py failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    true
 }
 
 fn read_tensor(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
@@ -363,7 +353,15 @@ fn worst_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check_against_timm(config: VitConfig, seed: u64) {
+fn check_against_timm(test: &str, config: VitConfig, seed: u64) {
+    let backend = if cfg!(feature = "tch") { "tch" } else { "flex" };
+    let Some((py, running)) = graft_external::require(
+        &format!("graft-model {test} ({backend})"),
+        graft_external::VENV,
+        graft_external::venv_python(),
+    ) else {
+        return;
+    };
     let json = serde_json::json!({
         "image_size": config.image_size, "patch_size": config.patch_size, "dim": config.dim,
         "depth": config.depth, "heads": config.heads, "classes": config.classes, "seed": seed,
@@ -371,9 +369,7 @@ fn check_against_timm(config: VitConfig, seed: u64) {
     .to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    if !reference(&["make", &json, d]) {
-        return;
-    }
+    reference(&py, &["make", &json, d]);
     let dev = device();
     let mut vit = config.init(&dev);
     let report = load_timm(&mut vit, &dir.path().join("model.safetensors")).unwrap();
@@ -401,27 +397,35 @@ fn check_against_timm(config: VitConfig, seed: u64) {
     let ours = dir.path().join("ours.safetensors");
     save_timm(&vit, &ours).unwrap();
     let out = dir.path().join("timm-logits.safetensors");
-    reference(&[
-        "load",
-        &json,
-        ours.to_str().unwrap(),
-        dir.path().join("io.safetensors").to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
+    reference(
+        &py,
+        &[
+            "load",
+            &json,
+            ours.to_str().unwrap(),
+            dir.path().join("io.safetensors").to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
     let (back, _) = read_tensor(&out, "logits");
     let worst = worst_diff(&back, &want);
     assert!(
         worst < 1e-4,
         "timm on graft's checkpoint differs by {worst}"
     );
+    running.passed();
 }
 
 #[test]
 fn matches_timm_tiny() {
-    check_against_timm(VitConfig::new(16, 4, 64, 2, 2, 7), 1);
+    check_against_timm("matches_timm_tiny", VitConfig::new(16, 4, 64, 2, 2, 7), 1);
 }
 
 #[test]
 fn matches_timm_small() {
-    check_against_timm(VitConfig::new(32, 8, 192, 4, 3, 10), 2);
+    check_against_timm(
+        "matches_timm_small",
+        VitConfig::new(32, 8, 192, 4, 3, 10),
+        2,
+    );
 }

@@ -14,7 +14,7 @@ use arrow::record_batch::RecordBatch;
 use graft_model::{Trainable, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, Publisher};
-use graft_train::{DatasetInfo, Split, TrainConfig};
+use graft_train::{DatasetInfo, Progress, Split, TrainConfig, progress};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -136,19 +136,21 @@ impl Stage for Pretrain {
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        let result = graft_train::fit(
-            model,
-            &train,
-            &val,
-            pre,
-            &tc,
-            &device,
-            |step, total, loss| {
+        // Without a terminal the bar is invisible: one line per epoch instead.
+        let lines = !progress::bars_visible();
+        let fit_start = std::time::Instant::now();
+        let result = graft_train::fit(model, &train, &val, pre, &tc, &device, |p| match p {
+            Progress::Step { step, total, loss } => {
                 bar.set_length(total as u64);
                 bar.set_position(step as u64);
                 bar.set_message(format!("{loss:.3}"));
-            },
-        )?;
+            }
+            Progress::Epoch { record, epochs } if lines => eprintln!(
+                "pretrain: {}",
+                progress::epoch_line(record, epochs, fit_start.elapsed().as_secs_f64())
+            ),
+            Progress::Epoch { .. } => {}
+        })?;
         bar.finish_and_clear();
         let test_accuracy = graft_train::evaluate(&result.model, &test, pre, &device, p.batch);
         graft_model::checkpoint::save_timm(&result.model, &out.file("model.safetensors"))?;

@@ -501,7 +501,7 @@ fn ensure_head(
             .with_batch(p.batch)
             .with_warmup_epochs(0.0)
             .with_seed(p.seed);
-        let fit = graft_train::fit(model, train, val, pre, &tc, device, |_, _, _| {})?;
+        let fit = graft_train::fit(model, train, val, pre, &tc, device, |_| {})?;
         graft_model::checkpoint::save_adapters(
             &fit.model,
             &out.file(HEAD_FILE),

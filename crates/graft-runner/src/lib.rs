@@ -35,10 +35,6 @@ pub const BUILT_KINDS: &[&str] = &[
     "prep", "pretrain", "probe", "propose", "finetune", "report", "command",
 ];
 
-/// Stage kinds of the method that are not built yet; a pipeline may list them, and the
-/// runner reports them (and whatever depends on them) as not built.
-pub const PLANNED_KINDS: &[&str] = &[];
-
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     #[error("{path}: {message}")]
@@ -127,20 +123,27 @@ impl Pipeline {
             path: source.to_owned(),
             message,
         };
-        let file: PipelineFile = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| err(toml_error(text, &e)))?;
+        let file: PipelineFile = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.into_inner().message().trim().to_owned();
+                err(if path == "." {
+                    message
+                } else {
+                    format!("{path}: {message}")
+                })
+            })?;
         let mut stages = Vec::new();
         for (stage_name, value) in file.stages {
             let spec: StageFile = value.try_into().map_err(|e: toml::de::Error| {
                 err(format!("stages.{stage_name}: {}", e.message()))
             })?;
-            if !BUILT_KINDS.contains(&spec.kind.as_str())
-                && !PLANNED_KINDS.contains(&spec.kind.as_str())
-            {
+            if !BUILT_KINDS.contains(&spec.kind.as_str()) {
                 return Err(err(format!(
-                    "stages.{stage_name}.kind = {:?} is not a stage kind (known: {}, planned: {})",
+                    "stages.{stage_name}.kind = {:?} is not a stage kind (known: {})",
                     spec.kind,
-                    BUILT_KINDS.join(", "),
-                    PLANNED_KINDS.join(", ")
+                    BUILT_KINDS.join(", ")
                 )));
             }
             let params = match serde_json::to_value(&spec.params) {
@@ -190,6 +193,19 @@ impl Pipeline {
     }
 }
 
+/// A TOML error as one line: `line 3, column 7: <message>` (the toml crate's own display
+/// draws the line over several).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    let Some(span) = e.span() else {
+        return message.to_owned();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 /// Topological order by inputs, keeping file order among ready stages.
 fn order(mut pending: Vec<StageSpec>) -> Result<Vec<StageSpec>, String> {
     let names: BTreeSet<String> = pending.iter().map(|s| s.name.clone()).collect();
@@ -223,6 +239,33 @@ fn order(mut pending: Vec<StageSpec>) -> Result<Vec<StageSpec>, String> {
     Ok(out)
 }
 
+/// A stage's failure as an error of the pipeline file.
+fn failure_error(pipeline: &Pipeline, spec: &StageSpec, f: graft_stage::Failure) -> RunnerError {
+    let at = match &f.at {
+        Some(at) => format!("stages.{}.{at}", spec.name),
+        None => format!("stages.{}", spec.name),
+    };
+    let message = match &f.at {
+        // The stage tells a person at a shell to pass `--input`; in a pipeline file an
+        // input is named in the stage's `inputs` table.
+        Some(a) if a.starts_with("inputs.") && f.message.starts_with("missing") => format!(
+            "{at}: missing: {} needs it; name the stage that produces it",
+            spec.kind
+        ),
+        _ => format!("{at}: {}", f.message),
+    };
+    RunnerError::Pipeline {
+        path: pipeline.source.clone(),
+        message,
+    }
+}
+
+/// The line a stage prints on stdout when it fails under `--json`.
+#[derive(Deserialize)]
+struct FailureLine {
+    failure: graft_stage::Failure,
+}
+
 /// What the runner does with each stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -248,7 +291,6 @@ pub enum StageResult {
     Waiting {
         input: String,
     },
-    NotBuilt,
     /// Skipped because an input is not available.
     Blocked {
         input: String,
@@ -275,48 +317,60 @@ impl RunOptions {
         cmd
     }
 
-    /// Runs one stage binary and reads its outcome.
-    fn invoke(&self, stage: &str, mut cmd: Command) -> Result<Outcome, RunnerError> {
+    /// Runs one stage binary and reads its outcome. A stage that fails says why in a
+    /// [`graft_stage::Failure`] on stdout (it is run with `--json`), reported here as an
+    /// error of the pipeline file at `stages.<name>[.params.<field> | .inputs.<name>]`.
+    fn invoke(
+        &self,
+        pipeline: &Pipeline,
+        spec: &StageSpec,
+        mut cmd: Command,
+    ) -> Result<Outcome, RunnerError> {
         let program = cmd.get_program().to_owned();
         let out = cmd.output().map_err(|e| RunnerError::Stage {
-            stage: stage.to_owned(),
+            stage: spec.name.clone(),
             message: format!("cannot start {}: {e}", Path::new(&program).display()),
         })?;
+        let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
-            return Err(RunnerError::Stage {
-                stage: stage.to_owned(),
-                message: format!("failed ({}); its error is printed above", out.status),
+            let failure = text.lines().rev().find_map(|l| {
+                serde_json::from_str::<FailureLine>(l)
+                    .ok()
+                    .map(|f| f.failure)
+            });
+            return Err(match failure {
+                Some(f) => failure_error(pipeline, spec, f),
+                None => RunnerError::Stage {
+                    stage: spec.name.clone(),
+                    message: format!("failed ({}); what it printed is above", out.status),
+                },
             });
         }
-        let text = String::from_utf8_lossy(&out.stdout);
         let last = text
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("");
         serde_json::from_str(last).map_err(|e| RunnerError::Stage {
-            stage: stage.to_owned(),
+            stage: spec.name.clone(),
             message: format!("unreadable outcome {last:?}: {e}"),
         })
     }
 
-    /// Checks every built stage's parameters and input names before anything runs, so a bad
-    /// parameter anywhere leaves the store untouched. Every stage is checked, so one run
-    /// lists everything that is missing (data, checkpoints), each stage's error printed.
+    /// Checks every stage's parameters and input names before anything runs, so a bad
+    /// parameter anywhere leaves the store untouched. A stage's refusal is reported as an
+    /// error of the pipeline file, naming `stages.<name>.params.<field>`. Every stage is
+    /// checked, so one run lists everything that is missing (data, checkpoints).
     pub fn check(&self, pipeline: &Pipeline) -> Result<(), RunnerError> {
         let mut failed = Vec::new();
-        for spec in pipeline
-            .stages
-            .iter()
-            .filter(|s| BUILT_KINDS.contains(&s.kind.as_str()))
-        {
+        for spec in &pipeline.stages {
             let mut cmd = self.command(pipeline, spec);
             cmd.arg("--check");
             for input in spec.inputs.keys() {
                 cmd.arg("--input")
                     .arg(format!("{input}={}", placeholder_id()));
             }
-            if let Err(e) = self.invoke(&spec.name, cmd) {
+            if let Err(e) = self.invoke(pipeline, spec, cmd) {
                 failed.push((spec.name.clone(), e));
             }
         }
@@ -329,7 +383,14 @@ impl RunOptions {
                     .map(|(name, _)| name.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-                message: "failed the check; their errors are printed above".into(),
+                message: format!(
+                    "failed the check:\n  {}",
+                    failed
+                        .iter()
+                        .map(|(_, e)| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                ),
             }),
         }
     }
@@ -373,7 +434,6 @@ impl RunOptions {
             }
             let result = match result {
                 Some(r) => r,
-                None if !BUILT_KINDS.contains(&spec.kind.as_str()) => StageResult::NotBuilt,
                 None => {
                     let mut cmd = self.command(pipeline, spec);
                     for (input, id) in &ids {
@@ -388,7 +448,7 @@ impl RunOptions {
                         }
                         Mode::Run => {}
                     }
-                    StageResult::Done(self.invoke(&spec.name, cmd)?)
+                    StageResult::Done(self.invoke(pipeline, spec, cmd)?)
                 }
             };
             report(spec, &result, start.elapsed().as_secs_f64());
@@ -417,10 +477,6 @@ pub fn describe(spec: &StageSpec, result: &StageResult, seconds: f64, width: usi
                 "-"
             )
         }
-        StageResult::NotBuilt => format!(
-            "{name:<width$}  -      {:>7} s  (stage kind {} is not built yet)",
-            "-", spec.kind
-        ),
         StageResult::Blocked { input } => {
             format!(
                 "{name:<width$}  -      {:>7} s  (skipped: input {input} is not available)",
@@ -680,7 +736,18 @@ mod tests {
         let e = Pipeline::parse("t", "t.toml", "[stages.a\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("t.toml"), "{e}");
+        assert_eq!(e, "t.toml: line 1, column 10: unclosed table, expected `]`");
+        let e = Pipeline::parse(
+            "t",
+            "t.toml",
+            "description = 3\n[stages.a]\nkind = \"prep\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "t.toml: description: invalid type: integer `3`, expected a string"
+        );
     }
 
     #[test]

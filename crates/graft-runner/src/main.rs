@@ -6,9 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use graft_runner::{
-    Mode, PLANNED_KINDS, Pipeline, RunOptions, StageResult, describe, gc_lines, gc_roots,
-};
+use graft_runner::{Mode, Pipeline, RunOptions, StageResult, describe, gc_lines, gc_roots};
 use graft_store::Store;
 
 #[derive(Parser)]
@@ -65,10 +63,14 @@ struct PipelineArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
+    match graft_stage::catch_panic(|| run(cli)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("error: {}", graft_stage::error_line(e.as_ref()));
+            ExitCode::FAILURE
+        }
+        Err(panic) => {
+            eprintln!("error: graft: {panic}");
             ExitCode::FAILURE
         }
     }
@@ -163,25 +165,6 @@ fn pipeline(store: &std::path::Path, args: PipelineArgs, mode: Mode) -> anyhow::
     let results = options.execute(&pipeline, |spec, result, seconds| {
         println!("{}", describe(spec, result, seconds, width));
     })?;
-    let not_built: Vec<&str> = results
-        .iter()
-        .filter(|(_, r)| matches!(r, StageResult::NotBuilt))
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let missing_kinds: Vec<&str> = PLANNED_KINDS
-        .iter()
-        .copied()
-        .filter(|k| !pipeline.stages.iter().any(|s| s.kind == *k))
-        .collect();
-    if !not_built.is_empty() {
-        println!(
-            "not built yet: {} (listed in the pipeline, skipped)",
-            not_built.join(", ")
-        );
-    }
-    if !missing_kinds.is_empty() {
-        println!("later stages not built yet: {}", missing_kinds.join(", "));
-    }
     // Where to look: the report of every report stage that has one.
     for (name, result) in &results {
         let is_report = pipeline

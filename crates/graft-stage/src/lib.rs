@@ -105,7 +105,7 @@ pub struct StageArgs {
     /// Run even when fresh.
     #[arg(long)]
     pub force: bool,
-    /// Print the outcome as one JSON object on stdout.
+    /// Print the outcome as one JSON object on stdout (an error too, as `{"failure": ...}`).
     #[arg(long)]
     pub json: bool,
 }
@@ -113,9 +113,14 @@ pub struct StageArgs {
 /// Errors of the protocol; the stage's own errors arrive as [`StageError::Run`].
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    #[error("{stage}: bad parameter: {message}")]
+    /// `field` is the parameter's path (`image_size`, `heuristics[2].gamma`) when known.
+    #[error(
+        "{stage}: bad parameter{}: {message}",
+        field.as_deref().map(|f| format!(" {f}")).unwrap_or_default()
+    )]
     Params {
         stage: &'static str,
+        field: Option<String>,
         message: String,
     },
     #[error("{stage}: bad input {arg:?}: {message}")]
@@ -127,13 +132,130 @@ pub enum StageError {
     #[error("{stage}: {error}")]
     Store {
         stage: &'static str,
+        #[source]
         error: StoreError,
     },
     #[error("{stage}: {error}")]
     Run {
         stage: &'static str,
+        #[source]
         error: BoxError,
     },
+}
+
+impl StageError {
+    /// The error as the runner reads it: what part of the stage's entry in a pipeline file
+    /// it is about, so the runner can name `stages.<name>.params.<field>`.
+    pub fn failure(&self) -> Failure {
+        let (at, message) = match self {
+            StageError::Params { field, message, .. } => (
+                Some(match field {
+                    Some(f) if f.starts_with('[') => format!("params{f}"),
+                    Some(f) => format!("params.{f}"),
+                    None => "params".to_owned(),
+                }),
+                message.clone(),
+            ),
+            StageError::Input { arg, message, .. } => {
+                let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
+                (Some(format!("inputs.{name}")), message.clone())
+            }
+            StageError::Store { error, .. } => (None, error_line(error)),
+            StageError::Run { error, .. } => (None, error_line(error.as_ref())),
+        };
+        let stage = match self {
+            StageError::Params { stage, .. }
+            | StageError::Input { stage, .. }
+            | StageError::Store { stage, .. }
+            | StageError::Run { stage, .. } => stage,
+        };
+        Failure {
+            stage: (*stage).to_owned(),
+            at,
+            message,
+        }
+    }
+}
+
+/// A stage's error as one JSON object on stdout (with `--json`), for the runner:
+/// `{"failure": {"stage": "prep", "at": "params.image_size", "message": "invalid type: ..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub stage: String,
+    /// `params`, `params.<path>` or `inputs.<name>`; none for errors of the run itself.
+    pub at: Option<String>,
+    pub message: String,
+}
+
+/// An error and its sources as one line, leaving out a source whose text the line already
+/// holds (errors that print their source themselves would otherwise repeat it).
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = e.source();
+    }
+    line
+}
+
+/// Runs `f`; a panic inside it (on this thread, or propagated from a pool thread) becomes
+/// `Err` with one line: the panic message's first line and where it happened. The whole
+/// message and a backtrace go to stderr only when `RUST_BACKTRACE` is set.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static FIRST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    std::panic::set_hook(Box::new(|info| {
+        let message = panic_text(info.payload());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let verbose = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+        if verbose {
+            eprintln!(
+                "panic{at}: {message}\n{}",
+                std::backtrace::Backtrace::force_capture()
+            );
+        }
+        let first = message
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("(no message)");
+        let first: String = first.chars().take(400).collect();
+        let line = format!(
+            "internal error: {first} (panic{at}{})",
+            if verbose {
+                ""
+            } else {
+                "; RUST_BACKTRACE=1 prints all of it"
+            }
+        );
+        if let Ok(mut slot) = FIRST.lock() {
+            slot.get_or_insert(line);
+        }
+    }));
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        FIRST
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .unwrap_or_else(|| format!("internal error: {}", panic_text(payload.as_ref())))
+    })
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(not a text)".to_owned()
+    }
 }
 
 /// What happened to a stage.
@@ -219,6 +341,7 @@ struct Resolved<P> {
 fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError> {
     let perr = |message: String| StageError::Params {
         stage: S::NAME,
+        field: None,
         message,
     };
     let mut obj = match &args.params_json {
@@ -239,8 +362,14 @@ fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError
     if let Some(device) = &args.device {
         obj.insert("device".into(), Value::from(device.clone()));
     }
-    let params: S::Params =
-        serde_json::from_value(Value::Object(obj)).map_err(|e| perr(e.to_string()))?;
+    let params: S::Params = serde_path_to_error::deserialize(Value::Object(obj)).map_err(|e| {
+        let field = e.path().to_string();
+        StageError::Params {
+            stage: S::NAME,
+            field: (field != ".").then_some(field),
+            message: e.into_inner().to_string(),
+        }
+    })?;
     let params = S::validate(params).map_err(|e| perr(e.to_string()))?;
     let recorded: BTreeMap<String, Value> = match serde_json::to_value(&params) {
         Ok(Value::Object(m)) => m.into_iter().collect(),
@@ -483,14 +612,106 @@ pub fn main<S: Stage>(about: &'static str) -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    match execute::<S>(&cli.stage) {
-        Ok(outcome) => {
+    match catch_panic(|| execute::<S>(&cli.stage)) {
+        Ok(Ok(outcome)) => {
             print_outcome(&outcome, cli.stage.json);
             std::process::ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
+        // With `--json` the error goes to stdout as a `Failure`, which the runner reports
+        // against the pipeline file; without it, to stderr as one line.
+        Ok(Err(e)) if cli.stage.json => {
+            println!("{}", serde_json::json!({ "failure": e.failure() }));
             std::process::ExitCode::FAILURE
         }
+        Ok(Err(e)) => {
+            eprintln!("error: {}", error_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+        Err(panic) if cli.stage.json => {
+            let failure = Failure {
+                stage: S::NAME.to_owned(),
+                at: None,
+                message: panic,
+            };
+            println!("{}", serde_json::json!({ "failure": failure }));
+            std::process::ExitCode::FAILURE
+        }
+        Err(panic) => {
+            eprintln!("error: {}: {panic}", S::NAME);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct WithPath {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_line_does_not_repeat_a_source() {
+        let e = WithPath {
+            path: "x.toml",
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        assert_eq!(error_line(&e), "x.toml: no such file");
+        let boxed: BoxError = Box::new(e);
+        let outer = StageError::Run {
+            stage: "prep",
+            error: boxed,
+        };
+        assert_eq!(error_line(&outer), "prep: x.toml: no such file");
+    }
+
+    /// A panic becomes one line with its first line and place; the rest of a long message
+    /// (LibTorch's C++ backtrace) stays out of it.
+    #[test]
+    fn a_panic_is_one_error_line() {
+        let e = catch_panic(|| -> u32 { panic!("no CUDA device\nframe 1\nframe 2") }).unwrap_err();
+        assert!(
+            e.starts_with("internal error: no CUDA device (panic at "),
+            "{e}"
+        );
+        assert!(e.contains("src/lib.rs:") && !e.contains("frame"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        // A panic on another thread that reaches this one: its own message is the line.
+        let e = catch_panic(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| panic!("in a worker thread"));
+            })
+        })
+        .unwrap_err();
+        assert!(
+            e.starts_with("internal error: in a worker thread (panic at "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn failures_name_where_in_the_pipeline_entry() {
+        let e = StageError::Params {
+            stage: "prep",
+            field: Some("image_size".into()),
+            message: "invalid type".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "prep: bad parameter image_size: invalid type"
+        );
+        assert_eq!(e.failure().at.as_deref(), Some("params.image_size"));
+        let e = StageError::Input {
+            stage: "probe",
+            arg: "dataset=abc".into(),
+            message: "bad id".into(),
+        };
+        assert_eq!(e.failure().at.as_deref(), Some("inputs.dataset"));
     }
 }

@@ -78,9 +78,10 @@ pub fn check_base_params(preset: Option<&str>, checkpoint: Option<&str>) -> Resu
         return Err("checkpoint needs preset (the model the file holds)".into());
     }
     // Said at `--check`, before a pipeline runs anything.
-    if let (Some(path), Some(preset)) = (checkpoint, preset)
+    if let Some(path) = checkpoint
         && !Path::new(path).is_file()
     {
+        let preset = preset.unwrap_or("?");
         return Err(format!(
             "checkpoint = {path:?}: no such file (a relative path is read from the directory \
              the pipeline runs in). Put a timm ViT safetensors file of preset {preset} there \

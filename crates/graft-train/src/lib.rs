@@ -10,6 +10,7 @@
 
 mod base;
 mod data;
+pub mod progress;
 
 use std::time::Instant;
 
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 pub use base::{BaseModel, base_fingerprints, check_base_params, file_fingerprint, resolve_base};
 pub use data::{DatasetInfo, Preprocessing, Split};
+pub use progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -107,8 +109,8 @@ pub struct FitResult {
 }
 
 /// Trains `model` (on the autodiff version of `device`) on `train`, choosing the epoch
-/// with the best accuracy on `val`. `on_step` is called after every optimiser step with
-/// (step, total steps, loss).
+/// with the best accuracy on `val`. `on_progress` hears of every optimiser step and every
+/// epoch ([`Progress`]).
 pub fn fit(
     model: Vit,
     train: &Split,
@@ -116,12 +118,12 @@ pub fn fit(
     pre: &Preprocessing,
     config: &TrainConfig,
     device: &Device,
-    on_step: impl FnMut(usize, usize, f32),
+    on_progress: impl FnMut(Progress<'_>),
 ) -> Result<FitResult, TrainError> {
     if val.is_empty() {
         return Err(TrainError::Empty("val"));
     }
-    fit_inner(model, train, Some(val), pre, config, device, on_step)
+    fit_inner(model, train, Some(val), pre, config, device, on_progress)
 }
 
 /// Trains `model` on `train` for exactly `config.epochs` epochs and keeps the last epoch's
@@ -133,9 +135,9 @@ pub fn fit_final(
     pre: &Preprocessing,
     config: &TrainConfig,
     device: &Device,
-    on_step: impl FnMut(usize, usize, f32),
+    on_progress: impl FnMut(Progress<'_>),
 ) -> Result<FitResult, TrainError> {
-    fit_inner(model, train, None, pre, config, device, on_step)
+    fit_inner(model, train, None, pre, config, device, on_progress)
 }
 
 fn fit_inner(
@@ -145,7 +147,7 @@ fn fit_inner(
     pre: &Preprocessing,
     config: &TrainConfig,
     device: &Device,
-    mut on_step: impl FnMut(usize, usize, f32),
+    mut on_progress: impl FnMut(Progress<'_>),
 ) -> Result<FitResult, TrainError> {
     if train.is_empty() {
         return Err(TrainError::Empty("train"));
@@ -194,7 +196,11 @@ fn fit_inner(
             model = optim.step(lr, model, grads);
             loss_sum += value as f64 * chunk.len() as f64;
             step += 1;
-            on_step(step, total, value);
+            on_progress(Progress::Step {
+                step,
+                total,
+                loss: value,
+            });
         }
         train_seconds += t0.elapsed().as_secs_f64();
         let val_accuracy = val.map(|val| evaluate(&model, val, pre, device, config.batch));
@@ -204,6 +210,10 @@ fn fit_inner(
             val_accuracy,
             lr,
             seconds: t0.elapsed().as_secs_f64(),
+        });
+        on_progress(Progress::Epoch {
+            record: &history[history.len() - 1],
+            epochs: config.epochs,
         });
         match val_accuracy {
             Some(acc) if best.as_ref().is_none_or(|(_, best, _)| acc > *best) => {

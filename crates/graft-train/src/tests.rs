@@ -52,7 +52,29 @@ fn short_training_lowers_the_loss_and_beats_chance() {
         .unwrap()
         .init(&dev)
         .with_trainable(Trainable::Full);
-    let r = fit(model, &train, &val, &pre(), &config(10), &dev, |_, _, _| {}).unwrap();
+    let (mut steps, mut epochs) = (0, Vec::new());
+    let r = fit(
+        model,
+        &train,
+        &val,
+        &pre(),
+        &config(10),
+        &dev,
+        |p| match p {
+            crate::Progress::Step { step, total, .. } => {
+                steps += 1;
+                assert_eq!((step, total), (steps, 100));
+            }
+            crate::Progress::Epoch { record, epochs: n } => epochs.push((record.clone(), n)),
+        },
+    )
+    .unwrap();
+    // One event per optimiser step (320 / 32 per epoch), one per epoch with its record.
+    assert_eq!(steps, 100);
+    assert_eq!(epochs.len(), 10);
+    for (k, (record, n)) in epochs.iter().enumerate() {
+        assert_eq!((record, *n), (&r.history[k], 10));
+    }
     let first = r.history.first().unwrap().train_loss;
     let last = r.history.last().unwrap().train_loss;
     assert!(last < first * 0.8, "loss {first} -> {last}");
@@ -78,7 +100,7 @@ fn same_seed_same_run() {
             .init(&dev)
             .with_trainable(Trainable::Full);
         let cfg = config(2);
-        fit(model, &train, &val, &pre(), &cfg, &dev, |_, _, _| {})
+        fit(model, &train, &val, &pre(), &cfg, &dev, |_| {})
             .unwrap()
             .history
     };
@@ -105,7 +127,7 @@ fn frozen_parameters_do_not_change() {
     let before_qkv: Tensor<2> = model.blocks[0].attn.qkv.weight.val();
     let before_cls: Tensor<3> = model.cls_token.val();
     let before_up: Tensor<2> = model.adapters[0].up.weight.val();
-    let r = fit(model, &train, &val, &pre(), &config(1), &dev, |_, _, _| {}).unwrap();
+    let r = fit(model, &train, &val, &pre(), &config(1), &dev, |_| {}).unwrap();
     let diff2 = |a: Tensor<2>, b: Tensor<2>| (a - b).abs().max().into_scalar::<f32>();
     assert_eq!(
         diff2(before_qkv, r.model.blocks[0].attn.qkv.weight.val()),
@@ -136,7 +158,7 @@ fn a_diverging_learning_rate_is_caught() {
     let cfg = TrainConfig::new(3, 1e9)
         .with_batch(16)
         .with_warmup_epochs(0.0);
-    match fit(model, &train, &val, &pre(), &cfg, &dev, |_, _, _| {}) {
+    match fit(model, &train, &val, &pre(), &cfg, &dev, |_| {}) {
         Err(TrainError::NonFinite { .. }) => {}
         other => panic!(
             "expected a non-finite loss, got {:?}",
