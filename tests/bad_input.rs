@@ -251,7 +251,7 @@ fn bad_inputs_are_named_errors_that_leave_the_store_unchanged() {
                 "folder",
                 "[stages.prep]\nkind = \"prep\"\nparams = { source = \"image-folder\", path = \"no-such-folder\" }\n",
             ),
-            &["folder.toml", "stages.prep: ", "no-such-folder"],
+            &["folder.toml", "stages.prep.params", "no-such-folder"],
         ),
         runner_file(
             "propose: budgets of strings",
