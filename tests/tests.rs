@@ -3,6 +3,7 @@
 
 mod common;
 mod dtd;
+mod executors;
 mod finetune;
 mod pipeline;
 mod store;
