@@ -108,9 +108,10 @@ chromium:
 
 # The tensor binaries are built first: a test runs the tch graft-finetune with an empty
 # environment (its rpath names the LibTorch it was linked against).
+TCH_TESTED := graft-backend graft-model graft-train graft-probe graft-finetune
 test-tch: venv
-	$(TCH_ENV) $(CARGO) build $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
-	$(TCH_ENV) $(CARGO) test -p graft-backend -p graft-model -p graft-train -p graft-probe -p graft-finetune --no-default-features --features tch
+	$(TCH_ENV) $(CARGO) build $(addprefix -p ,$(TCH_TESTED)) --bins --no-default-features --features tch
+	$(TCH_ENV) $(CARGO) test $(addprefix -p ,$(TCH_TESTED)) --no-default-features --features tch
 
 bench: venv
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS) $(TENSOR_BINS))

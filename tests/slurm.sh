@@ -119,6 +119,7 @@ ci() {
   ci_dir=$(mktemp -d)
   ci_store=$(mktemp -d)
   trap 'down "$ci_dir"; rm -rf "$ci_dir" "$ci_store"' EXIT
+  trap 'exit 130' INT TERM
   local dir=$ci_dir store=$ci_store
   up "$dir"
   export SLURM_CONF=$dir/slurm.conf
@@ -150,7 +151,7 @@ ci() {
   set -e
   cat "$out"
   [ $rc != 0 ] || die "ci: the run with a cancelled task succeeded"
-  grep -q "Slurm job ${job}_${last} cancelled" "$out" \
+  grep -q "Slurm job ${job}_${last} ended without its run" "$out" \
     || die "ci: the failure does not name the cancelled task ${job}_${last}"
 
   # Second run: only the cancelled run is submitted.

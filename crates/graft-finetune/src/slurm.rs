@@ -10,9 +10,9 @@
 //! filesystem every node shares; the store path must be absolute so every node can find
 //! it.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use graft_store::{Lookup, Store};
@@ -166,6 +166,7 @@ pub fn run_array(
     // 10 s, instead.
     let lines = !std::io::stderr().is_terminal();
     let mut said = (String::new(), Instant::now() - Duration::from_secs(10));
+    let started = Instant::now();
     loop {
         let queue = squeue(&job)?;
         let done = keys
@@ -186,7 +187,13 @@ pub fn run_array(
             said = (line, Instant::now());
         }
         bar.set_message(msg);
-        std::thread::sleep(Duration::from_millis(500));
+        // Twice a second at first, then every 5 s: squeue asks slurmctld each time.
+        let poll = if started.elapsed() < Duration::from_secs(60) {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        std::thread::sleep(poll);
     }
     bar.finish_and_clear();
 
@@ -200,10 +207,12 @@ pub fn run_array(
                     .iter()
                     .find(|(t, _)| *t == k)
                     .map(|(_, s)| s.clone())
-                    .unwrap_or_else(|| "ended".to_owned());
+                    .unwrap_or_else(|| {
+                        "not listed by squeue (cancelled before it started?)".to_owned()
+                    });
                 let log = dir.join(format!("{k}.log"));
                 outcomes.push(Outcome::Failed(format!(
-                    "Slurm job {job}_{k} {state}, its run is not in the store; log {}: {}",
+                    "Slurm job {job}_{k} ended without its run: {state}; log {}: {}",
                     log.display(),
                     log_tail(&log, 3)
                 )));
