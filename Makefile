@@ -5,10 +5,18 @@
 #                              SVD libraries); figures go to BENCHMARKS.md by hand
 # PyTorch 2.9.0 (for burn-tch and the reference scripts) is installed by pip into
 # .venv on first use; nothing is downloaded by the programs themselves.
+#   make ... PYTHON=/path/to/python   use that interpreter's PyTorch instead (bring your own:
+#                                     no pip install; .venv becomes a shim that runs it)
+#   make slurm-up / make slurm-down   a one-node Slurm cluster here (tests/slurm.sh; root)
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 TORCH     := 2.9.0
+# The PyTorch versions the tch build links against: torch-sys 0.22 checks for exactly this.
+SUPPORTED_TORCH := 2.9.0
+# Bring your own PyTorch: PYTHON (or TORCH_PYTHON) names an interpreter with torch installed.
+TORCH_PYTHON ?=
+PYTHON    ?= $(TORCH_PYTHON)
 TORCHVISION := 0.24.0
 TIMM      := 1.0.22
 STORE     ?= artifacts
@@ -20,14 +28,42 @@ ARGS      ?=
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	LD_LIBRARY_PATH="$$($(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$$LD_LIBRARY_PATH"
 
-.PHONY: pipeline status gc test test-flex test-tch bench venv clean-venv chromium
+.PHONY: pipeline status gc test test-flex test-tch bench venv clean-venv chromium slurm-up slurm-down gpu-binaries
 
 $(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir torch==$(TORCH) torchvision==$(TORCHVISION) timm==$(TIMM) pyarrow pandas numpy
 	touch $@
 
+ifeq ($(strip $(PYTHON)),)
 venv: $(VENV)/.installed-$(TORCH)-$(TIMM)
+else
+# $(VENV)/bin/python{,3} run $(PYTHON), so the tch build (torch-sys runs `python3` from PATH),
+# the tests and the reference scripts all use its torch. A torch outside SUPPORTED_TORCH stops
+# here, unless LIBTORCH_BYPASS_VERSION_CHECK is set (then torch-sys's own check is skipped too).
+venv:
+	@v=$$("$(PYTHON)" -c 'import torch; print(torch.__version__.split("+")[0])') \
+		|| { echo "PYTHON=$(PYTHON): cannot import torch"; exit 1; }; \
+	case " $(SUPPORTED_TORCH) " in \
+	*" $$v "*) echo "PyTorch $$v from PYTHON=$(PYTHON)";; \
+	*) if [ -n "$$LIBTORCH_BYPASS_VERSION_CHECK" ]; then \
+		echo "PyTorch $$v from PYTHON=$(PYTHON) is not a supported version ($(SUPPORTED_TORCH)); LIBTORCH_BYPASS_VERSION_CHECK is set, building against it anyway"; \
+	   else \
+		echo "PYTHON=$(PYTHON) has PyTorch $$v, but graft's tch build (torch-sys 0.22) supports PyTorch $(SUPPORTED_TORCH) only;"; \
+		echo "use an interpreter with torch==$(TORCH), leave PYTHON unset to install it into $(VENV), or set LIBTORCH_BYPASS_VERSION_CHECK=1 to try anyway"; \
+		exit 1; \
+	   fi;; \
+	esac; \
+	if [ -f "$(VENV)/pyvenv.cfg" ]; then \
+		echo "$(VENV) is a virtual environment made by pip; remove it (make clean-venv) to use PYTHON=$(PYTHON)"; exit 1; \
+	fi; \
+	py=$$(command -v "$(PYTHON)"); case $$py in /*) ;; *) py=$$PWD/$$py;; esac; \
+	mkdir -p "$(VENV)/bin" && for n in python python3; do \
+		printf '#!/bin/sh\nexec "%s" "$$@"\n' "$$py" > "$(VENV)/bin/$$n" && chmod +x "$(VENV)/bin/$$n"; \
+	done; \
+	"$(PY)" -c 'import timm, pyarrow, pandas' 2>/dev/null \
+		|| echo "note: PYTHON=$(PYTHON) lacks timm, pyarrow or pandas, which the tests and reference scripts need (make test)"
+endif
 
 # Stage binaries without tensors, and those with (built with the backend feature).
 PLAIN_BINS  := graft-runner graft-prep graft-propose graft-report graft-command
@@ -38,6 +74,7 @@ pipeline:
 	@if $(MAKE) --no-print-directory venv; then \
 		echo "backend: tch (LibTorch from $(VENV)) for the stages that use tensors"; \
 		backend=tch; \
+	elif [ -n "$(strip $(PYTHON))" ]; then exit 1; \
 	else \
 		echo "PyTorch $(TORCH) could not be installed into $(VENV): falling back to the flex backend (about 3x slower)"; \
 		backend=flex; \
@@ -79,8 +116,12 @@ chromium:
 		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
 		|| echo "chromium could not be installed: the report's browser test will fail (GRAFT_ALLOW_MISSING=chromium skips it knowingly)"
 
+# The tensor binaries are built first: a test runs the tch graft-finetune with an empty
+# environment (its rpath names the LibTorch it was linked against).
+TCH_TESTED := graft-backend graft-model graft-train graft-probe graft-finetune
 test-tch: venv
-	$(TCH_ENV) $(CARGO) test -p graft-backend -p graft-model -p graft-train -p graft-probe -p graft-finetune --no-default-features --features tch
+	$(TCH_ENV) $(CARGO) build $(addprefix -p ,$(TCH_TESTED)) --bins --no-default-features --features tch
+	$(TCH_ENV) $(CARGO) test $(addprefix -p ,$(TCH_TESTED)) --no-default-features --features tch
 
 bench: venv
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS) $(TENSOR_BINS))
@@ -91,3 +132,19 @@ bench: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# What bench/gpu.sh runs on a GPU machine without Rust: release graft-prep, graft-probe and
+# examples/step_bench (tch), and the PyTorch version they were linked against.
+gpu-binaries: venv
+	$(CARGO) build --release -p graft-prep
+	$(TCH_ENV) $(CARGO) build --release -p graft-probe --no-default-features --features tch
+	$(TCH_ENV) $(CARGO) build --release -p graft-train --example step_bench --no-default-features --features tch
+	$(PY) -c 'import torch; print(torch.__version__.split("+")[0])' > target/release/torch-version
+
+# A one-node Slurm cluster (slurmctld, slurmd, munged) for trying the fine-tune stage's
+# `executor = "slurm"`; state in target/slurm. Needs root and Debian's slurm-wlm and munge.
+slurm-up:
+	bash tests/slurm.sh up
+
+slurm-down:
+	bash tests/slurm.sh down

@@ -4,6 +4,9 @@
   python bench/torch_vit.py --graft vit-cpu-small --mode adapters   (graft's preset shapes,
       adapters on the 2L parallel edges, r = 8, backbone frozen, AdamW step included: the
       same step as `cargo run --example step_bench`)
+  python bench/torch_vit.py --graft vit-b16 --mode probe --device cuda   (the probe's passes:
+      backbone frozen, one forward with a zero tap at every residual node, one backward,
+      then G = Δᵀ X for all n² edges as one [n·d, n·d] product, like graft-probe per batch)
 Prints one JSON line: model, batch, device, threads, seconds per step (median), images/s.
 """
 import argparse
@@ -44,10 +47,31 @@ def parallel_block_forward(self, x):
     return x + self.mlp(self.norm2(x)) + self.ad2(x)
 
 
+def probe_forward(model, x):
+    """Logits, and the zero taps and activations of the n = 2L + 1 residual nodes."""
+    taps, acts = [], []
+
+    def node(v):
+        z = torch.zeros_like(v, requires_grad=True)
+        taps.append(z)
+        acts.append(v.detach())
+        return v + z
+
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    x = node(x)
+    for b in model.blocks:
+        x = node(x + b.attn(b.norm1(x)))
+        x = node(x + b.mlp(b.norm2(x)))
+    return model.head(model.norm(x)[:, 0]), taps, acts
+
+
 def graft_model(preset, classes, mode):
     size, patch, dim, depth, heads = PRESETS[preset]
     model = VisionTransformer(img_size=size, patch_size=patch, embed_dim=dim, depth=depth,
                               num_heads=heads, num_classes=classes, qkv_bias=True)
+    if mode == "probe":
+        for p in model.parameters():
+            p.requires_grad_(False)
     if mode == "adapters":
         for p in model.parameters():
             p.requires_grad_(False)
@@ -68,7 +92,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--graft", default=None, help="a graft preset instead of a timm model name")
-    ap.add_argument("--mode", default="full", choices=["full", "adapters"])
+    ap.add_argument("--mode", default="full", choices=["full", "adapters", "probe"])
     ap.add_argument("--classes", type=int, default=47)
     a = ap.parse_args()
     if a.threads:
@@ -84,10 +108,24 @@ def main():
     x = torch.randn(a.batch, 3, size, size, device=a.device)
     y = torch.randint(0, a.classes, (a.batch,), device=a.device)
     loss_fn = torch.nn.CrossEntropyLoss()
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                              weight_decay=1e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-4) if trainable else None
+
+    def probe_step():
+        logits, taps, acts = probe_forward(model, x)
+        loss_fn(logits, y).backward()
+        d = x.shape[0] * acts[0].shape[1]
+        deltas = torch.cat([t.grad.reshape(d, -1) for t in taps], 1)
+        xs = torch.cat([a.reshape(d, -1) for a in acts], 1)
+        g = deltas.T @ xs
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return g
 
     def step():
+        if a.mode == "probe":
+            probe_step()
+            return
         optim.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         optim.step()

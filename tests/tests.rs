@@ -5,6 +5,7 @@ mod bad_input;
 mod command;
 mod common;
 mod dtd;
+mod executors;
 mod faults;
 mod finetune;
 mod gc;

@@ -14,13 +14,16 @@
 //!   artifact collects the runs into `runs.parquet`, `epochs.parquet`, `proposals.parquet`
 //!   (what was trained) and the adapter-only weights, and refers to the run artifacts so
 //!   `gc` keeps them.
-//! - Every run trains in a worker process (`graft-finetune worker`): `jobs` of them at
-//!   once, each with its own progress bar and its own peak memory.
+//! - Every run trains in a worker process (`graft-finetune worker`): with `executor =
+//!   "local"`, `jobs` of them at once, each with its own progress bar and its own peak
+//!   memory; with `executor = "slurm"`, one Slurm array task each ([`slurm`]), the store on
+//!   a filesystem the nodes share.
 //! - A run whose loss goes NaN or inf is a result: its row says `diverged` and why, the
 //!   others go on. A worker that fails otherwise (out of memory, killed) fails the stage
 //!   after the others finish; their runs stay cached.
 
 pub mod run;
+pub mod slurm;
 pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,6 +133,36 @@ pub struct FinetuneParams {
     /// `cpu`, `cuda` (with `jobs` > 1: one worker per GPU) or `cuda:k` (location).
     #[serde(default = "default_device")]
     pub device: String,
+    /// Where runs train: `local` (worker processes here, `jobs` at a time) or `slurm` (one
+    /// job array; the store must be an absolute path the nodes share). Location.
+    #[serde(default = "default_executor")]
+    pub executor: String,
+    /// Slurm partition (`sbatch --partition`); the cluster's default when unset. Location.
+    #[serde(default)]
+    pub slurm_partition: Option<String>,
+    /// Time limit per run (`sbatch --time`, e.g. `"2:00:00"`). Location.
+    #[serde(default)]
+    pub slurm_time: Option<String>,
+    /// GPUs per array task (`sbatch --gpus-per-task`); 0 asks for none. Location.
+    #[serde(default)]
+    pub slurm_gpus_per_task: u32,
+    /// CPUs per array task (`sbatch --cpus-per-task`), also the worker's thread count; 0
+    /// leaves it to the cluster (one). Location.
+    #[serde(default)]
+    pub slurm_cpus_per_task: u32,
+    /// More `sbatch` arguments, as they are (`["--account=lab", "--qos=short"]`). Location.
+    #[serde(default)]
+    pub slurm_args: Vec<String>,
+    /// How many array tasks run at once (`--array=...%N`); 0 means no limit. Location.
+    #[serde(default)]
+    pub slurm_max_parallel: usize,
+}
+
+/// The executors of [`FinetuneParams::executor`].
+pub const EXECUTORS: [&str; 2] = ["local", "slurm"];
+
+fn default_executor() -> String {
+    "local".into()
 }
 
 fn default_baselines() -> Vec<String> {
@@ -225,6 +258,14 @@ impl Stage for Finetune {
             );
         }
         graft_backend::device(&p.device)?;
+        if !EXECUTORS.contains(&p.executor.as_str()) {
+            return Err(format!(
+                "executor = {:?} is not an executor (known: {})",
+                p.executor,
+                EXECUTORS.join(", ")
+            )
+            .into());
+        }
         let last = worker::slot_device(&p.device, p.jobs - 1, p.jobs);
         if last != p.device {
             graft_backend::device(&last).map_err(|e| {
@@ -239,7 +280,18 @@ impl Stage for Finetune {
     }
 
     fn location_params() -> &'static [&'static str] {
-        &["checkpoint", "jobs", "device"]
+        &[
+            "checkpoint",
+            "jobs",
+            "device",
+            "executor",
+            "slurm_partition",
+            "slurm_time",
+            "slurm_gpus_per_task",
+            "slurm_cpus_per_task",
+            "slurm_args",
+            "slurm_max_parallel",
+        ]
     }
 
     fn fingerprints(p: &FinetuneParams) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
@@ -251,6 +303,14 @@ impl Stage for Finetune {
         inputs: &BTreeMap<String, Artifact>,
         out: &Publisher,
     ) -> Result<BTreeMap<String, Value>, BoxError> {
+        let root = out.store().root();
+        if p.executor == "slurm" && !root.is_absolute() {
+            return Err(format!(
+                "executor = \"slurm\": the store path {:?} is not absolute; Slurm tasks on other nodes need an absolute path to a store on a filesystem they all share",
+                root.display().to_string()
+            )
+            .into());
+        }
         let dataset = &inputs["dataset"];
         let base = graft_train::resolve_base(
             p.checkpoint.as_deref(),
@@ -405,25 +465,30 @@ impl Stage for Finetune {
             }
         }
         let cached = specs.len() - todo.len();
+        let workers = p.jobs.min(todo.len().max(1));
+        let how = match p.executor.as_str() {
+            "slurm" => "as a Slurm job array".to_owned(),
+            _ => format!(
+                "with {workers} worker{}",
+                if workers == 1 { "" } else { "s" }
+            ),
+        };
         eprintln!(
-            "finetune: {} runs ({} placements x {} seeds): {cached} cached, {} to train with {} worker{} on {}",
+            "finetune: {} runs ({} placements x {} seeds): {cached} cached, {} to train {how} on {}",
             specs.len(),
             seen.len(),
             p.seeds.len(),
             todo.len(),
-            p.jobs.min(todo.len().max(1)),
-            if p.jobs.min(todo.len().max(1)) == 1 {
-                ""
-            } else {
-                "s"
-            },
             p.device
         );
         let mut failures = Vec::new();
         if !todo.is_empty() {
             let exe = std::env::current_exe()?;
             let todo_specs: Vec<RunSpec> = todo.iter().map(|&k| specs[k].clone()).collect();
-            let outcomes = worker::run_all(&exe, store.root(), &todo_specs, p.jobs);
+            let outcomes = match p.executor.as_str() {
+                "slurm" => slurm::run_array(&exe, store, &todo_specs, &slurm_options(p))?,
+                _ => worker::run_all(&exe, store.root(), &todo_specs, p.jobs),
+            };
             for (k, outcome) in todo.iter().zip(outcomes) {
                 match outcome {
                     worker::Outcome::Published(id) => found[*k] = Some(store.artifact(&id)?),
@@ -460,6 +525,7 @@ impl Stage for Finetune {
                         backend: graft_backend::backend_name().into(),
                         device: spec.device.clone(),
                         weights: false,
+                        epoch_seconds: Vec::new(),
                     },
                     None,
                 ),
@@ -467,8 +533,12 @@ impl Stage for Finetune {
             let mut weights_file = None;
             if let Some(a) = artifact {
                 out.refer(a.id());
-                for mut e in EpochRow::read(&a.file(EpochRow::FILE))? {
+                for (k, mut e) in EpochRow::read(&a.file(EpochRow::FILE))?
+                    .into_iter()
+                    .enumerate()
+                {
                     e.placement_id = spec.placement_id.clone();
+                    e.seconds = result.epoch_seconds.get(k).copied().unwrap_or(0.0);
                     epoch_rows.push(e);
                 }
                 if result.weights {
@@ -565,6 +635,17 @@ impl Stage for Finetune {
             ("device".to_owned(), json!(p.device)),
         ]
         .into())
+    }
+}
+
+fn slurm_options(p: &FinetuneParams) -> slurm::SlurmOptions {
+    slurm::SlurmOptions {
+        partition: p.slurm_partition.clone(),
+        time: p.slurm_time.clone(),
+        gpus_per_task: p.slurm_gpus_per_task,
+        cpus_per_task: p.slurm_cpus_per_task,
+        args: p.slurm_args.clone(),
+        max_parallel: p.slurm_max_parallel,
     }
 }
 

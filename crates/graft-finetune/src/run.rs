@@ -1,6 +1,11 @@
 //! One fine-tuning run: a placement (or baseline) and a seed. It is the stage's cache unit:
 //! [`RunSpec::key`] names it in the store (stage `finetune-run`), so a run that was trained
 //! once, by any pipeline, is never trained again.
+//!
+//! A run's files hold only what training computed: how long it took, how fast it went, its
+//! peak memory, the device and each epoch's seconds go to its manifest's `extra` (the
+//! `seconds` column of its own `epochs.parquet` is 0). Retraining a run with the same spec
+//! therefore reproduces its artifact id, whichever machine, executor or device ran it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +24,7 @@ use crate::FinetuneError;
 /// Stage name of a run's own artifact.
 pub const RUN_STAGE: &str = "finetune-run";
 /// Bump when a run's output for the same spec would change.
-pub const RUN_VERSION: u32 = 1;
+pub const RUN_VERSION: u32 = 2;
 /// The run's facts inside its artifact.
 pub const RUN_FILE: &str = "run.json";
 /// The adapters and head of a run (adapter and linear-probe runs).
@@ -174,7 +179,8 @@ impl RunSpec {
     }
 }
 
-/// What a run produced (its `run.json`).
+/// What a run produced: its `run.json`, plus the fields marked "manifest" that are kept in
+/// the manifest's `extra` instead (see the module comment).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
     /// `ok` or `diverged`.
@@ -187,13 +193,24 @@ pub struct RunResult {
     pub trainable_params: usize,
     pub all_params: usize,
     pub forward_flops: u64,
+    /// Manifest (its `wall_seconds`).
+    #[serde(skip)]
     pub wall_seconds: f64,
+    /// Manifest.
+    #[serde(skip)]
     pub images_per_second: Option<f64>,
+    /// Manifest.
+    #[serde(skip)]
     pub peak_memory_bytes: Option<u64>,
     pub backend: String,
+    /// Manifest.
+    #[serde(skip)]
     pub device: String,
     /// Whether the artifact holds [`WEIGHTS_FILE`].
     pub weights: bool,
+    /// Manifest: seconds of each epoch, in the order of `epochs.parquet`.
+    #[serde(skip)]
+    pub epoch_seconds: Vec<f64>,
 }
 
 /// Returns the run's artifact: from the store when it was trained before, else trains it
@@ -223,7 +240,22 @@ pub fn ensure_run(
             key: &key,
             params: &params,
             inputs: &inputs,
-            extra: [("device".to_owned(), Value::from(spec.device.clone()))].into(),
+            extra: [
+                ("device".to_owned(), Value::from(spec.device.clone())),
+                (
+                    "images_per_second".to_owned(),
+                    serde_json::json!(result.images_per_second),
+                ),
+                (
+                    "peak_memory_bytes".to_owned(),
+                    serde_json::json!(result.peak_memory_bytes),
+                ),
+                (
+                    "epoch_seconds".to_owned(),
+                    serde_json::json!(result.epoch_seconds),
+                ),
+            ]
+            .into(),
             wall_seconds: result.wall_seconds,
         })
     })?;
@@ -283,6 +315,7 @@ pub fn train_run(
         backend: graft_backend::backend_name().into(),
         device: spec.device.clone(),
         weights: false,
+        epoch_seconds: Vec::new(),
     };
     let fitted = match p.kind {
         ProtocolKind::Select => {
@@ -316,7 +349,8 @@ pub fn train_run(
             train_loss: h.train_loss,
             val_accuracy: h.val_accuracy,
             lr: h.lr,
-            seconds: h.seconds,
+            // In the manifest (`epoch_seconds`), so that the file is reproducible.
+            seconds: 0.0,
         })
         .collect();
     EpochRow::write(&dir.join(EpochRow::FILE), &rows)?;
@@ -337,20 +371,31 @@ pub fn train_run(
         train_loss: fit.history.get(fit.best_epoch).map(|h| h.train_loss),
         images_per_second: Some(fit.images_per_second),
         weights,
+        epoch_seconds: fit.history.iter().map(|h| h.seconds).collect(),
         ..base
     })
 }
 
-/// Reads a run artifact's `run.json`.
+/// Reads a run artifact's `run.json` and the facts its manifest keeps.
 pub fn read_result(artifact: &Artifact) -> Result<RunResult, FinetuneError> {
     let path = artifact.file(RUN_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| FinetuneError::Io {
         path: path.clone(),
         source: e,
     })?;
-    serde_json::from_str(&text).map_err(|e| FinetuneError::Json {
+    let result: RunResult = serde_json::from_str(&text).map_err(|e| FinetuneError::Json {
         path,
         message: e.to_string(),
+    })?;
+    let manifest = artifact.manifest();
+    let extra = |name: &str| manifest.extra.get(name).cloned().unwrap_or(Value::Null);
+    Ok(RunResult {
+        wall_seconds: manifest.wall_seconds,
+        images_per_second: extra("images_per_second").as_f64(),
+        peak_memory_bytes: extra("peak_memory_bytes").as_u64(),
+        device: extra("device").as_str().unwrap_or_default().to_owned(),
+        epoch_seconds: serde_json::from_value(extra("epoch_seconds")).unwrap_or_default(),
+        ..result
     })
 }
 

@@ -225,7 +225,10 @@ fn bad_parameters_name_the_field() {
     );
     let e = parse(json!({"epochs": 3, "bogus": 1})).unwrap_err();
     assert!(e.contains("bogus"), "{e}");
+    let e = parse(json!({"executor": "pbs"})).unwrap_err();
+    assert!(e.contains("executor") && e.contains("slurm"), "{e}");
     assert!(parse(json!({})).is_ok());
+    assert!(parse(json!({"executor": "slurm", "slurm_max_parallel": 4})).is_ok());
 }
 
 #[test]
@@ -234,4 +237,87 @@ fn mean_and_sample_std() {
     assert_eq!(mean_std(&[0.5]), Some((0.5, 0.0)));
     let (m, s) = mean_std(&[1.0, 2.0, 3.0]).unwrap();
     assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+}
+
+/// Issue 12 item 7: the tch build of `graft-finetune` finds LibTorch through its rpath, so a
+/// worker trains a run from an empty environment (no `LD_LIBRARY_PATH`, no `PATH`).
+/// `make test-tch` builds the binary before the tests.
+#[cfg(feature = "tch")]
+#[test]
+fn the_tch_binary_trains_a_run_with_an_empty_environment() {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("graft-finetune");
+    let bytes = std::fs::read(&bin).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: build the tch binaries first (`make test-tch` does)",
+            bin.display()
+        )
+    });
+    let needs = |name: &[u8]| bytes.windows(name.len()).any(|w| w == name);
+    assert!(
+        needs(b"libtorch_cpu.so"),
+        "{} is not the tch build (it does not link LibTorch): `make test-tch` builds it",
+        bin.display()
+    );
+    let dir = setup();
+    let s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
+    let spec_file = dir.path().join("spec.json");
+    std::fs::write(&spec_file, serde_json::to_string(&s).unwrap()).unwrap();
+    let out = std::process::Command::new("env")
+        .arg("-i")
+        .arg(&bin)
+        .arg("worker")
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .arg("--spec-file")
+        .arg(&spec_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l.starts_with("artifact ")),
+        "env -i {} worker failed ({}):\n{stdout}\n{}",
+        bin.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = graft_store::Store::open(dir.path().join("store")).unwrap();
+    let graft_store::Lookup::Hit(a) = store.lookup(&s.key()).unwrap() else {
+        panic!("the run is not in the store");
+    };
+    assert_eq!(read_result(&a).unwrap().backend, "tch");
+}
+
+/// A run's files hold no timings: they are in its manifest, and [`read_result`] puts them
+/// back. (That two trainings give one artifact id is `tests/executors.rs`'s, across
+/// processes: tests in one process share the backend's global seed.)
+#[test]
+fn a_runs_timings_live_in_its_manifest_not_its_files() {
+    let dir = setup();
+    let s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
+    let store = graft_store::Store::open(dir.path().join("store")).unwrap();
+    let a = ensure_run(&store, &s, |_, _, _| {}).unwrap();
+    let text = std::fs::read_to_string(a.file(RUN_FILE)).unwrap();
+    for field in [
+        "wall_seconds",
+        "images_per_second",
+        "peak_memory_bytes",
+        "device",
+    ] {
+        assert!(!text.contains(field), "{field} in {text}");
+    }
+    let epochs = EpochRow::read(&a.file(EpochRow::FILE)).unwrap();
+    assert_eq!(epochs.len(), 2);
+    assert!(epochs.iter().all(|e| e.seconds == 0.0), "{epochs:?}");
+    let r = read_result(&a).unwrap();
+    assert!(r.wall_seconds > 0.0 && r.images_per_second.unwrap() > 0.0);
+    assert!(r.peak_memory_bytes.unwrap() > 0);
+    assert_eq!(r.epoch_seconds.len(), 2);
+    assert!(r.epoch_seconds.iter().all(|&t| t > 0.0));
+    assert_eq!(r.device, "cpu");
 }

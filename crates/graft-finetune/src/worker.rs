@@ -234,7 +234,8 @@ fn run_worker(
     (outcome, result)
 }
 
-/// The worker process's `main`: `worker --store S --spec JSON`.
+/// The worker process's `main`: `worker --store S --spec JSON` (or `--spec-file PATH`, as
+/// a Slurm array task runs it).
 pub fn worker_main(args: &[String]) -> Result<(), FinetuneError> {
     let mut store: Option<PathBuf> = None;
     let mut spec: Option<String> = None;
@@ -243,6 +244,15 @@ pub fn worker_main(args: &[String]) -> Result<(), FinetuneError> {
         match a.as_str() {
             "--store" => store = it.next().map(PathBuf::from),
             "--spec" => spec = it.next().cloned(),
+            "--spec-file" => {
+                let Some(path) = it.next() else { break };
+                spec = Some(
+                    std::fs::read_to_string(path).map_err(|e| FinetuneError::Io {
+                        path: path.into(),
+                        source: e,
+                    })?,
+                );
+            }
             other => {
                 return Err(FinetuneError::Spec(format!(
                     "worker: unknown argument {other:?}"
@@ -252,7 +262,7 @@ pub fn worker_main(args: &[String]) -> Result<(), FinetuneError> {
     }
     let (Some(store), Some(spec)) = (store, spec) else {
         return Err(FinetuneError::Spec(
-            "worker: needs --store and --spec".into(),
+            "worker: needs --store and --spec (or --spec-file)".into(),
         ));
     };
     let spec: RunSpec = serde_json::from_str(&spec)
