@@ -301,7 +301,7 @@ fn a_runs_timings_live_in_its_manifest_not_its_files() {
     let dir = setup();
     let s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
     let store = graft_store::Store::open(dir.path().join("store")).unwrap();
-    let a = ensure_run(&store, &s, |_, _, _| {}).unwrap();
+    let (a, _) = ensure_run(&store, &s, |_| {}).unwrap();
     let text = std::fs::read_to_string(a.file(RUN_FILE)).unwrap();
     for field in [
         "wall_seconds",
