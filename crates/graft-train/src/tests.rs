@@ -36,6 +36,15 @@ fn device() -> burn::tensor::Device {
     graft_backend::device("cpu").unwrap()
 }
 
+/// The backend's random state is global: a test that seeds it and draws weights holds this
+/// lock, so tests running in parallel cannot interleave their draws and each sees the same
+/// numbers on every run.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn config(epochs: usize) -> TrainConfig {
     TrainConfig::new(epochs, 3e-3)
         .with_batch(32)
@@ -45,6 +54,7 @@ fn config(epochs: usize) -> TrainConfig {
 
 #[test]
 fn short_training_lowers_the_loss_and_beats_chance() {
+    let _rng = rng_lock();
     let dev = device();
     dev.seed(0);
     let (train, val) = (task("train", 320), task("val", 80));
@@ -91,6 +101,7 @@ fn short_training_lowers_the_loss_and_beats_chance() {
 
 #[test]
 fn same_seed_same_run() {
+    let _rng = rng_lock();
     let dev = device();
     let (train, val) = (task("train", 96), task("val", 32));
     let run = || {
@@ -115,6 +126,7 @@ fn same_seed_same_run() {
 
 #[test]
 fn frozen_parameters_do_not_change() {
+    let _rng = rng_lock();
     let dev = device();
     dev.seed(2);
     let (train, val) = (task("train", 64), task("val", 32));
@@ -148,6 +160,7 @@ fn frozen_parameters_do_not_change() {
 
 #[test]
 fn a_diverging_learning_rate_is_caught() {
+    let _rng = rng_lock();
     let dev = device();
     dev.seed(3);
     let (train, val) = (task("train", 64), task("val", 16));
