@@ -11,8 +11,36 @@ use graft_tables::{ProbeRow, ProposalRow, RunRow};
 use crate::inputs::TaskData;
 use crate::stats::{MeanStd, Spearman, mean_std, spearman};
 
-/// The heuristics drawn as curves against the budget, in legend order.
+/// The built-in budgeted heuristics, in legend order; they lead the legend when present.
 pub const CURVE_HEURISTICS: [&str; 5] = ["gga", "top-k", "first-k", "last-k", "random-k"];
+
+/// Labels of rows that are not a heuristic's proposals: baselines and hand-listed placements.
+const NOT_HEURISTICS: [&str; 2] = ["baseline", "manual"];
+
+/// The heuristics drawn as curves against the budget: the built-in ones of
+/// [`CURVE_HEURISTICS`] that have rows, then (by name) every other heuristic whose adapter
+/// rows span at least two budgets, so a heuristic added elsewhere (a registry line, an
+/// external command stage) gets its curve from the data alone.
+pub fn curve_heuristics(proposals: &[ProposalRow]) -> Vec<String> {
+    let mut budgets: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    for p in proposals.iter().filter(|p| p.method == "adapters") {
+        budgets
+            .entry(p.heuristic.as_str())
+            .or_default()
+            .insert(p.adapters);
+    }
+    let mut out: Vec<String> = CURVE_HEURISTICS
+        .iter()
+        .filter(|h| budgets.contains_key(*h))
+        .map(|h| (*h).to_owned())
+        .collect();
+    for (h, b) in &budgets {
+        if b.len() >= 2 && !CURVE_HEURISTICS.contains(h) && !NOT_HEURISTICS.contains(h) {
+            out.push((*h).to_owned());
+        }
+    }
+    out
+}
 
 /// One run that did not give an accuracy.
 #[derive(Debug, Clone, PartialEq)]
@@ -405,7 +433,7 @@ fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
         }
     }
     let mut out = Vec::new();
-    for h in CURVE_HEURISTICS {
+    for h in curve_heuristics(proposals) {
         // label -> adapters -> (placement ids, params)
         let mut variants: BTreeMap<String, BTreeMap<i64, Budget>> = BTreeMap::new();
         for p in proposals.iter().filter(|p| p.heuristic == h) {
@@ -439,7 +467,7 @@ fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
                 .collect();
             if !points.is_empty() {
                 out.push(Series {
-                    heuristic: h.to_owned(),
+                    heuristic: h.clone(),
                     label,
                     points,
                 });

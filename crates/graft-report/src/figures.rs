@@ -67,8 +67,25 @@ pub fn category_colour(name: &str) -> RGBColor {
         "first-k" => RGBColor(44, 160, 44),
         "last-k" => RGBColor(148, 103, 189),
         "random-k" => RGBColor(127, 127, 127),
-        _ => RGBColor(90, 90, 90),
+        other => extra_colour(other),
     }
+}
+
+/// A colour for a name the table above does not know (a heuristic added elsewhere): one of
+/// a fixed palette, chosen by a hash of the name so it is the same in every figure and run.
+fn extra_colour(name: &str) -> RGBColor {
+    const PALETTE: [RGBColor; 6] = [
+        RGBColor(0, 114, 178),
+        RGBColor(230, 159, 0),
+        RGBColor(0, 158, 115),
+        RGBColor(204, 121, 167),
+        RGBColor(86, 180, 233),
+        RGBColor(213, 94, 0),
+    ];
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    PALETTE[(h % PALETTE.len() as u64) as usize]
 }
 
 /// Viridis, piecewise linear through five anchors; `t` in [0, 1].

@@ -778,3 +778,46 @@ fn report_renders_in_chromium() {
     eprintln!("screenshot: {}", shot.display());
     running.passed();
 }
+
+/// Issue 15: a heuristic the report crate has never heard of (an external command stage's,
+/// or a new registry entry) gets its budget curve from its rows alone, with its own colour.
+#[test]
+fn a_heuristic_unknown_to_the_report_gets_a_budget_curve() {
+    let mut tasks = fixture();
+    let alpha = &mut tasks[0];
+    let extra: Vec<ProposalRow> = alpha
+        .proposals
+        .iter()
+        .filter(|p| p.heuristic == "top-k")
+        .map(|p| ProposalRow {
+            heuristic: "top-per-node".into(),
+            score: None,
+            ..p.clone()
+        })
+        .collect();
+    assert!(extra.len() >= 2);
+    alpha.proposals.extend(extra);
+    let a = analyse(tasks.clone());
+    let curve = a.tasks[0]
+        .series
+        .iter()
+        .find(|s| s.heuristic == "top-per-node")
+        .expect("no curve for top-per-node");
+    assert!(curve.points.len() >= 2, "{curve:?}");
+    // Baselines and single-budget rows (the sweep, parallel-all) stay off the curves.
+    for s in &a.tasks[0].series {
+        assert!(
+            !["single-sweep", "parallel-all", "baseline", "manual"].contains(&s.heuristic.as_str()),
+            "{} drawn as a curve",
+            s.heuristic
+        );
+    }
+    let files = build(tasks, "t").unwrap();
+    let html = file(&files, "report.html");
+    let start = html.find("id=\"figure-3\"").expect("figure 3");
+    let end = start + html[start..].find("</figure>").unwrap();
+    assert!(
+        html[start..end].contains("top-per-node"),
+        "the budget figure has no top-per-node legend entry"
+    );
+}
