@@ -147,3 +147,57 @@ pub fn slot_artifact(store: &Path, slot: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["artifact"].as_str().unwrap().to_owned()
 }
+
+/// A tiny procedural dataset (8 px; 8 train, 4 val, 4 test) prepared into `store`, so the
+/// store holds something a bad-input test must leave unchanged.
+pub fn tiny_prep(store: &Path) {
+    ok(prep(store).args([
+        "-p",
+        "source=procedural",
+        "-p",
+        "image_size=8",
+        "-p",
+        "train=8",
+        "-p",
+        "val=4",
+        "-p",
+        "test=4",
+    ]));
+}
+
+/// Writes `<dir>/<name>.toml`: a small procedural source and target, a one-epoch
+/// `vit-cpu-tiny` pretrain and a fine-tune stage with the linear probe, parallel-all and
+/// `placements` (a TOML array), seed 0, two jobs. Pipeline files of the fine-tune tests.
+pub fn small_finetune_pipeline(dir: &Path, name: &str, placements: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+description = "fine-tune test"
+[stages.src]
+kind = "prep"
+params = {{ source = "procedural", task = "source", image_size = 16, train = 128, val = 32, test = 32 }}
+[stages.tgt]
+kind = "prep"
+params = {{ source = "procedural", task = "textures", image_size = 16, seed = 1, train = 64, val = 32, test = 32 }}
+[stages.pretrain]
+kind = "pretrain"
+inputs = {{ dataset = "src" }}
+params = {{ preset = "vit-cpu-tiny", epochs = 1, batch = 32 }}
+[stages.finetune]
+kind = "finetune"
+inputs = {{ dataset = "tgt", base = "pretrain" }}
+[stages.finetune.params]
+baselines = ["linear-probe", "parallel-all"]
+seeds = [0]
+epochs = 1
+batch = 32
+jobs = 2
+placements = {placements}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}

@@ -11,35 +11,7 @@ use graft_tables::{RunRow, Table};
 use crate::common::*;
 
 fn pipeline(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("ex.toml");
-    std::fs::write(
-        &path,
-        r#"
-description = "executor test"
-[stages.src]
-kind = "prep"
-params = { source = "procedural", task = "source", image_size = 16, train = 128, val = 32, test = 32 }
-[stages.tgt]
-kind = "prep"
-params = { source = "procedural", task = "textures", image_size = 16, seed = 1, train = 64, val = 32, test = 32 }
-[stages.pretrain]
-kind = "pretrain"
-inputs = { dataset = "src" }
-params = { preset = "vit-cpu-tiny", epochs = 1, batch = 32 }
-[stages.finetune]
-kind = "finetune"
-inputs = { dataset = "tgt", base = "pretrain" }
-[stages.finetune.params]
-baselines = ["linear-probe", "parallel-all"]
-seeds = [0]
-epochs = 1
-batch = 32
-jobs = 2
-placements = [{ name = "recurrent", edges = [[4, 1]] }]
-"#,
-    )
-    .unwrap();
-    path
+    small_finetune_pipeline(dir, "ex", r#"[{ name = "recurrent", edges = [[4, 1]] }]"#)
 }
 
 fn runs(store: &Path) -> Vec<(String, String)> {

@@ -8,35 +8,11 @@ use graft_tables::{ProposalRow, RunRow, Table};
 use crate::common::*;
 
 fn pipeline(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("ft.toml");
-    std::fs::write(
-        &path,
-        r#"
-description = "fine-tune test"
-[stages.src]
-kind = "prep"
-params = { source = "procedural", task = "source", image_size = 16, train = 128, val = 32, test = 32 }
-[stages.tgt]
-kind = "prep"
-params = { source = "procedural", task = "textures", image_size = 16, seed = 1, train = 64, val = 32, test = 32 }
-[stages.pretrain]
-kind = "pretrain"
-inputs = { dataset = "src" }
-params = { preset = "vit-cpu-tiny", epochs = 1, batch = 32 }
-[stages.finetune]
-kind = "finetune"
-inputs = { dataset = "tgt", base = "pretrain" }
-[stages.finetune.params]
-baselines = ["linear-probe", "parallel-all"]
-seeds = [0]
-epochs = 1
-batch = 32
-jobs = 2
-placements = [{ name = "long-range", edges = [[0, 3]] }, { name = "recurrent", edges = [[4, 1]] }]
-"#,
+    small_finetune_pipeline(
+        dir,
+        "ft",
+        r#"[{ name = "long-range", edges = [[0, 3]] }, { name = "recurrent", edges = [[4, 1]] }]"#,
     )
-    .unwrap();
-    path
 }
 
 fn artifact_dir(store: &Path) -> std::path::PathBuf {

@@ -119,18 +119,7 @@ fn a_flipped_byte_is_detected_reported_and_rebuilt() {
 fn a_stage_reading_a_corrupt_input_refuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let store_path = dir.path().join("store");
-    ok(prep(&store_path).args([
-        "-p",
-        "source=procedural",
-        "-p",
-        "image_size=8",
-        "-p",
-        "train=8",
-        "-p",
-        "val=4",
-        "-p",
-        "test=4",
-    ]));
+    tiny_prep(&store_path);
     let id = ArtifactId::parse(&slot_artifact(&store_path, "prep")).unwrap();
     let store = Store::open(&store_path).unwrap();
     let file = store.object_dir(&id).join("dataset.json");

@@ -171,18 +171,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn bad_vtab_inputs_name_the_file_and_line_and_leave_the_store_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    ok(prep(&store).args([
-        "-p",
-        "source=procedural",
-        "-p",
-        "image_size=8",
-        "-p",
-        "train=8",
-        "-p",
-        "val=4",
-        "-p",
-        "test=4",
-    ]));
+    tiny_prep(&store);
     let expect = |root: &Path, task: &str, needles: &[&str]| {
         let before = snapshot(&store);
         let o = run(prep(&store).args(vtab_args(root, task)));

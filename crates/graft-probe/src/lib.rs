@@ -459,6 +459,9 @@ fn edge_scores_with(
                 singular_values: sv,
             })
         })
+        .collect::<Vec<_>>()
+        // The first failing edge in row-major order, whatever order the threads ran in.
+        .into_iter()
         .collect()
 }
 
