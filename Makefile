@@ -3,6 +3,7 @@
 #   make test                  flex build + tests, then the tch build's tests
 #   make bench                 benchmarks (pipeline overhead, fine-tune speed against PyTorch,
 #                              SVD libraries); figures go to BENCHMARKS.md by hand
+#   make bench-sweep [TASK=ci]  a pipeline's whole fine-tune sweep, graft against PyTorch
 # PyTorch 2.9.0 (for burn-tch and the reference scripts) is installed by pip into
 # .venv on first use; nothing is downloaded by the programs themselves.
 #   make ... PYTHON=/path/to/python   use that interpreter's PyTorch instead (bring your own:
@@ -28,7 +29,7 @@ ARGS      ?=
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	LD_LIBRARY_PATH="$$($(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$$LD_LIBRARY_PATH"
 
-.PHONY: pipeline status gc test test-flex test-tch bench venv clean-venv chromium slurm-up slurm-down gpu-binaries
+.PHONY: pipeline status gc test test-flex test-tch bench bench-sweep venv clean-venv chromium slurm-up slurm-down gpu-binaries
 
 $(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
@@ -129,6 +130,13 @@ bench: venv
 	bash bench/finetune_speed.sh vit-cpu-small 64 adapters
 	bash bench/finetune_speed.sh vit-cpu-small 64 full
 	$(CARGO) run -q --release -p graft-probe --example svd_bench --features bench-linalg
+
+# A whole fine-tune sweep, graft (tch) against PyTorch + timm on the same runs; TASK=ci
+# unless given (the embedded default's sweep takes much longer).
+bench-sweep: venv
+	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
+	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
+	$(TCH_ENV) bash bench/sweep.sh $(or $(TASK),ci)
 
 clean-venv:
 	rm -rf $(VENV)
