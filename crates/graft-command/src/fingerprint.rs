@@ -167,4 +167,37 @@ mod tests {
         assert!(text.starts_with("program file blake3"), "{text}");
         assert_ne!(c, a);
     }
+
+    /// These hashes are in every command stage's key: pinned, so that a change of encoding
+    /// comes with a stage version bump.
+    #[test]
+    fn script_and_interpreter_fingerprints_are_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("h");
+        std::fs::create_dir_all(d.join("lib/__pycache__")).unwrap();
+        std::fs::write(d.join("main.py"), "import lib\n").unwrap();
+        std::fs::write(d.join("lib.py"), "").unwrap();
+        std::fs::write(d.join("lib/x.py"), "K = 1\n").unwrap();
+        std::fs::write(d.join("lib/__pycache__/x.pyc"), "junk").unwrap();
+        std::fs::write(d.join(".hidden"), "junk").unwrap();
+        let got = [
+            script(&d.join("main.py")).unwrap().to_string(),
+            script(&d).unwrap().to_string(),
+            interpreter(&d.join("lib/x.py"), &[]).unwrap().1,
+        ];
+        assert_eq!(
+            got,
+            [
+                "498496ac962d58f9356b8cfd525547950f1f74ff6cfd1349194b5d16d82b54e2",
+                "2e4ed54b945bbee8adf9c2c70f9e6e0f79a23a3da5de23de360877fb9979e4d5",
+                "program file blake3 207cd6ee95e54c7b8872f52b5e962b5d56d0abac70f4f40d388e96d4a7d5f7c3"
+            ]
+        );
+        let sh = program::resolve("sh").unwrap();
+        let args = ["-c".to_owned(), "echo 'Tool 1.0'".to_owned()];
+        assert_eq!(
+            interpreter(&sh, &args).unwrap().0.as_str(),
+            "dc2559d086110c8f77cc23e68484a73cfbef844fd7a7bdeefb94155e5771fa02"
+        );
+    }
 }

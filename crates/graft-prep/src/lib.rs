@@ -174,6 +174,9 @@ pub fn data_present(params: &PrepParams) -> Result<(), PrepError> {
     }
 }
 
+#[cfg(test)]
+mod fingerprint_tests;
+
 /// Content fingerprint of the files a plan reads: its index files, every sample's id,
 /// label and file content hash, and the class names. Paths on this machine do not enter.
 pub fn fingerprint(plan: &Plan) -> Result<ArtifactId, PrepError> {

@@ -38,12 +38,16 @@ pub struct Manifest {
     pub refs: Vec<ArtifactId>,
 }
 
+/// The domain tag of artifact ids. Artifact ids are in every user's store: they never change,
+/// and `golden/artifact_id.txt` pins them.
+pub(crate) const ARTIFACT_ID_TAG: &[u8] = b"graft-artifact-v1";
+
 /// Artifact id of a file list: blake3 over (name, size, file hash) of each file, sorted by name.
 pub(crate) fn artifact_id(files: &[FileEntry]) -> ArtifactId {
     let mut sorted: Vec<&FileEntry> = files.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut h = blake3::Hasher::new();
-    h.update(b"graft-artifact-v1");
+    h.update(ARTIFACT_ID_TAG);
     h.update(&(sorted.len() as u64).to_le_bytes());
     for f in sorted {
         h.update(&(f.name.len() as u64).to_le_bytes());
