@@ -2,10 +2,11 @@
 //! file, or every file under a directory) and the interpreter's version string. Paths,
 //! mtimes and the location of the checkout never enter.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use graft_store::ArtifactId;
+use graft_store::key::Fingerprint;
 
 use crate::program::{self, Invocation};
 
@@ -15,65 +16,24 @@ fn skipped(name: &str) -> bool {
     name == "__pycache__" || name.ends_with(".pyc") || name.starts_with('.')
 }
 
-fn id(hash: blake3::Hash) -> ArtifactId {
-    ArtifactId::parse(hash.to_hex().as_str()).expect("a blake3 hex digest is a valid id")
-}
-
 /// The content hash of a script file, or of every file under a script directory (by
 /// relative path, sorted; `__pycache__`, `*.pyc` and hidden entries skipped).
 pub fn script(path: &Path) -> Result<ArtifactId, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut h = blake3::Hasher::new();
     if meta.is_file() {
-        h.update(b"graft script file v1\0");
-        hash_file(&mut h, path)?;
-    } else {
-        h.update(b"graft script directory v1\0");
-        let mut files = Vec::new();
-        walk(path, Path::new(""), &mut files)?;
-        files.sort();
-        if files.is_empty() {
-            return Err(format!(
-                "{}: the script directory has no files",
-                path.display()
-            ));
-        }
-        for rel in files {
-            let name = rel.to_string_lossy();
-            h.update(&(name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            hash_file(&mut h, &path.join(&rel))?;
-        }
+        let mut fp = Fingerprint::new(b"graft script file v1\0");
+        fp.file(path).map_err(|e| e.to_string())?;
+        return Ok(fp.finish());
     }
-    Ok(id(h.finalize()))
-}
-
-fn hash_file(h: &mut blake3::Hasher, path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    h.update(&(bytes.len() as u64).to_le_bytes());
-    h.update(&bytes);
-    Ok(())
-}
-
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let dir = root.join(rel);
-    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for e in entries {
-        let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if skipped(&name) {
-            continue;
-        }
-        let path = e.path();
-        let child = rel.join(&name);
-        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.is_dir() {
-            walk(root, &child, out)?;
-        } else {
-            out.push(child);
-        }
+    let mut fp = Fingerprint::new(b"graft script directory v1\0");
+    let files = fp.dir(path, skipped).map_err(|e| e.to_string())?;
+    if files == 0 {
+        return Err(format!(
+            "{}: the script directory has no files",
+            path.display()
+        ));
     }
-    Ok(())
+    Ok(fp.finish())
 }
 
 /// The interpreter's identity: the output of `program version_args...` (trimmed), or, with
@@ -84,11 +44,11 @@ pub fn interpreter(
     version_args: &[String],
 ) -> Result<(ArtifactId, String), String> {
     if version_args.is_empty() {
-        let mut h = blake3::Hasher::new();
-        h.update(b"graft program file v1\0");
-        hash_file(&mut h, program)?;
-        let hash = h.finalize();
-        return Ok((id(hash), format!("program file blake3 {}", hash.to_hex())));
+        let mut fp = Fingerprint::new(b"graft program file v1\0");
+        fp.file(program).map_err(|e| e.to_string())?;
+        let id = fp.finish();
+        let text = format!("program file blake3 {id}");
+        return Ok((id, text));
     }
     let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
     let inv = Invocation {
@@ -101,10 +61,10 @@ pub fn interpreter(
     };
     let finished = program::run(&inv).map_err(|e| format!("version_args: {e}"))?;
     let text = finished.output.trim().to_owned();
-    let mut h = blake3::Hasher::new();
-    h.update(b"graft interpreter version v1\0");
-    h.update(text.as_bytes());
-    Ok((id(h.finalize()), text))
+    let id = Fingerprint::new(b"graft interpreter version v1\0")
+        .raw(text.as_bytes())
+        .finish();
+    Ok((id, text))
 }
 
 #[cfg(test)]

@@ -14,13 +14,13 @@
 //!   publish for themselves alike: [`Store::ensure`] locks the key, looks it up, verifies it,
 //!   moves a corrupt entry to `corrupt/` (its warning names the file), builds and publishes.
 //!   A corrupt artifact is never handed to a reader.
-//!
 //! - Every content hash (a manifest's files, a script, a checkpoint, data read from disk) goes
 //!   through [`key::Fingerprint`] or [`key::hash_file`], so they stream and frame alike.
 //!
 //! Modules: `store` (the entry path: lookup, settle, ensure, verify), `publish`
-//! ([`Publisher`], temp directories), `gc`, `slots`, `lock`, `key` and `fingerprint` (what
-//! goes into keys and ids), `table` (Parquet with pinned writer properties).
+//! ([`Publisher`], temp directories), `gc`, `slots` (records and `.history`), `lock`, `files`
+//! (atomic writes), `key` and `fingerprint` (what goes into keys and ids; `golden` pins their
+//! bytes), `table` (Parquet with pinned writer properties).
 //!
 //! The store knows nothing about tensors or models: it moves files and hashes.
 
