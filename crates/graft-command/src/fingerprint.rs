@@ -2,10 +2,11 @@
 //! file, or every file under a directory) and the interpreter's version string. Paths,
 //! mtimes and the location of the checkout never enter.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use graft_store::ArtifactId;
+use graft_store::key::Fingerprint;
 
 use crate::program::{self, Invocation};
 
@@ -15,65 +16,24 @@ fn skipped(name: &str) -> bool {
     name == "__pycache__" || name.ends_with(".pyc") || name.starts_with('.')
 }
 
-fn id(hash: blake3::Hash) -> ArtifactId {
-    ArtifactId::parse(hash.to_hex().as_str()).expect("a blake3 hex digest is a valid id")
-}
-
 /// The content hash of a script file, or of every file under a script directory (by
 /// relative path, sorted; `__pycache__`, `*.pyc` and hidden entries skipped).
 pub fn script(path: &Path) -> Result<ArtifactId, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut h = blake3::Hasher::new();
     if meta.is_file() {
-        h.update(b"graft script file v1\0");
-        hash_file(&mut h, path)?;
-    } else {
-        h.update(b"graft script directory v1\0");
-        let mut files = Vec::new();
-        walk(path, Path::new(""), &mut files)?;
-        files.sort();
-        if files.is_empty() {
-            return Err(format!(
-                "{}: the script directory has no files",
-                path.display()
-            ));
-        }
-        for rel in files {
-            let name = rel.to_string_lossy();
-            h.update(&(name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            hash_file(&mut h, &path.join(&rel))?;
-        }
+        let mut fp = Fingerprint::new(b"graft script file v1\0");
+        fp.file(path).map_err(|e| e.to_string())?;
+        return Ok(fp.finish());
     }
-    Ok(id(h.finalize()))
-}
-
-fn hash_file(h: &mut blake3::Hasher, path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    h.update(&(bytes.len() as u64).to_le_bytes());
-    h.update(&bytes);
-    Ok(())
-}
-
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let dir = root.join(rel);
-    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for e in entries {
-        let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if skipped(&name) {
-            continue;
-        }
-        let path = e.path();
-        let child = rel.join(&name);
-        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.is_dir() {
-            walk(root, &child, out)?;
-        } else {
-            out.push(child);
-        }
+    let mut fp = Fingerprint::new(b"graft script directory v1\0");
+    let files = fp.dir(path, skipped).map_err(|e| e.to_string())?;
+    if files == 0 {
+        return Err(format!(
+            "{}: the script directory has no files",
+            path.display()
+        ));
     }
-    Ok(())
+    Ok(fp.finish())
 }
 
 /// The interpreter's identity: the output of `program version_args...` (trimmed), or, with
@@ -84,11 +44,11 @@ pub fn interpreter(
     version_args: &[String],
 ) -> Result<(ArtifactId, String), String> {
     if version_args.is_empty() {
-        let mut h = blake3::Hasher::new();
-        h.update(b"graft program file v1\0");
-        hash_file(&mut h, program)?;
-        let hash = h.finalize();
-        return Ok((id(hash), format!("program file blake3 {}", hash.to_hex())));
+        let mut fp = Fingerprint::new(b"graft program file v1\0");
+        fp.file(program).map_err(|e| e.to_string())?;
+        let id = fp.finish();
+        let text = format!("program file blake3 {id}");
+        return Ok((id, text));
     }
     let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
     let inv = Invocation {
@@ -101,10 +61,10 @@ pub fn interpreter(
     };
     let finished = program::run(&inv).map_err(|e| format!("version_args: {e}"))?;
     let text = finished.output.trim().to_owned();
-    let mut h = blake3::Hasher::new();
-    h.update(b"graft interpreter version v1\0");
-    h.update(text.as_bytes());
-    Ok((id(h.finalize()), text))
+    let id = Fingerprint::new(b"graft interpreter version v1\0")
+        .raw(text.as_bytes())
+        .finish();
+    Ok((id, text))
 }
 
 #[cfg(test)]
@@ -166,5 +126,38 @@ mod tests {
         let (c, text) = interpreter(&sh, &[]).unwrap();
         assert!(text.starts_with("program file blake3"), "{text}");
         assert_ne!(c, a);
+    }
+
+    /// These hashes are in every command stage's key: pinned, so that a change of encoding
+    /// comes with a stage version bump.
+    #[test]
+    fn script_and_interpreter_fingerprints_are_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("h");
+        std::fs::create_dir_all(d.join("lib/__pycache__")).unwrap();
+        std::fs::write(d.join("main.py"), "import lib\n").unwrap();
+        std::fs::write(d.join("lib.py"), "").unwrap();
+        std::fs::write(d.join("lib/x.py"), "K = 1\n").unwrap();
+        std::fs::write(d.join("lib/__pycache__/x.pyc"), "junk").unwrap();
+        std::fs::write(d.join(".hidden"), "junk").unwrap();
+        let got = [
+            script(&d.join("main.py")).unwrap().to_string(),
+            script(&d).unwrap().to_string(),
+            interpreter(&d.join("lib/x.py"), &[]).unwrap().1,
+        ];
+        assert_eq!(
+            got,
+            [
+                "498496ac962d58f9356b8cfd525547950f1f74ff6cfd1349194b5d16d82b54e2",
+                "2e4ed54b945bbee8adf9c2c70f9e6e0f79a23a3da5de23de360877fb9979e4d5",
+                "program file blake3 207cd6ee95e54c7b8872f52b5e962b5d56d0abac70f4f40d388e96d4a7d5f7c3"
+            ]
+        );
+        let sh = program::resolve("sh").unwrap();
+        let args = ["-c".to_owned(), "echo 'Tool 1.0'".to_owned()];
+        assert_eq!(
+            interpreter(&sh, &args).unwrap().0.as_str(),
+            "dc2559d086110c8f77cc23e68484a73cfbef844fd7a7bdeefb94155e5771fa02"
+        );
     }
 }

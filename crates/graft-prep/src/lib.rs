@@ -34,6 +34,7 @@ use arrow::array::{BinaryArray, Int32Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use graft_stage::{BoxError, Stage};
+use graft_store::key::{Fingerprint, hash_file};
 use graft_store::{ArtifactId, Publisher};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -174,44 +175,34 @@ pub fn data_present(params: &PrepParams) -> Result<(), PrepError> {
     }
 }
 
+#[cfg(test)]
+mod fingerprint_tests;
+
 /// Content fingerprint of the files a plan reads: its index files, every sample's id,
 /// label and file content hash, and the class names. Paths on this machine do not enter.
 pub fn fingerprint(plan: &Plan) -> Result<ArtifactId, PrepError> {
-    let mut h = blake3::Hasher::new();
-    h.update(b"graft-prep-source-v1");
-    let put = |h: &mut blake3::Hasher, s: &[u8]| {
-        h.update(&(s.len() as u64).to_le_bytes());
-        h.update(s);
-    };
+    let mut fp = Fingerprint::new(b"graft-prep-source-v1");
     for c in &plan.classes {
-        put(&mut h, c.as_bytes());
+        fp.part(c);
     }
     for f in &plan.index_files {
-        let bytes = std::fs::read(f).map_err(PrepError::io(f))?;
-        put(&mut h, &bytes);
+        fp.file(f)?;
     }
     for split in &plan.splits {
-        put(&mut h, split.name.as_bytes());
+        fp.part(split.name);
         let hashes: Vec<[u8; 32]> = split
             .samples
             .par_iter()
             .map(|s| match &s.pixels {
-                Pixels::File(p) => {
-                    let mut fh = blake3::Hasher::new();
-                    let mut f = std::fs::File::open(p).map_err(PrepError::io(p))?;
-                    std::io::copy(&mut f, &mut fh).map_err(PrepError::io(p))?;
-                    Ok(*fh.finalize().as_bytes())
-                }
+                Pixels::File(p) => Ok(*hash_file(p)?.as_bytes()),
                 Pixels::Procedural { .. } => Ok([0; 32]),
             })
             .collect::<Result<_, PrepError>>()?;
         for (s, fh) in split.samples.iter().zip(hashes) {
-            put(&mut h, s.id.as_bytes());
-            h.update(&s.label.to_le_bytes());
-            h.update(&fh);
+            fp.part(&s.id).raw(s.label.to_le_bytes()).raw(fh);
         }
     }
-    Ok(ArtifactId::parse(&h.finalize().to_hex()).expect("blake3 hex is a valid id"))
+    Ok(fp.finish())
 }
 
 /// Decodes (or draws) and resizes every image of `plan` and writes the split tables and

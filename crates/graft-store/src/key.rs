@@ -17,13 +17,17 @@
 //! different field lists encode to the same bytes.
 //!
 //! Never in a key: modification times, absolute paths, clock time, host names, the store's
-//! location. External data (a DTD directory) enters through a fingerprint of its content.
+//! location. External data (a DTD directory, a script, a checkpoint file) enters through a
+//! fingerprint of its content, made with [`Fingerprint`] or [`hash_file`] (re-exported here
+//! from `fingerprint.rs`, whose docs list the bytes of each call).
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use crate::{ArtifactId, StageKey};
+
+pub use crate::fingerprint::{FileHash, Fingerprint, hash_file};
 
 /// Bump when the encoding below changes; every existing key then misses.
 pub const KEY_FORMAT_VERSION: u32 = 1;

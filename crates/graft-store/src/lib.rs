@@ -14,24 +14,40 @@
 //!   publish for themselves alike: [`Store::ensure`] locks the key, looks it up, verifies it,
 //!   moves a corrupt entry to `corrupt/` (its warning names the file), builds and publishes.
 //!   A corrupt artifact is never handed to a reader.
+//! - Every content hash (a manifest's files, a script, a checkpoint, data read from disk) goes
+//!   through [`key::Fingerprint`] or [`key::hash_file`], so they stream and frame alike.
+//!
+//! Modules: `store` (the entry path: lookup, settle, ensure, verify), `publish`
+//! ([`Publisher`], temp directories), `gc`, `slots` (records and `.history`), `lock`, `files`
+//! (atomic writes), `key` and `fingerprint` (what goes into keys and ids; `golden` pins their
+//! bytes), `table` (Parquet with pinned writer properties).
 //!
 //! The store knows nothing about tensors or models: it moves files and hashes.
 
 mod error;
+mod files;
+mod fingerprint;
+mod gc;
+#[cfg(test)]
+mod golden;
 mod id;
 pub mod key;
+mod lock;
 mod manifest;
+mod publish;
+mod slots;
 mod store;
 pub mod table;
 
 pub use error::StoreError;
+pub use gc::{GcEntry, GcPlan};
 pub use id::{ArtifactId, StageKey};
-pub use key::{KEY_FORMAT_VERSION, KeyInput};
+pub use key::{FileHash, Fingerprint, KEY_FORMAT_VERSION, KeyInput, hash_file};
+pub use lock::KeyLock;
 pub use manifest::{FileEntry, MANIFEST_FILE, Manifest};
-pub use store::{
-    Artifact, Before, Corruption, Ensured, GcEntry, GcPlan, KeyLock, Lookup, PublishInfo,
-    Publisher, SlotRecord, Store, VerifyError,
-};
+pub use publish::{PublishInfo, Publisher};
+pub use slots::SlotRecord;
+pub use store::{Artifact, Before, Corruption, Ensured, Lookup, Store, VerifyError};
 
 /// Version of the program that wrote an artifact, recorded in every manifest.
 pub const PROGRAM_VERSION: &str = env!("CARGO_PKG_VERSION");

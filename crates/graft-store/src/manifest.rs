@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ArtifactId, StageKey};
+use crate::{ArtifactId, Fingerprint, StageKey};
 
 /// Name of the manifest inside an artifact directory. It is written last.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -38,18 +38,18 @@ pub struct Manifest {
     pub refs: Vec<ArtifactId>,
 }
 
+/// The domain tag of artifact ids. Artifact ids are in every user's store: they never change,
+/// and `golden/artifact_id.txt` pins them.
+pub(crate) const ARTIFACT_ID_TAG: &[u8] = b"graft-artifact-v1";
+
 /// Artifact id of a file list: blake3 over (name, size, file hash) of each file, sorted by name.
 pub(crate) fn artifact_id(files: &[FileEntry]) -> ArtifactId {
     let mut sorted: Vec<&FileEntry> = files.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut h = blake3::Hasher::new();
-    h.update(b"graft-artifact-v1");
-    h.update(&(sorted.len() as u64).to_le_bytes());
+    let mut fp = Fingerprint::new(ARTIFACT_ID_TAG);
+    fp.u64(sorted.len() as u64);
     for f in sorted {
-        h.update(&(f.name.len() as u64).to_le_bytes());
-        h.update(f.name.as_bytes());
-        h.update(&f.size.to_le_bytes());
-        h.update(f.blake3.as_bytes());
+        fp.part(&f.name).u64(f.size).raw(&f.blake3);
     }
-    ArtifactId::from_hash(h.finalize())
+    fp.finish()
 }

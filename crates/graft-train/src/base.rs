@@ -57,11 +57,9 @@ pub fn resolve_base(
 
 /// blake3 of a file's content: the key input of an external checkpoint.
 pub fn file_fingerprint(path: &Path) -> Result<ArtifactId, String> {
-    let mut h = blake3::Hasher::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::copy(&mut f, &mut h))
-        .map_err(|e| format!("checkpoint {}: {e}", path.display()))?;
-    ArtifactId::parse(h.finalize().to_hex().as_str()).map_err(|e| e.to_string())
+    graft_store::hash_file(path)
+        .map(|h| h.id())
+        .map_err(|e| format!("checkpoint {e}"))
 }
 
 /// Checks the `preset` and `checkpoint` parameters of a stage that takes a base model.
