@@ -5,7 +5,10 @@
 //! `val` for exactly `epochs` and reports the last epoch's `test`).
 //!
 //! Principal types: [`Finetune`] (the [`Stage`]), [`FinetuneParams`], [`run::RunSpec`] (one
-//! placement and seed, the cache unit) and [`worker`] (the process fan-out).
+//! placement and seed, the cache unit) and [`worker`] (the process fan-out). The stage's
+//! `run` is three steps: [`plan`] (proposal rows, manual placements, baselines and seeds to
+//! run specs; pure), [`dispatch`] (the store, then local workers or Slurm for what it lacks)
+//! and [`collect`] (the tables, `summary.json`), then the console table.
 //!
 //! Decisions behind the shape:
 //! - Each run is its own artifact in the store (stage `finetune-run`, keyed by the
@@ -22,6 +25,9 @@
 //!   others go on. A worker that fails otherwise (out of memory, killed) fails the stage
 //!   after the others finish; their runs stay cached.
 
+pub mod collect;
+pub mod dispatch;
+pub mod plan;
 pub mod run;
 pub mod slurm;
 pub mod worker;
@@ -33,12 +39,12 @@ use graft_graph::{Edge, Graph, Placement};
 use graft_model::{AdapterAct, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, Publisher};
-use graft_tables::{EpochRow, ProposalRow, RunRow, Table, edge_rows};
+use graft_tables::{ProposalRow, RunRow, Table};
+use graft_train::TrainProtocol;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use run::ProtocolKind;
-use run::{Method, Protocol, RunResult, RunSpec};
 
 /// Errors of the fine-tune library; each names its file or field.
 #[derive(Debug, thiserror::Error)]
@@ -107,19 +113,13 @@ pub struct FinetuneParams {
     /// for exactly `epochs`, test the last epoch): recorded in every run's row.
     #[serde(default)]
     pub protocol: ProtocolKind,
-    #[serde(default = "default_epochs")]
-    pub epochs: usize,
-    #[serde(default = "default_lr")]
-    pub lr: f64,
+    /// `epochs`, `lr`, `batch`, `weight_decay`, `warmup_epochs`, with the protocol's
+    /// defaults.
+    #[serde(flatten)]
+    pub train: TrainProtocol,
     /// Learning rate of full fine-tuning.
     #[serde(default = "default_full_lr")]
     pub full_lr: f64,
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    #[serde(default = "default_wd")]
-    pub weight_decay: f64,
-    #[serde(default = "default_warmup")]
-    pub warmup_epochs: f64,
     /// Adapter bottleneck r.
     #[serde(default = "default_bottleneck")]
     pub bottleneck: usize,
@@ -171,23 +171,8 @@ fn default_baselines() -> Vec<String> {
 fn default_seeds() -> Vec<u64> {
     vec![0]
 }
-fn default_epochs() -> usize {
-    10
-}
-fn default_lr() -> f64 {
-    1e-3
-}
 fn default_full_lr() -> f64 {
     1e-4
-}
-fn default_batch() -> usize {
-    64
-}
-fn default_wd() -> f64 {
-    1e-4
-}
-fn default_warmup() -> f64 {
-    1.0
 }
 fn default_bottleneck() -> usize {
     8
@@ -237,10 +222,10 @@ impl Stage for Finetune {
         if p.seeds.is_empty() {
             return Err("seeds must list at least one seed".into());
         }
-        if p.epochs == 0 || p.batch == 0 || p.jobs == 0 || p.bottleneck == 0 {
+        if p.train.epochs == 0 || p.train.batch == 0 || p.jobs == 0 || p.bottleneck == 0 {
             return Err("epochs, batch, jobs and bottleneck must be at least 1".into());
         }
-        for (name, v) in [("lr", p.lr), ("full_lr", p.full_lr)] {
+        for (name, v) in [("lr", p.train.lr), ("full_lr", p.full_lr)] {
             if !(v > 0.0 && v.is_finite()) {
                 return Err(format!("{name} = {v} must be a positive number").into());
             }
@@ -330,287 +315,35 @@ impl Stage for Finetune {
             )
             .into());
         }
-        let graph = config.graph();
-        let dims = config.dims();
-        let r = p.bottleneck;
-
-        // What to train: proposal rows, then manual placements, then baselines.
-        let mut rows: Vec<ProposalRow> = Vec::new();
-        if p.proposals {
-            let path = inputs["proposals"].file(ProposalRow::FILE);
-            for row in ProposalRow::read(&path)? {
-                let placement = graft_tables::placement(graph, &row.edges).map_err(|e| {
-                    format!("{}: placement {}: {e}", path.display(), row.placement_id)
-                })?;
-                if row.method == "adapters" && placement.id() != row.placement_id {
-                    return Err(format!(
-                        "{}: placement_id {} does not match its edges (expected {})",
-                        path.display(),
-                        row.placement_id,
-                        placement.id()
-                    )
-                    .into());
-                }
-                rows.push(row);
-            }
-        }
-        let adapter_row = |heuristic: &str, placement: &Placement| ProposalRow {
-            placement_id: placement.id(),
-            heuristic: heuristic.to_owned(),
-            score: None,
-            gamma: None,
-            budget: placement.len() as i64,
-            draw: 0,
-            method: "adapters".into(),
-            edges: edge_rows(placement),
-            adapters: placement.len() as i64,
-            trainable_params: dims.adapter_tuning_params(placement.len(), r) as i64,
-            forward_flops: graft_graph::forward_flops(&dims, placement, r) as i64,
+        let proposals_path = p
+            .proposals
+            .then(|| inputs["proposals"].file(ProposalRow::FILE));
+        let proposals = match &proposals_path {
+            Some(path) => Some((path.as_path(), ProposalRow::read(path)?)),
+            None => None,
         };
-        for placement in manual_placements(p, graph)? {
-            rows.push(adapter_row("manual", &placement));
-        }
-        for b in &p.baselines {
-            let row = match b.as_str() {
-                "parallel-all" => adapter_row("parallel-all", &graph.parallel_all()),
-                "random-init" => ProposalRow {
-                    placement_id: format!("random-init-{}", graph.parallel_all().id()),
-                    method: Method::AdaptersRandomInit.name().into(),
-                    heuristic: "baseline".into(),
-                    ..adapter_row("baseline", &graph.parallel_all())
-                },
-                m => ProposalRow {
-                    placement_id: m.to_owned(),
-                    heuristic: "baseline".into(),
-                    score: None,
-                    gamma: None,
-                    budget: 0,
-                    draw: 0,
-                    method: m.to_owned(),
-                    edges: vec![],
-                    adapters: 0,
-                    trainable_params: 0,
-                    forward_flops: graft_graph::forward_flops(&dims, &Placement::empty(), r) as i64,
-                },
-            };
-            rows.push(row);
-        }
-
-        // One run per distinct placement id and seed.
-        let protocol = |lr: f64| Protocol {
-            kind: p.protocol,
-            epochs: p.epochs,
-            lr,
-            batch: p.batch,
-            weight_decay: p.weight_decay,
-            warmup_epochs: p.warmup_epochs,
-            bottleneck: p.bottleneck,
-            adapter_act: p.adapter_act,
-            adapter_scale: p.adapter_scale,
+        let mut rows = plan::rows_to_train(p, config.graph(), &config.dims(), proposals)?;
+        let ctx = plan::RunContext {
+            preset: preset.clone(),
+            dataset: dataset.id().clone(),
+            dataset_dir: dataset.dir().to_path_buf(),
+            base: base_id.clone(),
+            base_path,
         };
-        let mut seen = BTreeSet::new();
-        let mut specs = Vec::new();
-        for row in &rows {
-            if !seen.insert(row.placement_id.clone()) {
-                continue;
-            }
-            let method = match row.method.as_str() {
-                "adapters" => Method::Adapters,
-                "linear-probe" => Method::LinearProbe,
-                "full" => Method::Full,
-                "adapters-random-init" => Method::AdaptersRandomInit,
-                m => {
-                    return Err(
-                        format!("placement {}: unknown method {m:?}", row.placement_id).into(),
-                    );
-                }
-            };
-            let lr = if method == Method::Full {
-                p.full_lr
-            } else {
-                p.lr
-            };
-            for &seed in &p.seeds {
-                specs.push(RunSpec {
-                    placement_id: row.placement_id.clone(),
-                    method,
-                    edges: row.edges.iter().map(|e| e.edge()).collect(),
-                    seed,
-                    preset: preset.clone(),
-                    protocol: protocol(lr),
-                    dataset: dataset.id().clone(),
-                    base: base_id.clone(),
-                    base_path: base_path.clone(),
-                    dataset_dir: dataset.dir().to_path_buf(),
-                    device: p.device.clone(),
-                });
-            }
-        }
+        let plan::RunPlan { specs, placements } = plan::run_specs(p, &rows, &ctx)?;
 
-        // Cached runs are read; the rest train in workers.
-        let store = out.store();
-        let mut found: Vec<Option<Artifact>> = Vec::with_capacity(specs.len());
-        let mut todo = Vec::new();
-        for (k, spec) in specs.iter().enumerate() {
-            // The same corrupt-entry path as every lookup: warned, moved aside, retrained.
-            match store.settle(&spec.key())? {
-                graft_store::Lookup::Hit(a) => found.push(Some(a)),
-                other => {
-                    if let graft_store::Lookup::Corrupt(c) = other {
-                        eprintln!("warning: {c}");
-                    }
-                    found.push(None);
-                    todo.push(k);
-                }
-            }
-        }
-        let cached = specs.len() - todo.len();
-        let workers = p.jobs.min(todo.len().max(1));
-        let how = match p.executor.as_str() {
-            "slurm" => "as a Slurm job array".to_owned(),
-            _ => format!(
-                "with {workers} worker{}",
-                if workers == 1 { "" } else { "s" }
-            ),
-        };
-        eprintln!(
-            "finetune: {} runs ({} placements x {} seeds): {cached} cached, {} to train {how} on {}",
-            specs.len(),
-            seen.len(),
-            p.seeds.len(),
-            todo.len(),
-            p.device
-        );
-        let mut failures = Vec::new();
-        if !todo.is_empty() {
-            let exe = std::env::current_exe()?;
-            let todo_specs: Vec<RunSpec> = todo.iter().map(|&k| specs[k].clone()).collect();
-            let outcomes = match p.executor.as_str() {
-                "slurm" => slurm::run_array(&exe, store, &todo_specs, &slurm_options(p))?,
-                _ => worker::run_all(&exe, store.root(), &todo_specs, p.jobs),
-            };
-            for (k, outcome) in todo.iter().zip(outcomes) {
-                match outcome {
-                    worker::Outcome::Published(id) => found[*k] = Some(store.artifact(&id)?),
-                    worker::Outcome::Failed(msg) => failures.push((*k, msg)),
-                }
-            }
-        }
+        let dispatched = dispatch::dispatch(p, out.store(), &specs, placements)?;
 
-        // Tables.
-        let mut run_rows = Vec::new();
-        let mut epoch_rows = Vec::new();
-        let mut results: BTreeMap<String, RunResult> = BTreeMap::new();
-        for (k, spec) in specs.iter().enumerate() {
-            let failed = failures
-                .iter()
-                .find(|(f, _)| *f == k)
-                .map(|(_, m)| m.clone());
-            let (result, artifact) = match (&found[k], failed) {
-                (Some(a), _) => (run::read_result(a)?, Some(a)),
-                (None, msg) => (
-                    RunResult {
-                        status: "failed".into(),
-                        error: Some(msg.unwrap_or_else(|| "not run".into())),
-                        best_epoch: None,
-                        val_accuracy: None,
-                        test_accuracy: None,
-                        train_loss: None,
-                        trainable_params: 0,
-                        all_params: 0,
-                        forward_flops: 0,
-                        wall_seconds: 0.0,
-                        images_per_second: None,
-                        peak_memory_bytes: None,
-                        backend: graft_backend::backend_name().into(),
-                        device: spec.device.clone(),
-                        weights: false,
-                        epoch_seconds: Vec::new(),
-                    },
-                    None,
-                ),
-            };
-            let mut weights_file = None;
-            if let Some(a) = artifact {
-                out.refer(a.id());
-                for (k, mut e) in EpochRow::read(&a.file(EpochRow::FILE))?
-                    .into_iter()
-                    .enumerate()
-                {
-                    e.placement_id = spec.placement_id.clone();
-                    e.seconds = result.epoch_seconds.get(k).copied().unwrap_or(0.0);
-                    epoch_rows.push(e);
-                }
-                if result.weights {
-                    let name = format!(
-                        "adapters-{}-seed{}.safetensors",
-                        spec.placement_id, spec.seed
-                    );
-                    let from = a.file(run::WEIGHTS_FILE);
-                    std::fs::copy(&from, out.file(&name))
-                        .map_err(|e| format!("{}: {e}", from.display()))?;
-                    weights_file = Some(name);
-                }
-            }
-            run_rows.push(RunRow {
-                placement_id: spec.placement_id.clone(),
-                method: spec.method.name().into(),
-                protocol: Some(spec.protocol.kind.name().into()),
-                seed: spec.seed as i64,
-                edges: spec.edges.iter().map(|&e| e.into()).collect(),
-                adapters: spec.edges.len() as i64,
-                trainable_params: result.trainable_params as i64,
-                forward_flops: result.forward_flops as i64,
-                status: result.status.clone(),
-                error: result.error.clone(),
-                best_epoch: result.best_epoch.map(|e| e as i64),
-                val_accuracy: result.val_accuracy,
-                test_accuracy: result.test_accuracy,
-                train_loss: result.train_loss,
-                wall_seconds: result.wall_seconds,
-                images_per_second: result.images_per_second,
-                peak_memory_bytes: result.peak_memory_bytes.map(|b| b as i64),
-                backend: result.backend.clone(),
-                device: result.device.clone(),
-                run_artifact: artifact.map(|a| a.id().to_string()).unwrap_or_default(),
-                weights_file,
-            });
-            if result.status != "failed" {
-                results.entry(spec.placement_id.clone()).or_insert(result);
-            }
-        }
-        // Proposal rows carry the measured counts of what was trained.
-        for row in &mut rows {
-            if let Some(r) = results.get(&row.placement_id) {
-                row.trainable_params = r.trainable_params as i64;
-                row.forward_flops = r.forward_flops as i64;
-            }
-        }
-        RunRow::write(&out.file(RunRow::FILE), &run_rows)?;
-        EpochRow::write(&out.file(EpochRow::FILE), &epoch_rows)?;
-        ProposalRow::write(&out.file(ProposalRow::FILE), &rows)?;
-        let summary = json!({
-            "task": dataset.manifest().params.get("task").cloned().unwrap_or(Value::Null),
-            "preprocessing": dataset_preprocessing(dataset),
-            "backend": graft_backend::backend_name(),
-            "device": p.device,
-            "seeds": p.seeds,
-            "program_version": graft_store::PROGRAM_VERSION,
-            "base": base_id.to_string(),
-            "preset": preset,
-            "classes": info.classes.len(),
-            "train": {
-                "protocol": p.protocol.name(),
-                "epochs": p.epochs, "lr": p.lr, "full_lr": p.full_lr, "batch": p.batch,
-                "weight_decay": p.weight_decay, "warmup_epochs": p.warmup_epochs,
-                "bottleneck": p.bottleneck,
-            },
-        });
-        std::fs::write(
-            out.file("summary.json"),
-            serde_json::to_string_pretty(&summary)? + "\n",
-        )?;
+        let run_rows = collect::write_tables(out, &specs, &dispatched, &mut rows)?;
+        let task = dataset
+            .manifest()
+            .params
+            .get("task")
+            .and_then(|t| t.as_str())
+            .map(str::to_owned);
+        collect::summary(p, task, &info, &base_id, &preset).write(out.dir())?;
         eprint!("{}", results_table(&rows, &run_rows));
+        let failures = &dispatched.failures;
         if !failures.is_empty() {
             let msgs: Vec<String> = failures
                 .iter()
@@ -627,10 +360,10 @@ impl Stage for Finetune {
         let diverged = run_rows.iter().filter(|r| r.status == "diverged").count();
         Ok([
             ("runs".to_owned(), json!(specs.len())),
-            ("trained".to_owned(), json!(todo.len())),
-            ("cached".to_owned(), json!(cached)),
+            ("trained".to_owned(), json!(dispatched.trained)),
+            ("cached".to_owned(), json!(dispatched.cached)),
             ("diverged".to_owned(), json!(diverged)),
-            ("placements".to_owned(), json!(seen.len())),
+            ("placements".to_owned(), json!(placements)),
             ("backend".to_owned(), json!(graft_backend::backend_name())),
             ("device".to_owned(), json!(p.device)),
         ]
@@ -638,7 +371,7 @@ impl Stage for Finetune {
     }
 }
 
-fn slurm_options(p: &FinetuneParams) -> slurm::SlurmOptions {
+pub(crate) fn slurm_options(p: &FinetuneParams) -> slurm::SlurmOptions {
     slurm::SlurmOptions {
         partition: p.slurm_partition.clone(),
         time: p.slurm_time.clone(),
@@ -670,14 +403,6 @@ fn manual_placements(p: &FinetuneParams, graph: Graph) -> Result<Vec<Placement>,
             })
         })
         .collect()
-}
-
-fn dataset_preprocessing(dataset: &Artifact) -> Value {
-    std::fs::read_to_string(dataset.file("dataset.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v.get("preprocessing").cloned())
-        .unwrap_or(Value::Null)
 }
 
 /// Mean and (sample) standard deviation.

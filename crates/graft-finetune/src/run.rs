@@ -15,7 +15,7 @@ use graft_graph::{Edge, Placement};
 use graft_model::{AdapterAct, AdapterConfig, Trainable, VitConfig};
 use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, StageKey, Store};
 use graft_tables::{EpochRow, Table};
-use graft_train::{DatasetInfo, Progress, Split, TrainConfig, TrainError};
+use graft_train::{DatasetInfo, Progress, Split, TrainConfig, TrainError, TrainProtocol};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -96,11 +96,10 @@ impl ProtocolKind {
 pub struct Protocol {
     #[serde(default, skip_serializing_if = "ProtocolKind::is_select")]
     pub kind: ProtocolKind,
-    pub epochs: usize,
-    pub lr: f64,
-    pub batch: usize,
-    pub weight_decay: f64,
-    pub warmup_epochs: f64,
+    /// The stage's protocol, `lr` being `full_lr` for full fine-tuning; flattened, so the
+    /// run's key holds `epochs`, `lr`, ... beside `bottleneck` as it always did.
+    #[serde(flatten)]
+    pub train: TrainProtocol,
     pub bottleneck: usize,
     pub adapter_act: AdapterAct,
     pub adapter_scale: f64,
@@ -294,11 +293,7 @@ pub fn train_run(
     let count = model.param_count();
     let forward_flops = model.forward_flops();
     let p = &spec.protocol;
-    let tc = TrainConfig::new(p.epochs, p.lr)
-        .with_batch(p.batch)
-        .with_weight_decay(p.weight_decay)
-        .with_warmup_epochs(p.warmup_epochs)
-        .with_seed(spec.seed);
+    let tc = TrainConfig::from(&p.train).with_seed(spec.seed);
     let base = RunResult {
         status: "ok".into(),
         error: None,
@@ -338,7 +333,7 @@ pub fn train_run(
         }
         Err(e) => return Err(e.into()),
     };
-    let test_accuracy = graft_train::evaluate(&fit.model, &test, pre, &device, p.batch);
+    let test_accuracy = graft_train::evaluate(&fit.model, &test, pre, &device, p.train.batch);
     let rows: Vec<EpochRow> = fit
         .history
         .iter()

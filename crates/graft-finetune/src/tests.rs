@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use graft_model::VitConfig;
+use graft_tables::EpochRow;
 use graft_train::{DatasetInfo, Split};
 
 use super::run::*;
@@ -37,11 +38,13 @@ fn spec(dir: &Path, method: Method, edges: Vec<Edge>, lr: f64) -> RunSpec {
         preset: "vit-cpu-tiny".into(),
         protocol: Protocol {
             kind: ProtocolKind::Select,
-            epochs: 2,
-            lr,
-            batch: 32,
-            weight_decay: 1e-4,
-            warmup_epochs: 0.5,
+            train: graft_train::TrainProtocol {
+                epochs: 2,
+                lr,
+                batch: 32,
+                weight_decay: 1e-4,
+                warmup_epochs: 0.5,
+            },
             bottleneck: 4,
             adapter_act: AdapterAct::Gelu,
             adapter_scale: 1.0,
@@ -100,7 +103,7 @@ fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
     let dir = setup();
     let mut s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
     s.protocol.kind = ProtocolKind::Final;
-    s.protocol.epochs = 3;
+    s.protocol.train.epochs = 3;
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
     let mut total = 0;
@@ -186,12 +189,20 @@ fn run_keys_follow_what_is_trained_not_where() {
     changed(&|c| c.seed = 4);
     changed(&|c| c.edges = vec![Edge::new(1, 2)]);
     changed(&|c| c.method = Method::AdaptersRandomInit);
-    changed(&|c| c.protocol.lr = 2e-3);
+    changed(&|c| c.protocol.train.lr = 2e-3);
     changed(&|c| c.protocol.bottleneck = 16);
     changed(&|c| c.protocol.kind = ProtocolKind::Final);
     // `select` stays out of the key, so runs trained before `protocol` existed (all of them
     // `select`) keep their keys.
     assert!(a.key_params()["protocol"].get("kind").is_none());
+    // The protocol enters the key as the flat object it always was.
+    assert_eq!(
+        a.key_params()["protocol"],
+        serde_json::json!({
+            "epochs": 2, "lr": 1e-3, "batch": 32, "weight_decay": 1e-4, "warmup_epochs": 0.5,
+            "bottleneck": 4, "adapter_act": "gelu", "adapter_scale": 1.0
+        })
+    );
     changed(&|c| c.dataset = ArtifactId::parse(&"c".repeat(64)).unwrap());
     changed(&|c| c.base = ArtifactId::parse(&"d".repeat(64)).unwrap());
 }

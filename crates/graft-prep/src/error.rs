@@ -45,6 +45,8 @@ pub enum PrepError {
     },
     #[error(transparent)]
     Store(#[from] graft_store::StoreError),
+    #[error(transparent)]
+    Table(#[from] graft_tables::TableError),
 }
 
 impl PrepError {

@@ -7,19 +7,12 @@
 //! decodes or draws every image in parallel (rayon), resizes it with the `image` crate and
 //! writes the tables.
 //!
-//! Table columns (`train.parquet`, `val.parquet`, `test.parquet`):
-//!
-//! | column | type | meaning |
-//! |---|---|---|
-//! | `id` | utf8 | DTD: `class/file.jpg`; VTAB-1k: the listed path; image folder: `class/file`; procedural: `split/index` |
-//! | `label` | int32 | index into the sorted class names |
-//! | `label_name` | utf8 | class name |
-//! | `image` | binary | `image_size * image_size * 3` bytes, uint8, HWC, RGB |
-//!
-//! `dataset.json` in the same artifact records the classes, the split sizes, the
-//! preprocessing (size, interpolation, mean, std) that later stages apply and, for data read
-//! from disk, the `draw`: its seed and, per split, the list it came from, how many that list
-//! holds and the ids chosen.
+//! The tables (`train.parquet`, `val.parquet`, `test.parquet`) and `dataset.json` are
+//! defined in `graft_tables` (`split_schema`, `DatasetInfo`), which the stages that read
+//! them use too. `dataset.json` records the classes, the split sizes, the preprocessing
+//! (size, interpolation, mean, std) that later stages apply and, for data read from disk,
+//! the `draw`: its seed and, per split, the list it came from, how many that list holds and
+//! the ids chosen.
 
 mod error;
 mod params;
@@ -28,14 +21,11 @@ pub mod sources;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{BinaryArray, Int32Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
 use graft_stage::{BoxError, Stage};
 use graft_store::key::{Fingerprint, hash_file};
 use graft_store::{ArtifactId, Publisher};
+use graft_tables::{DatasetInfo, Draw, DrawSplit, Preprocessing, SplitColumns};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::{Value, json};
@@ -49,16 +39,6 @@ pub const DTD_DIR_ENV: &str = "DTD_DIR";
 /// Name of the environment variable that locates the VTAB-1k task folders when `path` is
 /// not given.
 pub const VTAB_DIR_ENV: &str = "VTAB_DIR";
-
-/// The table schema shared by every split.
-pub fn schema() -> Arc<Schema> {
-    Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("label", DataType::Int32, false),
-        Field::new("label_name", DataType::Utf8, false),
-        Field::new("image", DataType::Binary, false),
-    ]))
-}
 
 /// The stage.
 pub struct Prep;
@@ -252,79 +232,75 @@ pub fn write_dataset(
             .map(|s| plan.classes[s.label as usize].as_str())
             .collect();
         let images: Vec<&[u8]> = pixels.iter().map(Vec::as_slice).collect();
-        let path = dir.join(format!("{}.parquet", split.name));
-        let batch = RecordBatch::try_new(
-            schema(),
-            vec![
-                Arc::new(StringArray::from(ids)),
-                Arc::new(Int32Array::from(labels)),
-                Arc::new(StringArray::from(names)),
-                Arc::new(BinaryArray::from(images)),
-            ],
-        )
-        .map_err(|source| graft_store::StoreError::Arrow {
-            path: path.clone(),
-            source,
-        })?;
-        let meta: BTreeMap<String, String> =
-            [("graft.image_shape".to_owned(), format!("{size},{size},3"))].into();
-        graft_store::table::write_parquet(&path, schema(), &[batch], &meta)?;
-        counts.insert(split.name.to_owned(), json!(split.samples.len()));
+        let path = dir.join(graft_tables::split_file(split.name));
+        let columns = SplitColumns {
+            ids,
+            labels,
+            label_names: names,
+            images,
+        };
+        graft_tables::write_split(&path, columns, size as usize)?;
+        counts.insert(split.name.to_owned(), split.samples.len() as u64);
     }
     bar.finish_and_clear();
 
-    let preprocessing = json!({
-        "image_size": size,
-        "channels": 3,
-        "layout": "HWC",
-        "dtype": "uint8",
-        "interpolation": params.interpolation,
-        "mean": params.mean,
-        "std": params.std,
-    });
+    let preprocessing = Preprocessing {
+        image_size: size as usize,
+        channels: 3,
+        layout: "HWC".into(),
+        dtype: "uint8".into(),
+        interpolation: serde_name(&params.interpolation),
+        mean: params.mean,
+        std: params.std,
+    };
     // A VTAB-1k task's name is not part of the key, so it is not part of the artifact.
     let task = match params.source {
         SourceKind::Vtab1k => None,
-        _ => params.task.as_deref(),
+        _ => params.task.clone(),
     };
-    let mut description = json!({
-        "source": params.source,
-        "task": task,
-        "classes": plan.classes,
-        "splits": counts,
-        "preprocessing": preprocessing,
-    });
-    if !plan.draws.is_empty() {
-        let splits: serde_json::Map<String, Value> = plan
+    let draw = (!plan.draws.is_empty()).then(|| Draw {
+        method: "class-stratified".into(),
+        seed: params.seed,
+        splits: plan
             .draws
             .iter()
             .map(|d| {
                 let split = plan.splits.iter().find(|s| s.name == d.split);
-                let ids: Vec<&str> = split
-                    .map(|s| s.samples.iter().map(|x| x.id.as_str()).collect())
+                let chosen = split
+                    .map(|s| s.samples.iter().map(|x| x.id.clone()).collect())
                     .unwrap_or_default();
-                let entry = json!({ "from": d.from, "listed": d.listed, "chosen": ids });
+                let entry = DrawSplit {
+                    from: d.from.clone(),
+                    listed: d.listed as u64,
+                    chosen,
+                };
                 (d.split.to_owned(), entry)
             })
-            .collect();
-        description["draw"] = json!({
-            "method": "class-stratified",
-            "seed": params.seed,
-            "splits": splits,
-        });
-    }
-    let desc_path = dir.join("dataset.json");
-    let text = serde_json::to_string_pretty(&description).unwrap_or_default();
-    std::fs::write(&desc_path, text + "\n").map_err(PrepError::io(&desc_path))?;
+            .collect(),
+    });
+    let description = DatasetInfo {
+        source: serde_name(&params.source),
+        task,
+        classes: plan.classes.clone(),
+        splits: counts.clone(),
+        preprocessing: preprocessing.clone(),
+        draw,
+    };
+    description.write(dir)?;
     Ok([
-        ("preprocessing".to_owned(), preprocessing),
+        ("preprocessing".to_owned(), json!(preprocessing)),
         ("classes".to_owned(), json!(plan.classes.len())),
-        (
-            "splits".to_owned(),
-            Value::Object(counts.into_iter().collect()),
-        ),
+        ("splits".to_owned(), json!(counts)),
     ]
     .into())
+}
+
+/// The name serde gives a unit variant (`bilinear`, `vtab-1k`), as `dataset.json` records it.
+fn serde_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
 }
 
 /// One image as `size * size * 3` RGB bytes.

@@ -14,7 +14,7 @@ use arrow::record_batch::RecordBatch;
 use graft_model::{Trainable, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, Publisher};
-use graft_train::{DatasetInfo, Progress, Split, TrainConfig, progress};
+use graft_train::{DatasetInfo, Progress, Split, TrainConfig, TrainProtocol, progress};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -26,16 +26,10 @@ pub struct PretrainParams {
     /// A preset of `graft_model::PRESETS`.
     #[serde(default = "default_preset")]
     pub preset: String,
-    #[serde(default = "default_epochs")]
-    pub epochs: usize,
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    #[serde(default = "default_wd")]
-    pub weight_decay: f64,
-    #[serde(default = "default_warmup")]
-    pub warmup_epochs: f64,
+    /// `epochs`, `lr`, `batch`, `weight_decay`, `warmup_epochs`, with the protocol's
+    /// defaults (set `weight_decay = 0.05` to train from scratch as DeiT does).
+    #[serde(flatten)]
+    pub train: TrainProtocol,
     #[serde(default)]
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:k`: where it runs, not what it computes (left out of the key).
@@ -46,21 +40,6 @@ pub struct PretrainParams {
 fn default_preset() -> String {
     "vit-cpu-small".into()
 }
-fn default_epochs() -> usize {
-    10
-}
-fn default_batch() -> usize {
-    64
-}
-fn default_lr() -> f64 {
-    1e-3
-}
-fn default_wd() -> f64 {
-    0.05
-}
-fn default_warmup() -> f64 {
-    1.0
-}
 fn default_device() -> String {
     "cpu".into()
 }
@@ -70,7 +49,10 @@ pub struct Pretrain;
 
 impl Stage for Pretrain {
     const NAME: &'static str = "pretrain";
-    const VERSION: u32 = 1;
+    /// 2: the training knobs are `graft_train::TrainProtocol`, whose `weight_decay`
+    /// default is 1e-4 (it was 0.05 here); pipelines that relied on the default get a new
+    /// key and say so.
+    const VERSION: u32 = 2;
     type Params = PretrainParams;
 
     fn input_names(_: &PretrainParams) -> Vec<String> {
@@ -86,11 +68,11 @@ impl Stage for Pretrain {
             )
             .into());
         }
-        if p.epochs == 0 || p.batch == 0 {
+        if p.train.epochs == 0 || p.train.batch == 0 {
             return Err("epochs and batch must be at least 1".into());
         }
-        if !(p.lr > 0.0 && p.lr.is_finite()) {
-            return Err(format!("lr = {} must be positive", p.lr).into());
+        if !(p.train.lr > 0.0 && p.train.lr.is_finite()) {
+            return Err(format!("lr = {} must be positive", p.train.lr).into());
         }
         graft_backend::device(&p.device)?;
         Ok(p)
@@ -125,11 +107,7 @@ impl Stage for Pretrain {
         let device = graft_backend::device(&p.device)?;
         device.seed(p.seed);
         let model = config.init(&device).with_trainable(Trainable::Full);
-        let tc = TrainConfig::new(p.epochs, p.lr)
-            .with_batch(p.batch)
-            .with_weight_decay(p.weight_decay)
-            .with_warmup_epochs(p.warmup_epochs)
-            .with_seed(p.seed);
+        let tc = TrainConfig::from(&p.train).with_seed(p.seed);
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
                 "pretrain {bar:30} {pos}/{len} steps loss {msg} eta {eta}",
@@ -152,7 +130,8 @@ impl Stage for Pretrain {
             Progress::Epoch { .. } => {}
         })?;
         bar.finish_and_clear();
-        let test_accuracy = graft_train::evaluate(&result.model, &test, pre, &device, p.batch);
+        let test_accuracy =
+            graft_train::evaluate(&result.model, &test, pre, &device, p.train.batch);
         graft_model::checkpoint::save_timm(&result.model, &out.file("model.safetensors"))?;
         write_history(&result.history, &out.file("history.parquet"))?;
         let summary = json!({

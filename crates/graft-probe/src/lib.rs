@@ -32,7 +32,7 @@ use graft_graph::Edge;
 use graft_model::{Trainable, Vit, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, Publisher, Store};
-use graft_tables::{ModelInfo, ProbeRow, Table};
+use graft_tables::{ModelInfo, ProbeCost, ProbeRow, Table};
 use graft_train::{DatasetInfo, Preprocessing, Split, TrainConfig};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -146,18 +146,7 @@ impl Stage for Probe {
     }
 
     fn validate(p: ProbeParams) -> Result<ProbeParams, BoxError> {
-        if p.batch == 0 || p.batches == 0 || p.head_epochs == 0 {
-            return Err("batch, batches and head_epochs must be at least 1".into());
-        }
-        if !(p.tol > 0.0 && p.tol < 1.0) {
-            return Err(format!("tol = {} must be in (0, 1)", p.tol).into());
-        }
-        if !(p.head_lr > 0.0 && p.head_lr.is_finite()) {
-            return Err(format!("head_lr = {} must be positive", p.head_lr).into());
-        }
-        graft_train::check_base_params(p.preset.as_deref(), p.checkpoint.as_deref())?;
-        graft_backend::device(&p.device)?;
-        Ok(p)
+        Ok(validate(p)?)
     }
 
     fn location_params() -> &'static [&'static str] {
@@ -173,122 +162,162 @@ impl Stage for Probe {
         inputs: &BTreeMap<String, Artifact>,
         out: &Publisher,
     ) -> Result<BTreeMap<String, Value>, BoxError> {
-        let start = Instant::now();
-        let dataset = &inputs["dataset"];
-        let base = graft_train::resolve_base(
-            p.checkpoint.as_deref(),
-            p.preset.as_deref(),
-            inputs.get("base"),
-        )?;
-        let (base_id, base_path, preset) = (base.id, base.path, base.preset);
-        let info = DatasetInfo::read(dataset.dir())?;
-        let pre = info.preprocessing.clone();
-        let config = VitConfig::preset(&preset, info.classes.len())
-            .ok_or_else(|| format!("base preset {preset:?} is not a preset"))?;
-        if config.image_size != pre.image_size {
-            return Err(format!(
-                "base model {preset} takes {} px images but dataset {} has {} px",
-                config.image_size,
-                dataset.id().short(),
-                pre.image_size
-            )
-            .into());
-        }
-        let train = Split::read(dataset.dir(), "train", pre.image_size)?;
-        let val = Split::read(dataset.dir(), "val", pre.image_size)?;
-        let device = graft_backend::device(&p.device)?;
-
-        // The head for the loss.
-        let head = match p.head {
-            Head::LinearProbe => Some(ensure_head(
-                out.store(),
-                p,
-                &config,
-                (dataset.id(), &base_id, &base_path),
-                (&train, &val, &pre),
-                &device,
-            )?),
-            Head::Random => None,
-        };
-        if let Some(h) = &head {
-            out.refer(h.id());
-        }
-        let ad = device.clone().autodiff();
-        ad.seed(p.seed);
-        let mut model = config.init(&ad);
-        graft_model::checkpoint::load_timm(&mut model, &base_path)?;
-        if let Some(h) = &head {
-            model = graft_model::checkpoint::load_adapters(model, &h.file(HEAD_FILE))?.0;
-        }
-        let model = model.with_trainable(Trainable::HeadOnly);
-
-        // Probe batches: a seeded sample of the training split.
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(p.seed ^ 0x9e37));
-        let rows: Vec<Vec<usize>> = order
-            .chunks(p.batch)
-            .take(p.batches)
-            .map(<[usize]>::to_vec)
-            .collect();
-        let t0 = Instant::now();
-        let grads = edge_gradients(
-            &model,
-            rows.iter().map(|r| train.batch(r, &pre, &ad)),
-            p.tokens,
-        )?;
-        let fb_seconds = t0.elapsed().as_secs_f64();
-
-        let t1 = Instant::now();
-        let dim = config.dim;
-        let probe_rows = edge_scores(&grads, dim, p.tol_rule, p.tol)?;
-        let svd_seconds = t1.elapsed().as_secs_f64();
-
-        let step_seconds =
-            train_step_seconds(&config, &base_path, &train, &rows[0], &pre, &device)?;
-        ProbeRow::write(&out.file(ProbeRow::FILE), &probe_rows)?;
-        ModelInfo {
-            preset: preset.clone(),
-            dims: config.dims(),
-        }
-        .write(&out.file(ModelInfo::FILE))?;
-        let total = start.elapsed().as_secs_f64();
-        let probe_seconds = fb_seconds + svd_seconds;
-        let cost = json!({
-            "forward_backward_seconds": fb_seconds,
-            "svd_seconds": svd_seconds,
-            "total_seconds": total,
-            "train_step_seconds": step_seconds,
-            "cost_in_train_steps": probe_seconds / step_seconds.max(1e-9),
-            "batches": rows.len(),
-            "batch": p.batch,
-            "rows": grads.rows,
-            "method": if grads.factors.is_some() { "qr-core" } else { "direct" },
-            "tokens": p.tokens,
-            "tolerance": p.tol,
-            "tol_rule": p.tol_rule,
-            "head": p.head,
-            "edges": probe_rows.len(),
-            "backend": graft_backend::backend_name(),
-            "device": p.device,
-        });
-        // Timings live in the manifest only: the files are the same on every rerun, so the
-        // artifact id is too, and everything downstream stays fresh (early cutoff).
-        eprintln!(
-            "probe: {} edges of {preset} from {} batches of {} ({:?} tokens): forward+backward {:.2} s, SVD {:.2} s, one training step {:.3} s",
-            probe_rows.len(),
-            rows.len(),
-            p.batch,
-            p.tokens,
-            fb_seconds,
-            svd_seconds,
-            step_seconds
-        );
-        let mut extra: BTreeMap<String, Value> = BTreeMap::new();
-        if let Value::Object(m) = cost {
-            extra.extend(m);
-        }
-        Ok(extra)
+        Ok(probe(p, inputs, out)?)
     }
+}
+
+/// The checks of [`Probe`]'s parameters.
+pub fn validate(p: ProbeParams) -> Result<ProbeParams, ProbeError> {
+    if p.batch == 0 || p.batches == 0 || p.head_epochs == 0 {
+        return Err(ProbeError::Param(
+            "batch, batches and head_epochs must be at least 1".into(),
+        ));
+    }
+    if !(p.tol > 0.0 && p.tol < 1.0) {
+        return Err(ProbeError::Param(format!(
+            "tol = {} must be in (0, 1)",
+            p.tol
+        )));
+    }
+    if !(p.head_lr > 0.0 && p.head_lr.is_finite()) {
+        return Err(ProbeError::Param(format!(
+            "head_lr = {} must be positive",
+            p.head_lr
+        )));
+    }
+    graft_train::check_base_params(p.preset.as_deref(), p.checkpoint.as_deref())
+        .map_err(ProbeError::Param)?;
+    graft_backend::device(&p.device)?;
+    Ok(p)
+}
+
+/// The stage's work: the head, the edge gradients and their scores into `out`; returns the
+/// manifest's `extra` (the [`ProbeCost`]).
+pub fn probe(
+    p: &ProbeParams,
+    inputs: &BTreeMap<String, Artifact>,
+    out: &Publisher,
+) -> Result<BTreeMap<String, Value>, ProbeError> {
+    let start = Instant::now();
+    let dataset = &inputs["dataset"];
+    let base = graft_train::resolve_base(
+        p.checkpoint.as_deref(),
+        p.preset.as_deref(),
+        inputs.get("base"),
+    )
+    .map_err(ProbeError::Base)?;
+    let (base_id, base_path, preset) = (base.id, base.path, base.preset);
+    let info = DatasetInfo::read(dataset.dir())?;
+    let pre = info.preprocessing.clone();
+    let config = VitConfig::preset(&preset, info.classes.len())
+        .ok_or_else(|| ProbeError::Base(format!("base preset {preset:?} is not a preset")))?;
+    if config.image_size != pre.image_size {
+        return Err(ProbeError::Base(format!(
+            "base model {preset} takes {} px images but dataset {} has {} px",
+            config.image_size,
+            dataset.id().short(),
+            pre.image_size
+        )));
+    }
+    let train = Split::read(dataset.dir(), "train", pre.image_size)?;
+    let val = Split::read(dataset.dir(), "val", pre.image_size)?;
+    let device = graft_backend::device(&p.device)?;
+
+    // The head for the loss.
+    let head = match p.head {
+        Head::LinearProbe => Some(ensure_head(
+            out.store(),
+            p,
+            &config,
+            (dataset.id(), &base_id, &base_path),
+            (&train, &val, &pre),
+            &device,
+        )?),
+        Head::Random => None,
+    };
+    if let Some(h) = &head {
+        out.refer(h.id());
+    }
+    let ad = device.clone().autodiff();
+    ad.seed(p.seed);
+    let mut model = config.init(&ad);
+    graft_model::checkpoint::load_timm(&mut model, &base_path)?;
+    if let Some(h) = &head {
+        model = graft_model::checkpoint::load_adapters(model, &h.file(HEAD_FILE))?.0;
+    }
+    let model = model.with_trainable(Trainable::HeadOnly);
+
+    // Probe batches: a seeded sample of the training split.
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(p.seed ^ 0x9e37));
+    let rows: Vec<Vec<usize>> = order
+        .chunks(p.batch)
+        .take(p.batches)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let t0 = Instant::now();
+    let grads = edge_gradients(
+        &model,
+        rows.iter().map(|r| train.batch(r, &pre, &ad)),
+        p.tokens,
+    )?;
+    let fb_seconds = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let dim = config.dim;
+    let probe_rows = edge_scores(&grads, dim, p.tol_rule, p.tol)?;
+    let svd_seconds = t1.elapsed().as_secs_f64();
+
+    let step_seconds = train_step_seconds(&config, &base_path, &train, &rows[0], &pre, &device)?;
+    ProbeRow::write(&out.file(ProbeRow::FILE), &probe_rows)?;
+    ModelInfo {
+        preset: preset.clone(),
+        dims: config.dims(),
+    }
+    .write(&out.file(ModelInfo::FILE))?;
+    let total = start.elapsed().as_secs_f64();
+    let probe_seconds = fb_seconds + svd_seconds;
+    let name = |v: Value| v.as_str().unwrap_or_default().to_owned();
+    let cost = ProbeCost {
+        forward_backward_seconds: fb_seconds,
+        svd_seconds,
+        total_seconds: total,
+        train_step_seconds: step_seconds,
+        cost_in_train_steps: probe_seconds / step_seconds.max(1e-9),
+        batches: rows.len() as u64,
+        batch: p.batch as u64,
+        rows: grads.rows as u64,
+        method: if grads.factors.is_some() {
+            "qr-core"
+        } else {
+            "direct"
+        }
+        .into(),
+        tokens: name(json!(p.tokens)),
+        tolerance: p.tol,
+        tol_rule: name(json!(p.tol_rule)),
+        head: name(json!(p.head)),
+        edges: probe_rows.len() as u64,
+        backend: graft_backend::backend_name().into(),
+        device: p.device.clone(),
+    };
+    // Timings live in the manifest only: the files are the same on every rerun, so the
+    // artifact id is too, and everything downstream stays fresh (early cutoff).
+    eprintln!(
+        "probe: {} edges of {preset} from {} batches of {} ({:?} tokens): forward+backward {:.2} s, SVD {:.2} s, one training step {:.3} s",
+        probe_rows.len(),
+        rows.len(),
+        p.batch,
+        p.tokens,
+        fb_seconds,
+        svd_seconds,
+        step_seconds
+    );
+    let mut extra: BTreeMap<String, Value> = BTreeMap::new();
+    if let Ok(Value::Object(m)) = serde_json::to_value(&cost) {
+        extra.extend(m);
+    }
+    Ok(extra)
 }
 
 /// What stops the probe's measurement: never a silent zero or empty spectrum.
@@ -298,12 +327,34 @@ pub enum ProbeError {
     Trace {
         batch: usize,
         #[source]
-        source: graft_model::ModelError,
+        source: Box<graft_model::ModelError>,
     },
     #[error("no probe batch: the training split gave no rows")]
     NoBatches,
     #[error("edge {edge}: {reason}")]
     Edge { edge: Edge, reason: String },
+    /// A parameter out of its range.
+    #[error("{0}")]
+    Param(String),
+    /// The base model cannot be found or does not fit the dataset.
+    #[error("{0}")]
+    Base(String),
+    #[error(transparent)]
+    Model(Box<graft_model::ModelError>),
+    #[error(transparent)]
+    Train(#[from] graft_train::TrainError),
+    #[error(transparent)]
+    Table(#[from] graft_tables::TableError),
+    #[error(transparent)]
+    Store(#[from] graft_store::StoreError),
+    #[error(transparent)]
+    Backend(#[from] graft_backend::BackendError),
+}
+
+impl From<graft_model::ModelError> for ProbeError {
+    fn from(e: graft_model::ModelError) -> ProbeError {
+        ProbeError::Model(Box::new(e))
+    }
 }
 
 /// Name of the head file in a `probe-head` entry.
@@ -355,9 +406,10 @@ pub fn edge_gradients(
     let keep_rows = tokens == Tokens::Cls;
     for (batch, (images, labels)) in batches.enumerate() {
         let device = images.device();
-        let trace = model
-            .trace(images)
-            .map_err(|source| ProbeError::Trace { batch, source })?;
+        let trace = model.trace(images).map_err(|source| ProbeError::Trace {
+            batch,
+            source: Box::new(source),
+        })?;
         let loss = CrossEntropyLossConfig::new()
             .init(&device)
             .forward(trace.logits.clone(), labels);
@@ -474,7 +526,7 @@ fn ensure_head(
     (dataset, base_id, base_path): (&ArtifactId, &ArtifactId, &PathBuf),
     (train, val, pre): (&Split, &Split, &Preprocessing),
     device: &Device,
-) -> Result<Artifact, BoxError> {
+) -> Result<Artifact, ProbeError> {
     let params: BTreeMap<String, Value> = [
         ("epochs".to_owned(), json!(p.head_epochs)),
         ("lr".to_owned(), json!(p.head_lr)),
@@ -516,7 +568,7 @@ fn ensure_head(
             t0.elapsed().as_secs_f64(),
             100.0 * fit.best_val_accuracy
         );
-        Ok::<_, BoxError>(PublishInfo {
+        Ok::<_, ProbeError>(PublishInfo {
             stage: "probe-head",
             stage_version: HEAD_VERSION,
             key: &key,
@@ -540,7 +592,7 @@ fn train_step_seconds(
     rows: &[usize],
     pre: &Preprocessing,
     device: &Device,
-) -> Result<f64, BoxError> {
+) -> Result<f64, ProbeError> {
     let ad = device.clone().autodiff();
     let mut model = config.init(&ad);
     graft_model::checkpoint::load_timm(&mut model, base_path)?;

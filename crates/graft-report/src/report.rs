@@ -367,26 +367,27 @@ fn cost_table(a: &Analysis) -> TableData {
         .tasks
         .iter()
         .map(|t| {
-            let c = &t.data.cost;
-            let share = match (c.total_seconds, t.adapter_run_seconds) {
+            let c = t.data.cost.as_ref();
+            let total_seconds = c.map(|c| c.total_seconds);
+            let share = match (total_seconds, t.adapter_run_seconds) {
                 (Some(p), Some(r)) if r > 0.0 => Some(p / r),
                 _ => None,
             };
             vec![
                 Cell::text(&t.task),
-                Cell::Num(c.total_seconds, 2),
-                Cell::Num(c.forward_backward_seconds, 2),
-                Cell::Num(c.svd_seconds, 2),
-                Cell::Num(c.train_step_seconds, 3),
-                Cell::Num(c.cost_in_train_steps, 1),
+                Cell::Num(total_seconds, 2),
+                Cell::Num(c.map(|c| c.forward_backward_seconds), 2),
+                Cell::Num(c.map(|c| c.svd_seconds), 2),
+                Cell::Num(c.map(|c| c.train_step_seconds), 3),
+                Cell::Num(c.map(|c| c.cost_in_train_steps), 1),
                 Cell::Num(t.epoch_seconds, 2),
                 Cell::Num(t.adapter_run_seconds, 1),
                 Cell::Num(share, 3),
-                Cell::Int(c.batches),
-                Cell::Int(c.batch),
-                opt_text(c.tokens.as_deref()),
-                opt_text(c.head.as_deref()),
-                Cell::Num(c.tolerance, 6),
+                Cell::Int(c.map(|c| c.batches as i64)),
+                Cell::Int(c.map(|c| c.batch as i64)),
+                opt_text(c.map(|c| c.tokens.as_str())),
+                opt_text(c.map(|c| c.head.as_str())),
+                Cell::Num(c.map(|c| c.tolerance), 6),
             ]
         })
         .collect();
@@ -424,30 +425,33 @@ fn setup_table(a: &Analysis) -> TableData {
         name: t.task.clone(),
         acc: false,
     }));
-    let fmt_vec = |v: &Option<Vec<f64>>| {
-        v.as_ref()
-            .map(|v| v.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(" "))
-    };
+    let fmt_vec = |v: &[f64]| Some(v.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(" "));
     type Getter = Box<dyn Fn(&TaskAnalysis) -> Option<String>>;
     let settings: Vec<(&str, Getter)> = vec![
-        ("task (recorded)", Box::new(|t| t.data.summary.task.clone())),
+        (
+            "task (recorded)",
+            Box::new(|t| summary(t).and_then(|s| s.task.clone())),
+        ),
         ("protocol", Box::new(|t| Some(protocol_text(t)))),
-        ("base model", Box::new(|t| t.data.summary.base.clone())),
+        (
+            "base model",
+            Box::new(|t| summary(t).map(|s| s.base.clone())),
+        ),
         (
             "preset",
             Box::new(|t| t.data.model.as_ref().map(|m| m.preset.clone())),
         ),
         (
             "classes",
-            Box::new(|t| t.data.summary.classes.map(|c| c.to_string())),
+            Box::new(|t| summary(t).map(|s| s.classes.to_string())),
         ),
         (
             "image size",
-            Box::new(|t| pre(t).and_then(|p| p.image_size).map(|v| v.to_string())),
+            Box::new(|t| pre(t).map(|p| p.image_size.to_string())),
         ),
         (
             "interpolation",
-            Box::new(|t| pre(t).and_then(|p| p.interpolation.clone())),
+            Box::new(|t| pre(t).map(|p| p.interpolation.clone())),
         ),
         (
             "normalisation mean",
@@ -460,47 +464,44 @@ fn setup_table(a: &Analysis) -> TableData {
         (
             "seeds",
             Box::new(|t| {
-                t.data.summary.seeds.as_ref().map(|s| {
-                    s.iter()
+                summary(t).map(|s| {
+                    s.seeds
+                        .iter()
                         .map(|x| x.to_string())
                         .collect::<Vec<_>>()
                         .join(" ")
                 })
             }),
         ),
-        ("backend", Box::new(|t| t.data.summary.backend.clone())),
-        ("device", Box::new(|t| t.data.summary.device.clone())),
+        (
+            "backend",
+            Box::new(|t| summary(t).map(|s| s.backend.clone())),
+        ),
+        ("device", Box::new(|t| summary(t).map(|s| s.device.clone()))),
         (
             "bottleneck r",
-            Box::new(|t| train(t).and_then(|x| x.bottleneck).map(|v| v.to_string())),
+            Box::new(|t| train(t).map(|x| x.bottleneck.to_string())),
         ),
         (
             "epochs",
-            Box::new(|t| train(t).and_then(|x| x.epochs).map(|v| v.to_string())),
+            Box::new(|t| train(t).map(|x| x.epochs.to_string())),
         ),
         (
             "learning rate",
-            Box::new(|t| train(t).and_then(|x| x.lr).map(|v| v.to_string())),
+            Box::new(|t| train(t).map(|x| x.lr.to_string())),
         ),
-        (
-            "batch",
-            Box::new(|t| train(t).and_then(|x| x.batch).map(|v| v.to_string())),
-        ),
+        ("batch", Box::new(|t| train(t).map(|x| x.batch.to_string()))),
         (
             "weight decay",
-            Box::new(|t| train(t).and_then(|x| x.weight_decay).map(|v| v.to_string())),
+            Box::new(|t| train(t).map(|x| x.weight_decay.to_string())),
         ),
         (
             "warm-up epochs",
-            Box::new(|t| {
-                train(t)
-                    .and_then(|x| x.warmup_epochs)
-                    .map(|v| v.to_string())
-            }),
+            Box::new(|t| train(t).map(|x| x.warmup_epochs.to_string())),
         ),
         (
             "program version",
-            Box::new(|t| t.data.summary.program_version.clone()),
+            Box::new(|t| summary(t).map(|s| s.program_version.clone())),
         ),
     ];
     let rows = settings
@@ -524,12 +525,16 @@ fn setup_table(a: &Analysis) -> TableData {
     }
 }
 
-fn pre(t: &TaskAnalysis) -> Option<&crate::inputs::Preprocessing> {
-    t.data.summary.preprocessing.as_ref()
+fn summary(t: &TaskAnalysis) -> Option<&graft_tables::FinetuneSummary> {
+    t.data.summary.as_ref()
 }
 
-fn train(t: &TaskAnalysis) -> Option<&crate::inputs::TrainSettings> {
-    t.data.summary.train.as_ref()
+fn pre(t: &TaskAnalysis) -> Option<&graft_tables::Preprocessing> {
+    summary(t).map(|s| &s.preprocessing)
+}
+
+fn train(t: &TaskAnalysis) -> Option<&graft_tables::TrainSettings> {
+    summary(t).map(|s| &s.train)
 }
 
 fn failed_table(a: &Analysis) -> TableData {
@@ -683,16 +688,10 @@ pub fn protocol_text(t: &TaskAnalysis) -> String {
         .iter()
         .map(|r| r.protocol.as_deref().unwrap_or("not recorded"))
         .collect();
-    let epochs = t
-        .data
-        .summary
-        .train
-        .as_ref()
-        .and_then(|x| x.epochs)
-        .map_or_else(
-            || "the configured epochs".to_owned(),
-            |e| format!("{e} epoch{}", if e == 1 { "" } else { "s" }),
-        );
+    let epochs = train(t).map(|x| x.epochs).map_or_else(
+        || "the configured epochs".to_owned(),
+        |e| format!("{e} epoch{}", if e == 1 { "" } else { "s" }),
+    );
     names
         .iter()
         .map(|n| match *n {
@@ -770,7 +769,7 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
     if !base.is_empty() {
         out.push(format!("{} test accuracy.", base.join(" and ")));
     }
-    let bottleneck = t.data.summary.train.as_ref().and_then(|x| x.bottleneck);
+    let bottleneck = train(t).map(|x| x.bottleneck);
     if !t.series.is_empty() {
         if let Some(r) = bottleneck {
             out.push(format!("every adapter has bottleneck r = {r}."));
@@ -850,12 +849,11 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
             ));
         }
     }
-    let cost = &t.data.cost;
-    if let Some(ps) = cost.total_seconds {
+    if let Some(cost) = &t.data.cost {
+        let ps = cost.total_seconds;
         let mut parts = vec![format!("the probe took {ps:.2} s")];
-        if let Some(steps) = cost.cost_in_train_steps {
-            parts.push(format!("the time of {steps:.1} training steps"));
-        }
+        let steps = cost.cost_in_train_steps;
+        parts.push(format!("the time of {steps:.1} training steps"));
         if let Some(r) = t.adapter_run_seconds.filter(|r| *r > 0.0) {
             parts.push(format!(
                 "{:.1} % of one adapter fine-tuning run ({r:.1} s on average)",

@@ -12,8 +12,9 @@ use graft_store::{ArtifactId, KeyInput, PublishInfo, Store};
 use graft_tables::{EpochRow, ModelInfo, ProbeRow, ProposalRow, RunRow, Table, edge_rows};
 
 use crate::figures::Panel;
-use crate::inputs::{FinetuneSummary, Preprocessing, ProbeCost, TaskData, TrainSettings};
+use crate::inputs::TaskData;
 use crate::{Report, analyse, build};
+use graft_tables::{FinetuneSummary, Preprocessing, ProbeCost, TrainSettings};
 
 const R: usize = 8;
 
@@ -320,45 +321,56 @@ fn task_data(task: usize) -> TaskData {
         .collect();
     let (cost, summary) = if task == 0 {
         (
-            ProbeCost {
-                forward_backward_seconds: Some(0.5),
-                svd_seconds: Some(0.25),
-                total_seconds: Some(0.75),
-                train_step_seconds: Some(0.05),
-                cost_in_train_steps: Some(15.0),
-                batches: Some(4),
-                batch: Some(32),
-                tokens: Some("all".into()),
-                tolerance: Some(1e-3),
-                head: Some("linear-probe".into()),
-            },
-            FinetuneSummary {
+            Some(ProbeCost {
+                forward_backward_seconds: 0.5,
+                svd_seconds: 0.25,
+                total_seconds: 0.75,
+                train_step_seconds: 0.05,
+                cost_in_train_steps: 15.0,
+                batches: 4,
+                batch: 32,
+                rows: 4 * 32 * 65,
+                method: "direct".into(),
+                tokens: "all".into(),
+                tolerance: 1e-3,
+                tol_rule: "relative".into(),
+                head: "linear-probe".into(),
+                edges: 25,
+                backend: "flex".into(),
+                device: "cpu".into(),
+            }),
+            Some(FinetuneSummary {
                 task: Some(name.into()),
-                preprocessing: Some(Preprocessing {
-                    image_size: Some(32),
-                    interpolation: Some("bilinear".into()),
-                    mean: Some(vec![0.5, 0.5, 0.5]),
-                    std: Some(vec![0.5, 0.5, 0.5]),
-                }),
-                backend: Some("flex".into()),
-                device: Some("cpu".into()),
-                seeds: Some(seeds.clone()),
-                program_version: Some("0.1.0".into()),
-                base: Some("pretrain 0123456789ab".into()),
-                train: Some(TrainSettings {
+                preprocessing: Preprocessing {
+                    image_size: 32,
+                    channels: 3,
+                    layout: "HWC".into(),
+                    dtype: "uint8".into(),
+                    interpolation: "bilinear".into(),
+                    mean: [0.5, 0.5, 0.5],
+                    std: [0.5, 0.5, 0.5],
+                },
+                backend: "flex".into(),
+                device: "cpu".into(),
+                seeds: seeds.iter().map(|&s| s as u64).collect(),
+                program_version: "0.1.0".into(),
+                base: "pretrain 0123456789ab".into(),
+                preset: "vit-cpu-tiny".into(),
+                classes: 10,
+                train: TrainSettings {
                     protocol: Some("select".into()),
-                    epochs: Some(3),
-                    lr: Some(1e-3),
-                    batch: Some(64),
-                    weight_decay: Some(1e-4),
-                    warmup_epochs: Some(1.0),
-                    bottleneck: Some(R as i64),
-                }),
-                classes: Some(10),
-            },
+                    epochs: 3,
+                    lr: 1e-3,
+                    full_lr: 1e-4,
+                    batch: 64,
+                    weight_decay: 1e-4,
+                    warmup_epochs: 1.0,
+                    bottleneck: R as u64,
+                },
+            }),
         )
     } else {
-        (ProbeCost::default(), FinetuneSummary::default())
+        (None, None)
     };
     TaskData {
         task: name.into(),
@@ -557,17 +569,12 @@ fn publish(
 
 fn publish_task(store: &Store, t: &TaskData, with_json: bool) -> (ArtifactId, ArtifactId) {
     // The probe's costs live in its manifest.
-    let cost = if with_json {
-        match serde_json::json!({
-            "forward_backward_seconds": 0.5, "svd_seconds": 0.25, "total_seconds": 0.75,
-            "train_step_seconds": 0.05, "cost_in_train_steps": 15.0, "batches": 4,
-            "batch": 32, "tokens": "all", "tolerance": 0.001, "head": "linear-probe"
-        }) {
+    let cost = match (&t.cost, with_json) {
+        (Some(c), true) => match serde_json::to_value(c).unwrap() {
             serde_json::Value::Object(m) => m.into_iter().collect(),
             _ => unreachable!("a JSON object"),
-        }
-    } else {
-        BTreeMap::new()
+        },
+        _ => BTreeMap::new(),
     };
     let probe = publish(store, "probe", cost, |dir| {
         ProbeRow::write(&dir.join(ProbeRow::FILE), &t.probe).unwrap();
@@ -581,13 +588,8 @@ fn publish_task(store: &Store, t: &TaskData, with_json: bool) -> (ArtifactId, Ar
         RunRow::write(&dir.join(RunRow::FILE), &t.runs).unwrap();
         EpochRow::write(&dir.join(EpochRow::FILE), &t.epochs).unwrap();
         ProposalRow::write(&dir.join(ProposalRow::FILE), &t.proposals).unwrap();
-        if with_json {
-            std::fs::write(
-                dir.join("summary.json"),
-                r#"{"task": "alpha", "backend": "flex", "seeds": [0, 1, 2],
-                    "train": {"bottleneck": 8}, "future_field": true}"#,
-            )
-            .unwrap();
+        if let (Some(s), true) = (&t.summary, with_json) {
+            s.write(dir).unwrap();
         }
     });
     (probe, finetune)

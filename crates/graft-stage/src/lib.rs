@@ -331,6 +331,29 @@ pub fn parse_value(v: &str) -> Value {
     }
 }
 
+/// The parameter behind an error that serde reports at the top level: a field of a
+/// `#[serde(flatten)]`ed struct (the training protocol) is read after the others, out of
+/// `serde_path_to_error`'s sight. The field is the one whose removal changes the error;
+/// `None` when no single field does (a missing or an unknown field).
+fn flattened_field<P: serde::de::DeserializeOwned>(
+    obj: &serde_json::Map<String, Value>,
+    message: &str,
+) -> Option<String> {
+    if message.starts_with("unknown field") || message.starts_with("missing field") {
+        return None;
+    }
+    obj.keys()
+        .find(|k| {
+            let mut rest = obj.clone();
+            rest.remove(*k);
+            match serde_json::from_value::<P>(Value::Object(rest)) {
+                Ok(_) => true,
+                Err(e) => e.to_string() != message,
+            }
+        })
+        .cloned()
+}
+
 struct Resolved<P> {
     params: P,
     canonical: BTreeMap<String, Value>,
@@ -362,14 +385,20 @@ fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError
     if let Some(device) = &args.device {
         obj.insert("device".into(), Value::from(device.clone()));
     }
-    let params: S::Params = serde_path_to_error::deserialize(Value::Object(obj)).map_err(|e| {
-        let field = e.path().to_string();
-        StageError::Params {
-            stage: S::NAME,
-            field: (field != ".").then_some(field),
-            message: e.into_inner().to_string(),
-        }
-    })?;
+    let params: S::Params =
+        serde_path_to_error::deserialize(Value::Object(obj.clone())).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let field = match field.as_str() {
+                "." => flattened_field::<S::Params>(&obj, &message),
+                _ => Some(field),
+            };
+            StageError::Params {
+                stage: S::NAME,
+                field,
+                message,
+            }
+        })?;
     let params = S::validate(params).map_err(|e| perr(e.to_string()))?;
     let recorded: BTreeMap<String, Value> = match serde_json::to_value(&params) {
         Ok(Value::Object(m)) => m.into_iter().collect(),
@@ -713,5 +742,44 @@ mod tests {
             message: "bad id".into(),
         };
         assert_eq!(e.failure().at.as_deref(), Some("inputs.dataset"));
+    }
+
+    #[test]
+    fn a_bad_field_of_a_flattened_struct_is_named() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outer {
+            #[serde(default)]
+            name: String,
+            #[serde(flatten)]
+            inner: Inner,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            #[serde(default)]
+            epochs: usize,
+        }
+        let obj = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => unreachable!("an object"),
+        };
+        let bad = obj(serde_json::json!({"name": "x", "epochs": "ten"}));
+        let e =
+            serde_path_to_error::deserialize::<_, Outer>(Value::Object(bad.clone())).unwrap_err();
+        // What this function is for: serde_path_to_error loses the field here.
+        assert_eq!(e.path().to_string(), ".");
+        let message = e.into_inner().to_string();
+        assert_eq!(
+            flattened_field::<Outer>(&bad, &message).as_deref(),
+            Some("epochs")
+        );
+        let unknown = obj(serde_json::json!({"epochs": 3, "bogus": 1}));
+        let message = serde_json::from_value::<Outer>(Value::Object(unknown.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("unknown field `bogus`"), "{message}");
+        assert_eq!(flattened_field::<Outer>(&unknown, &message), None);
     }
 }

@@ -12,6 +12,19 @@
 //! Rows go through serde and Arrow's JSON decoder, so a row struct and its schema are the
 //! whole definition of a table; the golden files under `golden/` pin the schemas.
 
+mod cost;
+mod dataset;
+mod json;
+mod summary;
+
+pub use cost::ProbeCost;
+pub use dataset::{
+    DatasetInfo, Draw, DrawSplit, IMAGE_SHAPE_KEY, Preprocessing, SplitColumns, SplitImages,
+    read_split, split_file, split_schema, write_split,
+};
+pub use json::{from_json_text, from_json_value, json_text, read_json, write_json};
+pub use summary::{FinetuneSummary, TrainSettings};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -332,12 +345,7 @@ impl ModelInfo {
     }
 
     pub fn read(path: &Path) -> Result<ModelInfo, TableError> {
-        let conv = |message: String| TableError::Convert {
-            path: path.to_path_buf(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| conv(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| conv(e.to_string()))
+        read_json(path)
     }
 }
 

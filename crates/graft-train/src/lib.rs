@@ -4,7 +4,8 @@
 //! keeps the best epoch's weights (the `select` protocol); [`fit_final`] trains for exactly
 //! the configured epochs and keeps the last (the `final` protocol, with no held-out split).
 //!
-//! Principal types: [`TrainConfig`] (the protocol's knobs), [`Split`] and [`DatasetInfo`]
+//! Principal types: [`TrainProtocol`] (the protocol's knobs, one set of defaults),
+//! [`TrainConfig`] (a protocol and a seed), [`Split`] and [`DatasetInfo`]
 //! (a dataset artifact in memory), [`fit`] / [`fit_final`] (the loop) and [`evaluate`].
 //! A loss that is not finite stops the run with [`TrainError::NonFinite`].
 
@@ -14,7 +15,6 @@ pub mod progress;
 
 use std::time::Instant;
 
-use burn::config::Config;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
@@ -23,7 +23,7 @@ use graft_model::Vit;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use base::{BaseModel, base_fingerprints, check_base_params, file_fingerprint, resolve_base};
 pub use data::{DatasetInfo, Preprocessing, Split};
@@ -47,25 +47,69 @@ pub enum TrainError {
     },
     #[error("empty split {0}")]
     Empty(&'static str),
+    /// A dataset file that is missing, unreadable or not what `graft_tables` defines.
+    #[error(transparent)]
+    Table(#[from] graft_tables::TableError),
 }
 
-/// The training protocol.
-#[derive(Config, Debug, PartialEq)]
-pub struct TrainConfig {
+/// The knobs of the training protocol (spec section 4), declared once: the pretrain and
+/// fine-tune stages flatten it into their parameters (`#[serde(flatten)]`, so a pipeline
+/// names `epochs`, `lr`, `batch`, `weight_decay` and `warmup_epochs` directly), and the
+/// probe's head starts from its defaults.
+///
+/// The defaults are those of adapter fine-tuning in the PETL literature, the stages'
+/// subject: AdamW at lr 1e-3 and weight decay 1e-4, batch 64, one warm-up epoch. Training
+/// a ViT from scratch wants far more weight decay (0.05, as DeiT), so the pipelines with a
+/// pretrain stage set `weight_decay = 0.05` there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainProtocol {
+    #[serde(default = "defaults::epochs")]
     pub epochs: usize,
+    /// Peak learning rate, after the warm-up.
+    #[serde(default = "defaults::lr")]
     pub lr: f64,
-    #[config(default = 64)]
+    #[serde(default = "defaults::batch")]
     pub batch: usize,
-    #[config(default = 1e-4)]
+    /// AdamW's decoupled weight decay.
+    #[serde(default = "defaults::weight_decay")]
     pub weight_decay: f64,
     /// Linear warm-up length, in epochs.
-    #[config(default = 1.0)]
+    #[serde(default = "defaults::warmup_epochs")]
     pub warmup_epochs: f64,
-    #[config(default = 0)]
-    pub seed: u64,
 }
 
-impl TrainConfig {
+/// The one set of defaults of [`TrainProtocol`].
+mod defaults {
+    pub fn epochs() -> usize {
+        10
+    }
+    pub fn lr() -> f64 {
+        1e-3
+    }
+    pub fn batch() -> usize {
+        64
+    }
+    pub fn weight_decay() -> f64 {
+        1e-4
+    }
+    pub fn warmup_epochs() -> f64 {
+        1.0
+    }
+}
+
+impl Default for TrainProtocol {
+    fn default() -> TrainProtocol {
+        TrainProtocol {
+            epochs: defaults::epochs(),
+            lr: defaults::lr(),
+            batch: defaults::batch(),
+            weight_decay: defaults::weight_decay(),
+            warmup_epochs: defaults::warmup_epochs(),
+        }
+    }
+}
+
+impl TrainProtocol {
     /// Learning rate at optimiser step `step` of `total`: linear warm-up, then cosine to 0.
     pub fn lr_at(&self, step: usize, steps_per_epoch: usize) -> f64 {
         let total = (self.epochs * steps_per_epoch).max(1) as f64;
@@ -79,6 +123,65 @@ impl TrainConfig {
             let t = (s - warm) / (total - warm).max(1.0);
             0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
         }
+    }
+}
+
+/// One training run's configuration: a [`TrainProtocol`] and the seed of the data order.
+/// Reads as the protocol (`config.epochs`) through `Deref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub protocol: TrainProtocol,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// `epochs` at `lr`, the protocol's defaults for the rest, seed 0.
+    pub fn new(epochs: usize, lr: f64) -> TrainConfig {
+        TrainConfig {
+            protocol: TrainProtocol {
+                epochs,
+                lr,
+                ..TrainProtocol::default()
+            },
+            seed: 0,
+        }
+    }
+
+    pub fn with_batch(mut self, batch: usize) -> TrainConfig {
+        self.protocol.batch = batch;
+        self
+    }
+
+    pub fn with_weight_decay(mut self, weight_decay: f64) -> TrainConfig {
+        self.protocol.weight_decay = weight_decay;
+        self
+    }
+
+    pub fn with_warmup_epochs(mut self, warmup_epochs: f64) -> TrainConfig {
+        self.protocol.warmup_epochs = warmup_epochs;
+        self
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> TrainConfig {
+        self.seed = seed;
+        self
+    }
+}
+
+impl From<&TrainProtocol> for TrainConfig {
+    /// The protocol with seed 0.
+    fn from(protocol: &TrainProtocol) -> TrainConfig {
+        TrainConfig {
+            protocol: protocol.clone(),
+            seed: 0,
+        }
+    }
+}
+
+impl std::ops::Deref for TrainConfig {
+    type Target = TrainProtocol;
+    fn deref(&self) -> &TrainProtocol {
+        &self.protocol
     }
 }
 

@@ -27,6 +27,10 @@ fn task(split: &str, n: usize) -> Split {
 fn pre() -> Preprocessing {
     Preprocessing {
         image_size: 16,
+        channels: 3,
+        layout: "HWC".into(),
+        dtype: "uint8".into(),
+        interpolation: "bilinear".into(),
         mean: [0.5; 3],
         std: [0.5; 3],
     }

@@ -1,0 +1,325 @@
+//! Planning: what the stage trains. The proposal rows, the pipeline file's manual
+//! placements and the baselines become rows of `proposals.parquet` ([`rows_to_train`]), and
+//! the rows times the seeds become one [`RunSpec`] per distinct placement id and seed
+//! ([`run_specs`]). Pure: no store, no tensors, no files.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use graft_graph::{Dims, Graph, Placement};
+use graft_stage::BoxError;
+use graft_store::ArtifactId;
+use graft_tables::{ProposalRow, edge_rows};
+use graft_train::TrainProtocol;
+
+use crate::FinetuneParams;
+use crate::run::{Method, Protocol, RunSpec};
+
+/// The rows to train, in order: the proposals (`proposals`, read from `path`, each checked
+/// against `graph`), then the manual placements, then the baselines. `r` is the adapters'
+/// bottleneck, for the parameter and FLOP counts of the rows made here.
+pub fn rows_to_train(
+    p: &FinetuneParams,
+    graph: Graph,
+    dims: &Dims,
+    proposals: Option<(&Path, Vec<ProposalRow>)>,
+) -> Result<Vec<ProposalRow>, BoxError> {
+    let r = p.bottleneck;
+    let mut rows: Vec<ProposalRow> = Vec::new();
+    if let Some((path, proposals)) = proposals {
+        for row in proposals {
+            let placement = graft_tables::placement(graph, &row.edges)
+                .map_err(|e| format!("{}: placement {}: {e}", path.display(), row.placement_id))?;
+            if row.method == "adapters" && placement.id() != row.placement_id {
+                return Err(format!(
+                    "{}: placement_id {} does not match its edges (expected {})",
+                    path.display(),
+                    row.placement_id,
+                    placement.id()
+                )
+                .into());
+            }
+            rows.push(row);
+        }
+    }
+    let adapter_row = |heuristic: &str, placement: &Placement| ProposalRow {
+        placement_id: placement.id(),
+        heuristic: heuristic.to_owned(),
+        score: None,
+        gamma: None,
+        budget: placement.len() as i64,
+        draw: 0,
+        method: "adapters".into(),
+        edges: edge_rows(placement),
+        adapters: placement.len() as i64,
+        trainable_params: dims.adapter_tuning_params(placement.len(), r) as i64,
+        forward_flops: graft_graph::forward_flops(dims, placement, r) as i64,
+    };
+    for placement in crate::manual_placements(p, graph)? {
+        rows.push(adapter_row("manual", &placement));
+    }
+    for b in &p.baselines {
+        let row = match b.as_str() {
+            "parallel-all" => adapter_row("parallel-all", &graph.parallel_all()),
+            "random-init" => ProposalRow {
+                placement_id: format!("random-init-{}", graph.parallel_all().id()),
+                method: Method::AdaptersRandomInit.name().into(),
+                heuristic: "baseline".into(),
+                ..adapter_row("baseline", &graph.parallel_all())
+            },
+            m => ProposalRow {
+                placement_id: m.to_owned(),
+                heuristic: "baseline".into(),
+                score: None,
+                gamma: None,
+                budget: 0,
+                draw: 0,
+                method: m.to_owned(),
+                edges: vec![],
+                adapters: 0,
+                trainable_params: 0,
+                forward_flops: graft_graph::forward_flops(dims, &Placement::empty(), r) as i64,
+            },
+        };
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// What every run of the stage shares besides the parameters: the base model and the
+/// dataset, and where their files are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunContext {
+    pub preset: String,
+    pub dataset: ArtifactId,
+    pub dataset_dir: PathBuf,
+    pub base: ArtifactId,
+    pub base_path: PathBuf,
+}
+
+/// What to train: one spec per distinct placement id of `rows` and seed, in row order then
+/// seed order, and how many distinct placements that is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPlan {
+    pub specs: Vec<RunSpec>,
+    pub placements: usize,
+}
+
+/// One [`RunSpec`] per distinct placement id of `rows` and seed of `p.seeds`; `full` runs at
+/// `p.full_lr`, the others at `p.train.lr`. An unknown method is an error naming the placement.
+pub fn run_specs(
+    p: &FinetuneParams,
+    rows: &[ProposalRow],
+    ctx: &RunContext,
+) -> Result<RunPlan, BoxError> {
+    let protocol = |lr: f64| Protocol {
+        kind: p.protocol,
+        train: TrainProtocol {
+            lr,
+            ..p.train.clone()
+        },
+        bottleneck: p.bottleneck,
+        adapter_act: p.adapter_act,
+        adapter_scale: p.adapter_scale,
+    };
+    let mut seen = BTreeSet::new();
+    let mut specs = Vec::new();
+    for row in rows {
+        if !seen.insert(row.placement_id.clone()) {
+            continue;
+        }
+        let method = match row.method.as_str() {
+            "adapters" => Method::Adapters,
+            "linear-probe" => Method::LinearProbe,
+            "full" => Method::Full,
+            "adapters-random-init" => Method::AdaptersRandomInit,
+            m => {
+                return Err(format!("placement {}: unknown method {m:?}", row.placement_id).into());
+            }
+        };
+        let lr = if method == Method::Full {
+            p.full_lr
+        } else {
+            p.train.lr
+        };
+        for &seed in &p.seeds {
+            specs.push(RunSpec {
+                placement_id: row.placement_id.clone(),
+                method,
+                edges: row.edges.iter().map(|e| e.edge()).collect(),
+                seed,
+                preset: ctx.preset.clone(),
+                protocol: protocol(lr),
+                dataset: ctx.dataset.clone(),
+                base: ctx.base.clone(),
+                base_path: ctx.base_path.clone(),
+                dataset_dir: ctx.dataset_dir.clone(),
+                device: p.device.clone(),
+            });
+        }
+    }
+    Ok(RunPlan {
+        specs,
+        placements: seen.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use graft_graph::Edge;
+    use graft_model::VitConfig;
+
+    use super::*;
+
+    fn params(toml_like: serde_json::Value) -> FinetuneParams {
+        serde_json::from_value(toml_like).unwrap()
+    }
+
+    fn ctx() -> RunContext {
+        RunContext {
+            preset: "vit-cpu-tiny".into(),
+            dataset: ArtifactId::parse(&"a".repeat(64)).unwrap(),
+            dataset_dir: "data".into(),
+            base: ArtifactId::parse(&"b".repeat(64)).unwrap(),
+            base_path: "base.safetensors".into(),
+        }
+    }
+
+    fn graph_dims() -> (Graph, Dims) {
+        let c = VitConfig::preset("vit-cpu-tiny", 4).unwrap();
+        (c.graph(), c.dims())
+    }
+
+    #[test]
+    fn proposals_then_manual_then_baselines_one_spec_per_placement_and_seed() {
+        let (graph, dims) = graph_dims();
+        let p = params(serde_json::json!({
+            "proposals": true,
+            "placements": [{ "name": "mine", "edges": [[0, 1], [2, 3]] }],
+            "baselines": ["linear-probe", "full", "parallel-all", "random-init"],
+            "seeds": [0, 1],
+            "lr": 0.001,
+            "full_lr": 0.0001,
+        }));
+        let a = Placement::new(graph, [Edge::new(0, 1), Edge::new(2, 3)]).unwrap();
+        let b = Placement::new(graph, [Edge::new(1, 1)]).unwrap();
+        let proposal = |pl: &Placement, heuristic: &str| ProposalRow {
+            placement_id: pl.id(),
+            heuristic: heuristic.into(),
+            score: Some("rank".into()),
+            gamma: None,
+            budget: pl.len() as i64,
+            draw: 0,
+            method: "adapters".into(),
+            edges: edge_rows(pl),
+            adapters: pl.len() as i64,
+            trainable_params: 1,
+            forward_flops: 2,
+        };
+        // The manual placement repeats the first proposal: one placement, trained once.
+        let proposals = vec![proposal(&a, "top-k"), proposal(&b, "gga")];
+        let rows =
+            rows_to_train(&p, graph, &dims, Some((Path::new("p.parquet"), proposals))).unwrap();
+        let names: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.heuristic.as_str(), r.method.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("top-k", "adapters"),
+                ("gga", "adapters"),
+                ("manual", "adapters"),
+                ("baseline", "linear-probe"),
+                ("baseline", "full"),
+                ("parallel-all", "adapters"),
+                ("baseline", "adapters-random-init"),
+            ]
+        );
+        assert_eq!(rows[2].placement_id, a.id());
+        assert_eq!(
+            rows[2].trainable_params,
+            dims.adapter_tuning_params(2, 8) as i64
+        );
+        assert_eq!(rows[3].placement_id, "linear-probe");
+        assert_eq!(
+            rows[6].placement_id,
+            format!("random-init-{}", graph.parallel_all().id())
+        );
+
+        let plan = run_specs(&p, &rows, &ctx()).unwrap();
+        assert_eq!(plan.placements, 6);
+        assert_eq!(plan.specs.len(), 12);
+        let order: Vec<(String, u64)> = plan
+            .specs
+            .iter()
+            .map(|s| (s.placement_id.clone(), s.seed))
+            .collect();
+        assert_eq!(order[0], (a.id(), 0));
+        assert_eq!(order[1], (a.id(), 1));
+        assert_eq!(order[2], (b.id(), 0));
+        let full = plan
+            .specs
+            .iter()
+            .find(|s| s.method == Method::Full)
+            .unwrap();
+        assert_eq!(full.protocol.train.lr, 1e-4);
+        assert!(full.edges.is_empty());
+        let adapters = &plan.specs[0];
+        assert_eq!(adapters.protocol.train.lr, 1e-3);
+        assert_eq!(adapters.edges, vec![Edge::new(0, 1), Edge::new(2, 3)]);
+        assert_eq!(adapters.preset, "vit-cpu-tiny");
+        assert_eq!(adapters.device, "cpu");
+        // The spec's key does not depend on where the files are.
+        let moved = RunContext {
+            dataset_dir: "elsewhere".into(),
+            base_path: "other.safetensors".into(),
+            ..ctx()
+        };
+        let again = run_specs(&p, &rows, &moved).unwrap();
+        assert_eq!(again.specs[0].key(), plan.specs[0].key());
+    }
+
+    #[test]
+    fn bad_proposals_are_named() {
+        let (graph, dims) = graph_dims();
+        let p = params(serde_json::json!({ "proposals": true, "baselines": [] }));
+        let a = Placement::new(graph, [Edge::new(0, 1)]).unwrap();
+        let row = ProposalRow {
+            placement_id: "not-its-id".into(),
+            heuristic: "x".into(),
+            score: None,
+            gamma: None,
+            budget: 1,
+            draw: 0,
+            method: "adapters".into(),
+            edges: edge_rows(&a),
+            adapters: 1,
+            trainable_params: 0,
+            forward_flops: 0,
+        };
+        let path = Path::new("in/proposals.parquet");
+        let err = rows_to_train(&p, graph, &dims, Some((path, vec![row.clone()])))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("in/proposals.parquet") && err.contains("does not match its edges"),
+            "{err}"
+        );
+        let outside = ProposalRow {
+            edges: vec![graft_tables::EdgeRow { i: 0, j: 99 }],
+            ..row.clone()
+        };
+        let err = rows_to_train(&p, graph, &dims, Some((path, vec![outside])))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("placement not-its-id"), "{err}");
+        let odd = ProposalRow {
+            placement_id: a.id(),
+            method: "prompt".into(),
+            ..row
+        };
+        let err = run_specs(&p, &[odd], &ctx()).unwrap_err().to_string();
+        assert!(err.contains("unknown method \"prompt\""), "{err}");
+    }
+}
