@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use graft_graph::{Edge, Placement};
-use graft_tables::{EdgeRow, ModelInfo, ProposalRow, Table};
+use graft_tables::{EdgeRow, Method, ModelInfo, ProposalRow, Table};
 use serde_json::{Map, Value, json};
 
 use crate::contract::{Check, Contract, ContractError, read_table};
@@ -116,7 +116,7 @@ pub fn check_rows(
             return Err(err("heuristic", "is empty; name the heuristic".into()));
         }
         if let Some(m) = text("method")
-            && m != "adapters"
+            && Method::parse(&m) != Some(Method::Adapters)
         {
             return Err(err(
                 "method",
@@ -218,7 +218,7 @@ pub fn check_rows(
             gamma,
             budget: n,
             draw,
-            method: "adapters".into(),
+            method: Method::Adapters,
             edges: placement
                 .edges()
                 .iter()

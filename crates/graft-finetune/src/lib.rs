@@ -33,7 +33,7 @@ use graft_graph::{Edge, Graph, Placement};
 use graft_model::{AdapterAct, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, Publisher};
-use graft_tables::{EpochRow, ProposalRow, RunRow, Table, edge_rows};
+use graft_tables::{EpochRow, MeanStd, ProposalRow, RunRow, RunStatus, Table, edge_rows};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -342,7 +342,7 @@ impl Stage for Finetune {
                 let placement = graft_tables::placement(graph, &row.edges).map_err(|e| {
                     format!("{}: placement {}: {e}", path.display(), row.placement_id)
                 })?;
-                if row.method == "adapters" && placement.id() != row.placement_id {
+                if row.method == Method::Adapters && placement.id() != row.placement_id {
                     return Err(format!(
                         "{}: placement_id {} does not match its edges (expected {})",
                         path.display(),
@@ -361,7 +361,7 @@ impl Stage for Finetune {
             gamma: None,
             budget: placement.len() as i64,
             draw: 0,
-            method: "adapters".into(),
+            method: Method::Adapters,
             edges: edge_rows(placement),
             adapters: placement.len() as i64,
             trainable_params: dims.adapter_tuning_params(placement.len(), r) as i64,
@@ -375,7 +375,7 @@ impl Stage for Finetune {
                 "parallel-all" => adapter_row("parallel-all", &graph.parallel_all()),
                 "random-init" => ProposalRow {
                     placement_id: format!("random-init-{}", graph.parallel_all().id()),
-                    method: Method::AdaptersRandomInit.name().into(),
+                    method: Method::AdaptersRandomInit,
                     heuristic: "baseline".into(),
                     ..adapter_row("baseline", &graph.parallel_all())
                 },
@@ -386,7 +386,8 @@ impl Stage for Finetune {
                     gamma: None,
                     budget: 0,
                     draw: 0,
-                    method: m.to_owned(),
+                    method: Method::parse(m)
+                        .ok_or_else(|| format!("baselines: {m:?} is not a baseline"))?,
                     edges: vec![],
                     adapters: 0,
                     trainable_params: 0,
@@ -414,17 +415,7 @@ impl Stage for Finetune {
             if !seen.insert(row.placement_id.clone()) {
                 continue;
             }
-            let method = match row.method.as_str() {
-                "adapters" => Method::Adapters,
-                "linear-probe" => Method::LinearProbe,
-                "full" => Method::Full,
-                "adapters-random-init" => Method::AdaptersRandomInit,
-                m => {
-                    return Err(
-                        format!("placement {}: unknown method {m:?}", row.placement_id).into(),
-                    );
-                }
-            };
+            let method = row.method;
             let lr = if method == Method::Full {
                 p.full_lr
             } else {
@@ -510,7 +501,7 @@ impl Stage for Finetune {
                 (Some(a), _) => (run::read_result(a)?, Some(a)),
                 (None, msg) => (
                     RunResult {
-                        status: "failed".into(),
+                        status: RunStatus::Failed,
                         error: Some(msg.unwrap_or_else(|| "not run".into())),
                         best_epoch: None,
                         val_accuracy: None,
@@ -554,14 +545,14 @@ impl Stage for Finetune {
             }
             run_rows.push(RunRow {
                 placement_id: spec.placement_id.clone(),
-                method: spec.method.name().into(),
+                method: spec.method,
                 protocol: Some(spec.protocol.kind.name().into()),
                 seed: spec.seed as i64,
                 edges: spec.edges.iter().map(|&e| e.into()).collect(),
                 adapters: spec.edges.len() as i64,
                 trainable_params: result.trainable_params as i64,
                 forward_flops: result.forward_flops as i64,
-                status: result.status.clone(),
+                status: result.status,
                 error: result.error.clone(),
                 best_epoch: result.best_epoch.map(|e| e as i64),
                 val_accuracy: result.val_accuracy,
@@ -575,7 +566,7 @@ impl Stage for Finetune {
                 run_artifact: artifact.map(|a| a.id().to_string()).unwrap_or_default(),
                 weights_file,
             });
-            if result.status != "failed" {
+            if result.status != RunStatus::Failed {
                 results.entry(spec.placement_id.clone()).or_insert(result);
             }
         }
@@ -624,7 +615,10 @@ impl Stage for Finetune {
             )
             .into());
         }
-        let diverged = run_rows.iter().filter(|r| r.status == "diverged").count();
+        let diverged = run_rows
+            .iter()
+            .filter(|r| r.status == RunStatus::Diverged)
+            .count();
         Ok([
             ("runs".to_owned(), json!(specs.len())),
             ("trained".to_owned(), json!(todo.len())),
@@ -680,21 +674,6 @@ fn dataset_preprocessing(dataset: &Artifact) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Mean and (sample) standard deviation.
-pub fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
-    if xs.is_empty() {
-        return None;
-    }
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 {
-        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    Some((mean, var.sqrt()))
-}
-
 /// The human summary printed at the end: one line per placement, test accuracy over seeds.
 pub fn results_table(rows: &[ProposalRow], runs: &[RunRow]) -> String {
     let mut s = format!(
@@ -711,17 +690,15 @@ pub fn results_table(rows: &[ProposalRow], runs: &[RunRow]) -> String {
             .filter(|r| r.placement_id == row.placement_id)
             .collect();
         let pct = |f: fn(&RunRow) -> Option<f64>| {
-            let xs: Vec<f64> = mine
-                .iter()
-                .filter_map(|r| f(r))
-                .map(|x| 100.0 * x)
-                .collect();
-            match mean_std(&xs) {
-                Some((m, sd)) if xs.len() > 1 => format!("{m:.1} ± {sd:.1}"),
-                Some((m, _)) => format!("{m:.1}"),
+            let xs = mine.iter().filter_map(|r| f(r)).map(|x| 100.0 * x);
+            match graft_tables::mean_std(xs) {
+                Some(MeanStd {
+                    mean, std: Some(sd), ..
+                }) => format!("{mean:.1} ± {sd:.1}"),
+                Some(MeanStd { mean, .. }) => format!("{mean:.1}"),
                 None => mine
                     .first()
-                    .map(|r| r.status.clone())
+                    .map(|r| r.status.to_string())
                     .unwrap_or_else(|| "-".into()),
             }
         };
@@ -732,7 +709,7 @@ pub fn results_table(rows: &[ProposalRow], runs: &[RunRow]) -> String {
                 .iter()
                 .map(|e| format!("({}, {})", e.i, e.j))
                 .collect();
-            let prefix = if row.method == "adapters" {
+            let prefix = if row.method == Method::Adapters {
                 ""
             } else {
                 "random-init "

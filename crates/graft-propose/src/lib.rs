@@ -43,7 +43,7 @@ use std::fmt::Write as _;
 use graft_graph::{GraphError, Placement};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, Publisher};
-use graft_tables::{ModelInfo, ProbeRow, ProposalRow, Table, TableError};
+use graft_tables::{Method, ModelInfo, ProbeRow, ProposalRow, Table, TableError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -263,7 +263,7 @@ pub fn propose(
             gamma: h.gamma(),
             budget: budget as i64,
             draw: draw as i64,
-            method: "adapters".to_owned(),
+            method: Method::Adapters,
             edges: graft_tables::edge_rows(&p),
             adapters: p.len() as i64,
             trainable_params: model.dims.adapter_tuning_params(p.len(), r) as i64,

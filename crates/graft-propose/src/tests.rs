@@ -64,7 +64,7 @@ fn default_parameters_on_two_blocks() {
     assert_eq!(budgets[..10], [1, 2, 3, 6, 12, 1, 2, 3, 6, 12]);
     for r in &out.rows {
         assert_eq!(r.budget, r.adapters, "{r:?}");
-        assert_eq!(r.method, "adapters");
+        assert_eq!(r.method, graft_tables::Method::Adapters);
         let p = graft_tables::placement(Graph::new(2), &r.edges).unwrap();
         assert_eq!(r.placement_id, p.id());
         let d = model(2).dims;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use graft_graph::{Edge, EdgeKind};
-use graft_tables::{ProbeRow, ProposalRow, RunRow};
+use graft_tables::{Method, ProbeRow, ProposalRow, RunRow, RunStatus};
 
 use crate::inputs::TaskData;
 use crate::stats::{MeanStd, Spearman, mean_std, spearman};
@@ -23,7 +23,7 @@ const NOT_HEURISTICS: [&str; 2] = ["baseline", "manual"];
 /// external command stage) gets its curve from the data alone.
 pub fn curve_heuristics(proposals: &[ProposalRow]) -> Vec<String> {
     let mut budgets: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
-    for p in proposals.iter().filter(|p| p.method == "adapters") {
+    for p in proposals.iter().filter(|p| p.method == Method::Adapters) {
         budgets
             .entry(p.heuristic.as_str())
             .or_default()
@@ -47,7 +47,7 @@ pub fn curve_heuristics(proposals: &[ProposalRow]) -> Vec<String> {
 pub struct FailedRun {
     pub placement_id: String,
     pub seed: i64,
-    pub status: String,
+    pub status: RunStatus,
     pub error: String,
 }
 
@@ -55,8 +55,7 @@ pub struct FailedRun {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacementStats {
     pub placement_id: String,
-    /// `adapters`, `linear-probe` or `full`.
-    pub method: String,
+    pub method: Method,
     /// Labels of every proposal row naming this placement (sorted, distinct).
     pub heuristics: Vec<String>,
     pub edges: Vec<Edge>,
@@ -106,8 +105,8 @@ impl PlacementStats {
     /// The colour class of figure 5: the method for baselines, the edge kind when all
     /// edges share one, else `mixed, with recurrent` or `mixed, forward only`.
     pub fn category(&self) -> String {
-        if self.method != "adapters" {
-            return self.method.clone();
+        if self.method != Method::Adapters {
+            return self.method.name().to_owned();
         }
         if self.heuristics.iter().any(|h| h == "parallel-all") {
             return "parallel-all".into();
@@ -131,9 +130,9 @@ impl PlacementStats {
         if self.failed.is_empty() {
             return "ok".into();
         }
-        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut by: BTreeMap<RunStatus, usize> = BTreeMap::new();
         for f in &self.failed {
-            *by.entry(f.status.as_str()).or_default() += 1;
+            *by.entry(f.status).or_default() += 1;
         }
         by.iter()
             .map(|(s, c)| format!("{c} of {} {s}", self.runs))
@@ -248,7 +247,7 @@ pub struct Analysis {
 /// The label of a proposal row in tables and legends.
 pub fn heuristic_label(p: &ProposalRow) -> String {
     if p.heuristic == "baseline" {
-        return p.method.clone();
+        return p.method.name().to_owned();
     }
     let mut s = p.heuristic.clone();
     if let Some(score) = &p.score
@@ -289,14 +288,14 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
     let mut failed_all = Vec::new();
     for (id, runs) in &by_placement {
         let first = runs[0];
-        let ok: Vec<&&RunRow> = runs.iter().filter(|r| r.status == "ok").collect();
+        let ok: Vec<&&RunRow> = runs.iter().filter(|r| r.status.is_ok()).collect();
         let failed: Vec<FailedRun> = runs
             .iter()
-            .filter(|r| r.status != "ok")
+            .filter(|r| !r.status.is_ok())
             .map(|r| FailedRun {
                 placement_id: r.placement_id.clone(),
                 seed: r.seed,
-                status: r.status.clone(),
+                status: r.status,
                 error: r
                     .error
                     .clone()
@@ -306,12 +305,12 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         failed_all.extend(failed.iter().cloned());
         let heuristics = match labels.get(id) {
             Some(l) => l.iter().cloned().collect(),
-            None if first.method != "adapters" => vec![first.method.clone()],
+            None if first.method != Method::Adapters => vec![first.method.name().to_owned()],
             None => vec!["not in proposals".into()],
         };
         placements.push(PlacementStats {
             placement_id: (*id).to_owned(),
-            method: first.method.clone(),
+            method: first.method,
             heuristics,
             edges: first.edges.iter().map(|e| e.edge()).collect(),
             adapters: first.adapters,
@@ -325,10 +324,10 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         });
     }
     placements.sort_by(|a, b| {
-        let rank = |p: &PlacementStats| match p.method.as_str() {
-            "linear-probe" => 0,
-            "full" => 1,
-            _ => 2,
+        let rank = |p: &PlacementStats| match p.method {
+            Method::LinearProbe => 0,
+            Method::Full => 1,
+            Method::Adapters | Method::AdaptersRandomInit => 2,
         };
         rank(a)
             .cmp(&rank(b))
@@ -339,7 +338,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
 
     let single: BTreeMap<Edge, MeanStd> = placements
         .iter()
-        .filter(|p| p.method == "adapters" && p.edges.len() == 1)
+        .filter(|p| p.method == Method::Adapters && p.edges.len() == 1)
         .filter_map(|p| p.test.map(|t| (p.edges[0], t)))
         .collect();
 
@@ -357,8 +356,8 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
     let parallel_all = reference("parallel-all", &|p| {
         p.heuristics.iter().any(|h| h == "parallel-all")
     });
-    let linear_probe = reference("linear probe", &|p| p.method == "linear-probe");
-    let full = reference("full fine-tuning", &|p| p.method == "full");
+    let linear_probe = reference("linear probe", &|p| p.method == Method::LinearProbe);
+    let full = reference("full fine-tuning", &|p| p.method == Method::Full);
 
     let series = curves(&data.proposals, &data.runs);
     let correlations = ProbeRow::SCORES
@@ -386,19 +385,19 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
     let adapter_run_seconds = mean_std(
         data.runs
             .iter()
-            .filter(|r| r.status == "ok" && r.method == "adapters")
+            .filter(|r| r.status.is_ok() && r.method == Method::Adapters)
             .map(|r| r.wall_seconds),
     )
     .map(|m| m.mean);
     let epoch_seconds = mean_std(data.epochs.iter().map(|e| e.seconds)).map(|m| m.mean);
     let backbone_flops = placements
         .iter()
-        .find(|p| p.method == "linear-probe")
+        .find(|p| p.method == Method::LinearProbe)
         .map(|p| p.flops)
         .or_else(|| {
             data.proposals
                 .iter()
-                .find(|p| p.method == "linear-probe")
+                .find(|p| p.method == Method::LinearProbe)
                 .map(|p| p.forward_flops)
         });
     TaskAnalysis {
@@ -427,7 +426,7 @@ type Budget<'a> = (BTreeSet<&'a str>, Vec<i64>);
 /// Accuracy against the number of adapters for each curve heuristic and variant (score, γ).
 fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
     let mut acc: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for r in runs.iter().filter(|r| r.status == "ok") {
+    for r in runs.iter().filter(|r| r.status.is_ok()) {
         if let Some(a) = accuracy_pct(r.test_accuracy) {
             acc.entry(r.placement_id.as_str()).or_default().push(a);
         }

@@ -6,6 +6,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use graft_tables::Method;
+
 use crate::analysis::{Analysis, PlacementStats, Reference, TaskAnalysis};
 use crate::stats::MeanStd;
 use crate::{ReportError, fmt_num};
@@ -266,7 +268,7 @@ fn draw_heatmap(root: &Area, t: &TaskAnalysis) -> DrawResult {
     let failed: Vec<graft_graph::Edge> = t
         .placements
         .iter()
-        .filter(|p| p.method == "adapters" && p.edges.len() == 1 && p.test.is_none())
+        .filter(|p| p.method == Method::Adapters && p.edges.len() == 1 && p.test.is_none())
         .map(|p| p.edges[0])
         .collect();
     for i in 0..n {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use graft_graph::EdgeKind;
+use graft_tables::Method;
 
 use crate::analysis::{Analysis, Series, TaskAnalysis, analyse};
 use crate::figures::{Figure, Panel, figures, p_is};
@@ -184,7 +185,7 @@ fn placements_table(a: &Analysis) -> TableData {
                 Cell::text(protocol_name(t, &p.placement_id)),
                 Cell::text(&p.placement_id),
                 Cell::text(p.heuristics.join("; ")),
-                Cell::text(&p.method),
+                Cell::text(p.method.name()),
                 Cell::text(p.edges_text()),
                 Cell::text(p.kinds_text()),
                 Cell::Int(Some(p.adapters)),
@@ -542,7 +543,7 @@ fn failed_table(a: &Analysis) -> TableData {
                     Cell::text(&t.task),
                     Cell::text(&f.placement_id),
                     Cell::Int(Some(f.seed)),
-                    Cell::text(&f.status),
+                    Cell::text(f.status.name()),
                     Cell::text(&f.error),
                 ]
             })
@@ -738,7 +739,7 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
     } else {
         let mut by: BTreeMap<&str, usize> = BTreeMap::new();
         for f in &t.failed {
-            *by.entry(f.status.as_str()).or_default() += 1;
+            *by.entry(f.status.name()).or_default() += 1;
         }
         let parts: Vec<String> = by.iter().map(|(k, v)| format!("{v} {k}")).collect();
         s.push_str(&format!(
@@ -880,7 +881,7 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
             .collect();
         let fwd: Vec<f64> = finished
             .iter()
-            .filter(|p| !p.has_recurrent() && p.method == "adapters")
+            .filter(|p| !p.has_recurrent() && p.method == Method::Adapters)
             .map(|p| ratio(p.flops))
             .collect();
         let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use graft_graph::{Dims, Edge, EdgeKind, Graph, Placement, forward_flops};
 use graft_stage::{StageArgs, Status};
 use graft_store::{ArtifactId, KeyInput, PublishInfo, Store};
-use graft_tables::{EpochRow, ModelInfo, ProbeRow, ProposalRow, RunRow, Table, edge_rows};
+use graft_tables::{
+    EpochRow, Method, ModelInfo, ProbeRow, ProposalRow, RunRow, RunStatus, Table, edge_rows,
+};
 
 use crate::figures::Panel;
 use crate::inputs::{FinetuneSummary, Preprocessing, ProbeCost, TaskData, TrainSettings};
@@ -80,7 +82,7 @@ fn proposal_row(p: &Proposal) -> ProposalRow {
         gamma: p.gamma,
         budget: p.placement.len() as i64,
         draw: p.draw,
-        method: p.method.into(),
+        method: Method::parse(p.method).unwrap(),
         edges: edge_rows(&p.placement),
         adapters: p.placement.len() as i64,
         trainable_params: params,
@@ -253,7 +255,7 @@ fn task_data(task: usize) -> TaskData {
             let a = acc + noise(seed, salt);
             runs.push(RunRow {
                 placement_id: row.placement_id.clone(),
-                method: row.method.clone(),
+                method: row.method,
                 protocol: Some("select".into()),
                 seed,
                 edges: row.edges.clone(),
@@ -261,13 +263,12 @@ fn task_data(task: usize) -> TaskData {
                 trainable_params: row.trainable_params,
                 forward_flops: row.forward_flops,
                 status: if diverged {
-                    "diverged"
+                    RunStatus::Diverged
                 } else if failed {
-                    "failed"
+                    RunStatus::Failed
                 } else {
-                    "ok"
-                }
-                .into(),
+                    RunStatus::Ok
+                },
                 error: if diverged {
                     Some("loss is NaN at epoch 2".into())
                 } else if failed {
@@ -510,7 +511,7 @@ fn analysis_counts_failed_runs_and_pools_random_draws() {
 fn missing_data_is_said_not_drawn() {
     let mut t = task_data(0);
     t.proposals.retain(|p| p.heuristic == "baseline");
-    t.runs.retain(|r| r.method != "adapters");
+    t.runs.retain(|r| r.method != Method::Adapters);
     t.probe.clear();
     let files = build(vec![t], "t").unwrap();
     let md = file(&files, "summary.md");

@@ -21,6 +21,12 @@ use arrow::record_batch::RecordBatch;
 use graft_graph::{Edge, Graph, Placement};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+mod method;
+mod stats;
+
+pub use method::{Method, RunStatus};
+pub use stats::{MeanStd, mean_std};
+
 /// Errors reading or writing a table; every one names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -185,8 +191,8 @@ pub struct ProposalRow {
     pub budget: i64,
     /// Which draw of a randomised heuristic (0 otherwise).
     pub draw: i64,
-    /// What is trained: `adapters`, `linear-probe` or `full`.
-    pub method: String,
+    /// What is trained.
+    pub method: Method,
     pub edges: Vec<EdgeRow>,
     pub adapters: i64,
     /// Trainable parameters on the base model (adapters and head; all for `full`).
@@ -218,7 +224,7 @@ impl Table for ProposalRow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRow {
     pub placement_id: String,
-    pub method: String,
+    pub method: Method,
     /// `select` (epoch chosen on val) or `final` (trained on train + val, last epoch
     /// tested); null in tables written before it was recorded.
     pub protocol: Option<String>,
@@ -228,7 +234,7 @@ pub struct RunRow {
     pub trainable_params: i64,
     pub forward_flops: i64,
     /// `ok`, or `diverged` / `failed` with the reason in `error`.
-    pub status: String,
+    pub status: RunStatus,
     pub error: Option<String>,
     pub best_epoch: Option<i64>,
     pub val_accuracy: Option<f64>,
@@ -458,7 +464,7 @@ mod tests {
                 gamma: Some(0.6),
                 budget: 2,
                 draw: 0,
-                method: "adapters".into(),
+                method: Method::Adapters,
                 edges: edge_rows(&p),
                 adapters: 2,
                 trainable_params: 1234,
@@ -471,7 +477,7 @@ mod tests {
                 gamma: None,
                 budget: 0,
                 draw: 0,
-                method: "linear-probe".into(),
+                method: Method::LinearProbe,
                 edges: vec![],
                 adapters: 0,
                 trainable_params: 10,
@@ -490,14 +496,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = RunRow {
             placement_id: "abc".into(),
-            method: "adapters".into(),
+            method: Method::Adapters,
             protocol: Some("final".into()),
             seed: 1,
             edges: vec![EdgeRow { i: 0, j: 1 }],
             adapters: 1,
             trainable_params: 5,
             forward_flops: 6,
-            status: "diverged".into(),
+            status: RunStatus::Diverged,
             error: Some("loss is NaN".into()),
             best_epoch: None,
             val_accuracy: None,
