@@ -208,7 +208,8 @@ pub struct Finetune;
 impl Stage for Finetune {
     const NAME: &'static str = "finetune";
     // 2: runs.parquet has a `protocol` column, summary.json `train.protocol`.
-    const VERSION: u32 = 2;
+    // 3: proposals.parquet carries each row's label, params and budgeted.
+    const VERSION: u32 = 3;
     type Params = FinetuneParams;
 
     fn input_names(p: &FinetuneParams) -> Vec<String> {
@@ -357,8 +358,10 @@ impl Stage for Finetune {
         let adapter_row = |heuristic: &str, placement: &Placement| ProposalRow {
             placement_id: placement.id(),
             heuristic: heuristic.to_owned(),
+            label: heuristic.to_owned(),
+            params: "{}".into(),
+            budgeted: false,
             score: None,
-            gamma: None,
             budget: placement.len() as i64,
             draw: 0,
             method: Method::Adapters,
@@ -376,14 +379,16 @@ impl Stage for Finetune {
                 "random-init" => ProposalRow {
                     placement_id: format!("random-init-{}", graph.parallel_all().id()),
                     method: Method::AdaptersRandomInit,
-                    heuristic: "baseline".into(),
+                    label: Method::AdaptersRandomInit.name().into(),
                     ..adapter_row("baseline", &graph.parallel_all())
                 },
                 m => ProposalRow {
                     placement_id: m.to_owned(),
                     heuristic: "baseline".into(),
+                    label: m.to_owned(),
+                    params: "{}".into(),
+                    budgeted: false,
                     score: None,
-                    gamma: None,
                     budget: 0,
                     draw: 0,
                     method: Method::parse(m)
@@ -693,7 +698,9 @@ pub fn results_table(rows: &[ProposalRow], runs: &[RunRow]) -> String {
             let xs = mine.iter().filter_map(|r| f(r)).map(|x| 100.0 * x);
             match graft_tables::mean_std(xs) {
                 Some(MeanStd {
-                    mean, std: Some(sd), ..
+                    mean,
+                    std: Some(sd),
+                    ..
                 }) => format!("{mean:.1} ± {sd:.1}"),
                 Some(MeanStd { mean, .. }) => format!("{mean:.1}"),
                 None => mine

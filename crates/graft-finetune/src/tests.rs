@@ -231,7 +231,6 @@ fn bad_parameters_name_the_field() {
     assert!(parse(json!({"executor": "slurm", "slurm_max_parallel": 4})).is_ok());
 }
 
-
 /// Issue 12 item 7: the tch build of `graft-finetune` finds LibTorch through its rpath, so a
 /// worker trains a run from an empty environment (no `LD_LIBRARY_PATH`, no `PATH`).
 /// `make test-tch` builds the binary before the tests.

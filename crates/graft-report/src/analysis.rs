@@ -2,6 +2,11 @@
 //! ([`PlacementStats`]), the single-adapter map, accuracy against budget per heuristic
 //! ([`Series`]), probe scores against single-adapter accuracy and the cross-task
 //! correlations. No I/O and no drawing here.
+//!
+//! Heuristics are known only through the proposals table: each row's `label` names it in
+//! tables and legends, and every `budgeted` heuristic's rows make a curve, so a heuristic
+//! added anywhere (a registry line, a command stage's script) is reported with no change
+//! here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,37 +15,6 @@ use graft_tables::{Method, ProbeRow, ProposalRow, RunRow, RunStatus};
 
 use crate::inputs::TaskData;
 use crate::stats::{MeanStd, Spearman, mean_std, spearman};
-
-/// The built-in budgeted heuristics, in legend order; they lead the legend when present.
-pub const CURVE_HEURISTICS: [&str; 5] = ["gga", "top-k", "first-k", "last-k", "random-k"];
-
-/// Labels of rows that are not a heuristic's proposals: baselines and hand-listed placements.
-const NOT_HEURISTICS: [&str; 2] = ["baseline", "manual"];
-
-/// The heuristics drawn as curves against the budget: the built-in ones of
-/// [`CURVE_HEURISTICS`] that have rows, then (by name) every other heuristic whose adapter
-/// rows span at least two budgets, so a heuristic added elsewhere (a registry line, an
-/// external command stage) gets its curve from the data alone.
-pub fn curve_heuristics(proposals: &[ProposalRow]) -> Vec<String> {
-    let mut budgets: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
-    for p in proposals.iter().filter(|p| p.method == Method::Adapters) {
-        budgets
-            .entry(p.heuristic.as_str())
-            .or_default()
-            .insert(p.adapters);
-    }
-    let mut out: Vec<String> = CURVE_HEURISTICS
-        .iter()
-        .filter(|h| budgets.contains_key(*h))
-        .map(|h| (*h).to_owned())
-        .collect();
-    for (h, b) in &budgets {
-        if b.len() >= 2 && !CURVE_HEURISTICS.contains(h) && !NOT_HEURISTICS.contains(h) {
-            out.push((*h).to_owned());
-        }
-    }
-    out
-}
 
 /// One run that did not give an accuracy.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,7 +131,7 @@ pub struct Point {
 pub struct Series {
     /// `gga`, `top-k`, ...
     pub heuristic: String,
-    /// Legend label: the heuristic with its score (when not rank) and γ.
+    /// Legend label: the rows' `label` (`gga γ=0.6`).
     pub label: String,
     pub points: Vec<Point>,
 }
@@ -244,26 +218,6 @@ pub struct Analysis {
     pub cross: Vec<CrossTask>,
 }
 
-/// The label of a proposal row in tables and legends.
-pub fn heuristic_label(p: &ProposalRow) -> String {
-    if p.heuristic == "baseline" {
-        return p.method.name().to_owned();
-    }
-    let mut s = p.heuristic.clone();
-    if let Some(score) = &p.score
-        && score != "rank"
-        && (p.heuristic == "gga" || p.heuristic == "top-k")
-    {
-        s.push_str(&format!(" by {score}"));
-    }
-    if p.heuristic == "gga"
-        && let Some(g) = p.gamma
-    {
-        s.push_str(&format!(" γ={g}"));
-    }
-    s
-}
-
 fn accuracy_pct(x: Option<f64>) -> Option<f64> {
     x.filter(|v| v.is_finite()).map(|v| 100.0 * v)
 }
@@ -275,7 +229,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         labels
             .entry(p.placement_id.as_str())
             .or_default()
-            .insert(heuristic_label(p));
+            .insert(p.label.clone());
     }
     let mut by_placement: BTreeMap<&str, Vec<&RunRow>> = BTreeMap::new();
     for r in &data.runs {
@@ -423,7 +377,8 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
 /// The placements a heuristic variant proposed at one budget, with their parameter counts.
 type Budget<'a> = (BTreeSet<&'a str>, Vec<i64>);
 
-/// Accuracy against the number of adapters for each curve heuristic and variant (score, γ).
+/// Accuracy against the number of adapters for each budgeted heuristic and label, in the
+/// order they first appear in the proposals table.
 fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
     let mut acc: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for r in runs.iter().filter(|r| r.status.is_ok()) {
@@ -431,46 +386,51 @@ fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
             acc.entry(r.placement_id.as_str()).or_default().push(a);
         }
     }
-    let mut out = Vec::new();
-    for h in curve_heuristics(proposals) {
-        // label -> adapters -> (placement ids, params)
-        let mut variants: BTreeMap<String, BTreeMap<i64, Budget>> = BTreeMap::new();
-        for p in proposals.iter().filter(|p| p.heuristic == h) {
-            let slot = variants
-                .entry(heuristic_label(p))
-                .or_default()
-                .entry(p.adapters)
-                .or_default();
-            if slot.0.insert(p.placement_id.as_str()) {
-                slot.1.push(p.trainable_params);
+    // (heuristic, label) -> adapters -> (placement ids, params), in order of appearance.
+    let mut variants: Vec<((&str, &str), BTreeMap<i64, Budget>)> = Vec::new();
+    for p in proposals
+        .iter()
+        .filter(|p| p.budgeted && p.method == Method::Adapters)
+    {
+        let key = (p.heuristic.as_str(), p.label.as_str());
+        let k = match variants.iter().position(|(v, _)| *v == key) {
+            Some(k) => k,
+            None => {
+                variants.push((key, BTreeMap::new()));
+                variants.len() - 1
             }
+        };
+        let slot = variants[k].1.entry(p.adapters).or_default();
+        if slot.0.insert(p.placement_id.as_str()) {
+            slot.1.push(p.trainable_params);
         }
-        for (label, by_budget) in variants {
-            let points: Vec<Point> = by_budget
-                .into_iter()
-                .filter_map(|(adapters, (ids, params))| {
-                    let values: Vec<f64> = ids
-                        .iter()
-                        .flat_map(|id| acc.get(id).into_iter().flatten().copied())
-                        .collect();
-                    let test = mean_std(values)?;
-                    let placements = ids.iter().filter(|id| acc.contains_key(*id)).count();
-                    let params = params.iter().sum::<i64>() / params.len().max(1) as i64;
-                    Some(Point {
-                        adapters,
-                        params,
-                        test,
-                        placements,
-                    })
+    }
+    let mut out = Vec::new();
+    for ((heuristic, label), by_budget) in variants {
+        let points: Vec<Point> = by_budget
+            .into_iter()
+            .filter_map(|(adapters, (ids, params))| {
+                let values: Vec<f64> = ids
+                    .iter()
+                    .flat_map(|id| acc.get(id).into_iter().flatten().copied())
+                    .collect();
+                let test = mean_std(values)?;
+                let placements = ids.iter().filter(|id| acc.contains_key(*id)).count();
+                let params = params.iter().sum::<i64>() / params.len().max(1) as i64;
+                Some(Point {
+                    adapters,
+                    params,
+                    test,
+                    placements,
                 })
-                .collect();
-            if !points.is_empty() {
-                out.push(Series {
-                    heuristic: h.clone(),
-                    label,
-                    points,
-                });
-            }
+            })
+            .collect();
+        if !points.is_empty() {
+            out.push(Series {
+                heuristic: heuristic.to_owned(),
+                label: label.to_owned(),
+                points,
+            });
         }
     }
     out

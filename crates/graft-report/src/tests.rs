@@ -75,11 +75,25 @@ fn proposal_row(p: &Proposal) -> ProposalRow {
         "full" => ("full".to_owned(), 250_000),
         _ => ("linear-probe".to_owned(), d.head_params() as i64),
     };
+    // Described as graft-propose's heuristics describe themselves (score is always rank).
+    let (label, description) = match (p.heuristic, p.gamma) {
+        ("baseline", _) => (p.method.to_owned(), "{}".to_owned()),
+        ("gga", Some(g)) => (
+            format!("gga γ={g}"),
+            format!(r#"{{"gamma":{g},"score":"rank"}}"#),
+        ),
+        ("top-k", _) => ("top-k".to_owned(), r#"{"score":"rank"}"#.to_owned()),
+        ("random-k", _) => ("random-k".to_owned(), r#"{"draws":2}"#.to_owned()),
+        (h, _) => (h.to_owned(), "{}".to_owned()),
+    };
+    let budgeted = ["gga", "top-k", "first-k", "last-k", "random-k"].contains(&p.heuristic);
     ProposalRow {
         placement_id: id,
         heuristic: p.heuristic.into(),
+        label,
+        params: description,
+        budgeted,
         score: p.score.map(str::to_owned),
-        gamma: p.gamma,
         budget: p.placement.len() as i64,
         draw: p.draw,
         method: Method::parse(p.method).unwrap(),
@@ -123,27 +137,9 @@ fn task_data(task: usize) -> TaskData {
         );
     }
     let ranked: Vec<(usize, usize)> = vec![(4, 0), (2, 1), (1, 3)];
+    // Curves come in the order of the table: gga γ=0.3, gga γ=0.6, top-k, first-k, ...
     for k in 1..=3 {
-        add(
-            &mut props,
-            "top-k",
-            Some("rank"),
-            None,
-            0,
-            "adapters",
-            pl(&ranked[..k]),
-        );
         if task == 0 {
-            let gga = [(4, 0), (0, 3), (3, 3)];
-            add(
-                &mut props,
-                "gga",
-                Some("rank"),
-                Some(0.6),
-                0,
-                "adapters",
-                pl(&gga[..k]),
-            );
             let gga3 = [(4, 0), (1, 4), (2, 2)];
             add(
                 &mut props,
@@ -154,6 +150,27 @@ fn task_data(task: usize) -> TaskData {
                 "adapters",
                 pl(&gga3[..k]),
             );
+            let gga = [(4, 0), (0, 3), (3, 3)];
+            add(
+                &mut props,
+                "gga",
+                Some("rank"),
+                Some(0.6),
+                0,
+                "adapters",
+                pl(&gga[..k]),
+            );
+        }
+        add(
+            &mut props,
+            "top-k",
+            Some("rank"),
+            None,
+            0,
+            "adapters",
+            pl(&ranked[..k]),
+        );
+        if task == 0 {
             add(
                 &mut props,
                 "first-k",
@@ -792,6 +809,8 @@ fn a_heuristic_unknown_to_the_report_gets_a_budget_curve() {
         .filter(|p| p.heuristic == "top-k")
         .map(|p| ProposalRow {
             heuristic: "top-per-node".into(),
+            label: "top-per-node".into(),
+            params: "{}".into(),
             score: None,
             ..p.clone()
         })

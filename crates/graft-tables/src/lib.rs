@@ -22,9 +22,11 @@ use graft_graph::{Edge, Graph, Placement};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 mod method;
+mod params;
 mod stats;
 
 pub use method::{Method, RunStatus};
+pub use params::canonical_json;
 pub use stats::{MeanStd, mean_std};
 
 /// Errors reading or writing a table; every one names the file.
@@ -183,10 +185,17 @@ pub struct ProposalRow {
     pub placement_id: String,
     /// The heuristic that proposed it (`gga`, `top-k`, ..., `manual`, `baseline`).
     pub heuristic: String,
+    /// How the heuristic names this use of itself in legends and tables (`gga γ=0.6`,
+    /// `top-k by frobenius`); baselines: the method.
+    pub label: String,
+    /// The heuristic's parameters with defaults filled in, as canonical JSON (keys sorted,
+    /// no whitespace, `name` left out): `{"gamma":0.6,"score":"rank"}`, `{}` for none.
+    pub params: String,
+    /// Whether the heuristic makes one placement per budget, so that its rows form a curve
+    /// against the budget (`false` for `parallel-all`, `single-sweep`, `manual`, baselines).
+    pub budgeted: bool,
     /// The probe score column that drove it, where one did.
     pub score: Option<String>,
-    /// γ of `gga`.
-    pub gamma: Option<f64>,
     /// The budget asked for (number of adapters).
     pub budget: i64,
     /// Which draw of a randomised heuristic (0 otherwise).
@@ -207,8 +216,10 @@ impl Table for ProposalRow {
         Arc::new(Schema::new(vec![
             Field::new("placement_id", DataType::Utf8, false),
             Field::new("heuristic", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, false),
+            Field::new("params", DataType::Utf8, false),
+            Field::new("budgeted", DataType::Boolean, false),
             Field::new("score", DataType::Utf8, true),
-            Field::new("gamma", DataType::Float64, true),
             Field::new("budget", DataType::Int64, false),
             Field::new("draw", DataType::Int64, false),
             Field::new("method", DataType::Utf8, false),
@@ -460,8 +471,10 @@ mod tests {
             ProposalRow {
                 placement_id: p.id(),
                 heuristic: "gga".into(),
+                label: "gga γ=0.6".into(),
+                params: r#"{"gamma":0.6,"score":"rank"}"#.into(),
+                budgeted: true,
                 score: Some("rank".into()),
-                gamma: Some(0.6),
                 budget: 2,
                 draw: 0,
                 method: Method::Adapters,
@@ -473,8 +486,10 @@ mod tests {
             ProposalRow {
                 placement_id: "linear-probe".into(),
                 heuristic: "baseline".into(),
+                label: "linear-probe".into(),
+                params: "{}".into(),
+                budgeted: false,
                 score: None,
-                gamma: None,
                 budget: 0,
                 draw: 0,
                 method: Method::LinearProbe,
@@ -542,6 +557,54 @@ mod tests {
             EpochRow::read(&dir.path().join("e.parquet"))
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    fn write_json(path: &Path, schema: SchemaRef, rows: &[serde_json::Value]) {
+        let mut d = arrow::json::ReaderBuilder::new(schema.clone())
+            .build_decoder()
+            .unwrap();
+        d.serialize(rows).unwrap();
+        let batch = d.flush().unwrap().unwrap();
+        graft_store::table::write_parquet(path, schema, &[batch], &BTreeMap::new()).unwrap();
+    }
+
+    #[test]
+    fn an_older_or_foreign_proposals_table_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proposals.parquet");
+        let mut row = serde_json::json!({
+            "placement_id": "p", "heuristic": "gga", "score": null, "budget": 1, "draw": 0,
+            "method": "adapters", "edges": [{"i": 0, "j": 1}], "adapters": 1,
+            "trainable_params": 1, "forward_flops": 1,
+        });
+        // Written before rows described their heuristic: the missing column is named.
+        let old: Vec<Field> = ProposalRow::schema()
+            .fields()
+            .iter()
+            .filter(|f| !["label", "params", "budgeted"].contains(&f.name().as_str()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        write_json(
+            &path,
+            Arc::new(Schema::new(old)),
+            std::slice::from_ref(&row),
+        );
+        let err = ProposalRow::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("proposals.parquet") && err.contains("\"label\""),
+            "{err}"
+        );
+        // A method no stage knows is an error naming the file and the value.
+        row["label"] = "gga".into();
+        row["params"] = "{}".into();
+        row["budgeted"] = true.into();
+        row["method"] = "lora".into();
+        write_json(&path, ProposalRow::schema(), &[row]);
+        let err = ProposalRow::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("proposals.parquet") && err.contains("lora"),
+            "{err}"
         );
     }
 
