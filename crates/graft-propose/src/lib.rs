@@ -6,8 +6,11 @@
 //! Each placement heuristic implements the [`Heuristic`] trait in its own file under
 //! `src/heuristics/` and is registered by one line in [`heuristics::REGISTRY`]; the
 //! registry's property test runs every entry, so a new heuristic is tested without touching
-//! a test. A heuristic reads a [`Context`]: the [`Probe`] table (every edge of the graph
-//! exactly once) and the seed. Its parameter table is read through [`Fields`], which names
+//! a test (a test may also run the stage with an entry of its own: [`propose_in`]). A
+//! heuristic reads a [`Context`]: the [`Probe`] table (every edge of the graph exactly once)
+//! and the seed, and describes itself ([`Heuristic::describe`]: label, parameters with
+//! defaults filled in, whether it is budgeted) in every row it proposes, which is all the
+//! report knows of it. Its parameter table is read through [`Fields`], which names
 //! the field in every error and fills in defaults, so that writing a default explicitly
 //! leaves the stage key unchanged.
 //!
