@@ -377,6 +377,9 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
 /// The placements a heuristic variant proposed at one budget, with their parameter counts.
 type Budget<'a> = (BTreeSet<&'a str>, Vec<i64>);
 
+/// A heuristic variant, `(heuristic, label)`, with its placements by number of adapters.
+type Variant<'a> = ((&'a str, &'a str), BTreeMap<i64, Budget<'a>>);
+
 /// Accuracy against the number of adapters for each budgeted heuristic and label, in the
 /// order they first appear in the proposals table.
 fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
@@ -387,7 +390,7 @@ fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
         }
     }
     // (heuristic, label) -> adapters -> (placement ids, params), in order of appearance.
-    let mut variants: Vec<((&str, &str), BTreeMap<i64, Budget>)> = Vec::new();
+    let mut variants: Vec<Variant> = Vec::new();
     for p in proposals
         .iter()
         .filter(|p| p.budgeted && p.method == Method::Adapters)

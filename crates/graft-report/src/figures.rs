@@ -13,9 +13,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::ReportError;
 use crate::analysis::{Analysis, TaskAnalysis};
 use crate::stats::MeanStd;
-use crate::ReportError;
 
 /// A figure: title, the one-line caption saying what to read from it, and its panels.
 #[derive(Debug, Clone, PartialEq)]
