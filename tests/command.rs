@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use graft_tables::{ProposalRow, RunRow, Table};
+use graft_tables::{ProposalRow, RunRow, RunStatus, Table};
 
 use crate::common::*;
 
@@ -144,7 +144,7 @@ params = {{ tasks = ["target"] }}
     for r in &rows {
         assert!(
             runs.iter()
-                .any(|run| run.placement_id == r.placement_id && run.status == "ok"),
+                .any(|run| run.placement_id == r.placement_id && run.status == RunStatus::Ok),
             "{} ({}) not trained: {runs:#?}",
             r.placement_id,
             r.heuristic

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use graft_tables::{RunRow, Table};
+use graft_tables::{RunRow, RunStatus, Table};
 
 use crate::common::*;
 
@@ -22,7 +22,7 @@ fn runs(store: &Path) -> Vec<(String, String)> {
         .unwrap()
         .into_iter()
         .map(|r| {
-            assert_eq!(r.status, "ok", "{r:?}");
+            assert_eq!(r.status, RunStatus::Ok, "{r:?}");
             (
                 format!("{} seed {}", r.placement_id, r.seed),
                 r.run_artifact,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use graft_tables::{ProposalRow, RunRow, Table};
+use graft_tables::{Method, ProposalRow, RunRow, RunStatus, Table};
 
 use crate::common::*;
 
@@ -39,13 +39,18 @@ fn placements_and_baselines_train_once_per_seed_and_cache_per_run() {
     let art = artifact_dir(&store);
     let runs = RunRow::read(&art.join(RunRow::FILE)).unwrap();
     assert_eq!(runs.len(), 4, "{runs:#?}");
-    let methods: Vec<&str> = runs.iter().map(|r| r.method.as_str()).collect();
+    let methods: Vec<Method> = runs.iter().map(|r| r.method).collect();
     assert_eq!(
         methods,
-        ["adapters", "adapters", "linear-probe", "adapters"]
+        [
+            Method::Adapters,
+            Method::Adapters,
+            Method::LinearProbe,
+            Method::Adapters
+        ]
     );
     for r in &runs {
-        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!(r.status, RunStatus::Ok, "{r:?}");
         let acc = r.test_accuracy.unwrap();
         assert!((0.0..=1.0).contains(&acc));
         assert!(r.trainable_params > 0 && r.forward_flops > 0 && r.wall_seconds > 0.0);
@@ -86,7 +91,10 @@ fn a_diverging_learning_rate_is_recorded_per_run_and_the_rest_continue() {
     let out = ok(graft(&store).args(["run", p, "-S", "finetune.lr=1e9"]));
     assert_eq!(status_of(&out, "finetune"), "ran", "{out}");
     let runs = RunRow::read(&artifact_dir(&store).join(RunRow::FILE)).unwrap();
-    let diverged: Vec<&RunRow> = runs.iter().filter(|r| r.status == "diverged").collect();
+    let diverged: Vec<&RunRow> = runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Diverged)
+        .collect();
     assert!(!diverged.is_empty(), "{runs:#?}");
     for r in &diverged {
         assert!(r.error.as_ref().unwrap().contains("diverged"), "{r:?}");

@@ -14,12 +14,16 @@ nodes cannot be met and is skipped.
 
 graft checks the table against the probed model's graph and computes placement_id,
 adapters, budget, trainable_params and forward_flops itself, so the script writes only what
-it decides: heuristic, score, gamma, draw and edges. With --with DIR (the propose stage's
+it decides: heuristic, score, draw and edges, and how the heuristic describes itself: label
+(the report's legend), params (its parameters as a JSON object) and budgeted (one placement
+per budget, so the report draws its budget curve). graft would fill those three in (the
+name, {} and whether the rows span two budgets) if they were left out. With --with DIR (the propose stage's
 artifact) the rows of DIR/proposals.parquet come first, so the fine-tune stage trains gga,
 top-k and the rest beside this heuristic.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -33,8 +37,10 @@ NAME = "top-per-node"
 SCHEMA = pa.schema(
     [
         ("heuristic", pa.string()),
+        ("label", pa.string()),
+        ("params", pa.string()),
+        ("budgeted", pa.bool_()),
         ("score", pa.string()),
-        ("gamma", pa.float64()),
         ("draw", pa.int64()),
         ("edges", pa.list_(pa.struct([("i", pa.int32()), ("j", pa.int32())]))),
     ]
@@ -80,8 +86,10 @@ def main() -> int:
         rows.append(
             {
                 "heuristic": NAME,
+                "label": f"{NAME} by {args.score}",
+                "params": json.dumps({"score": args.score}, sort_keys=True),
+                "budgeted": True,
                 "score": args.score,
-                "gamma": None,
                 "draw": 0,
                 "edges": [{"i": i, "j": j} for i, j in edges],
             }

@@ -202,7 +202,8 @@ pub struct CommandStage;
 
 impl Stage for CommandStage {
     const NAME: &'static str = "command";
-    const VERSION: u32 = 1;
+    // 2: a `proposals` output carries the heuristic's label, params and budgeted.
+    const VERSION: u32 = 2;
     type Params = CommandParams;
 
     fn input_names(p: &CommandParams) -> Vec<String> {

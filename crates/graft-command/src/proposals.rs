@@ -2,8 +2,12 @@
 //! against the graph of the probed model (`model.json` of the `probe` input).
 //!
 //! Required columns: `heuristic` (a non-empty string) and `edges` (a non-empty list of
-//! `{i, j}` inside the graph, no edge twice). Optional: `score`, `gamma` (finite), `draw`
-//! (>= 0, default 0), `method` (only `adapters`: baselines belong to the fine-tune stage).
+//! `{i, j}` inside the graph, no edge twice). Optional: `score`, `draw` (>= 0, default 0),
+//! `method` (only `adapters`: baselines belong to the fine-tune stage), and the heuristic's
+//! description: `label` (non-empty; default the `heuristic` name), `params` (a JSON object
+//! as text, re-written canonically with keys sorted; default `{}`) and `budgeted` (whether
+//! the heuristic makes one placement per budget, so its rows form a budget curve; default
+//! whether the rows of the same `heuristic` in the table have two or more budgets).
 //! Derived, so graft computes them and never trusts them: `placement_id`
 //! ([`graft_graph::Placement::id`] of the edges), `adapters` and `budget` (the number of
 //! edges, as for every row `graft-propose` writes), `trainable_params` and `forward_flops`
@@ -14,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use graft_graph::{Edge, Placement};
-use graft_tables::{EdgeRow, ModelInfo, ProposalRow, Table};
+use graft_tables::{EdgeRow, Method, ModelInfo, ProposalRow, Table};
 use serde_json::{Map, Value, json};
 
 use crate::contract::{Check, Contract, ContractError, read_table};
@@ -26,8 +30,8 @@ pub const CONTRACT: Contract = Contract {
     check,
 };
 
-/// Columns graft computes; the program may omit them.
-const DERIVED: [&str; 7] = [
+/// Columns graft computes or fills in; the program may omit them.
+const DERIVED: [&str; 10] = [
     "placement_id",
     "adapters",
     "budget",
@@ -35,6 +39,9 @@ const DERIVED: [&str; 7] = [
     "forward_flops",
     "draw",
     "method",
+    "label",
+    "params",
+    "budgeted",
 ];
 
 fn check(c: &Check<'_>) -> Result<Value, ContractError> {
@@ -89,6 +96,16 @@ pub fn check_rows(
         });
     }
     let max = graph.nodes() - 1;
+    // The default of `budgeted`: the heuristic's rows span two or more budgets.
+    let mut budgets: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+    for r in rows {
+        if let (Some(h), Some(edges)) = (
+            r.get("heuristic").and_then(Value::as_str),
+            r.get("edges").and_then(Value::as_array),
+        ) {
+            budgets.entry(h).or_default().insert(edges.len());
+        }
+    }
     let mut out = Vec::with_capacity(rows.len());
     for (row, r) in rows.iter().enumerate() {
         let err = |column: &str, message: String| ContractError::Row {
@@ -116,7 +133,7 @@ pub fn check_rows(
             return Err(err("heuristic", "is empty; name the heuristic".into()));
         }
         if let Some(m) = text("method")
-            && m != "adapters"
+            && Method::parse(&m) != Some(Method::Adapters)
         {
             return Err(err(
                 "method",
@@ -204,21 +221,48 @@ pub fn check_rows(
         if draw < 0 {
             return Err(err("draw", format!("{draw} must be >= 0")));
         }
-        let gamma = match present("gamma") {
-            None => None,
-            Some(v) => match v.as_f64() {
-                Some(g) if g.is_finite() => Some(g),
-                _ => return Err(err("gamma", format!("{v} is not a finite number"))),
+        let label = match present("label") {
+            None => heuristic.clone(),
+            Some(v) => match v.as_str() {
+                Some(l) if !l.trim().is_empty() => l.to_owned(),
+                _ => {
+                    return Err(err(
+                        "label",
+                        format!("{v} is empty; leave it out or null to get the heuristic name"),
+                    ));
+                }
             },
+        };
+        let params = match present("params") {
+            None => "{}".to_owned(),
+            Some(v) => match v.as_str().map(serde_json::from_str::<Value>) {
+                Some(Ok(v @ Value::Object(_))) => graft_tables::canonical_json(&v),
+                _ => {
+                    return Err(err(
+                        "params",
+                        format!("{v} is not a JSON object as text, e.g. '{{\"score\": \"rank\"}}'"),
+                    ));
+                }
+            },
+        };
+        let budgeted = match present("budgeted") {
+            None => budgets
+                .get(heuristic.as_str())
+                .is_some_and(|b| b.len() >= 2),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| err("budgeted", format!("{v} is not true or false")))?,
         };
         out.push(ProposalRow {
             placement_id: id,
             heuristic,
+            label,
+            params,
+            budgeted,
             score: text("score"),
-            gamma,
             budget: n,
             draw,
-            method: "adapters".into(),
+            method: Method::Adapters,
             edges: placement
                 .edges()
                 .iter()
@@ -303,6 +347,54 @@ mod tests {
         let again =
             check_rows("p.parquet", &m, 8, &[row(serde_json::to_value(r).unwrap())]).unwrap();
         assert_eq!(&again[0], r);
+    }
+
+    #[test]
+    fn the_description_is_filled_in_or_checked() {
+        let m = model();
+        let e = |i: i64, j: i64| json!({"i": i, "j": j});
+        let rows = check_rows(
+            "p.parquet",
+            &m,
+            8,
+            &[
+                row(json!({"heuristic": "mine", "edges": [e(0, 1)]})),
+                row(json!({"heuristic": "mine", "edges": [e(0, 1), e(2, 1)]})),
+                row(json!({"heuristic": "once", "edges": [e(3, 1)]})),
+                row(
+                    json!({"heuristic": "told", "label": "told (k=3)", "budgeted": true,
+                           "params": "{ \"k\": 3, \"by\": {\"z\": 1, \"a\": 2} }",
+                           "edges": [e(0, 1)]}),
+                ),
+            ],
+        )
+        .unwrap();
+        let described: Vec<(&str, &str, bool)> = rows
+            .iter()
+            .map(|r| (r.label.as_str(), r.params.as_str(), r.budgeted))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                // Defaults: the name, no parameters, budgeted when its rows span two budgets.
+                ("mine", "{}", true),
+                ("mine", "{}", true),
+                ("once", "{}", false),
+                // Given: kept, the params re-written canonically.
+                ("told (k=3)", r#"{"by":{"a":2,"z":1},"k":3}"#, true),
+            ]
+        );
+        let e = refused(json!({"heuristic": "h", "params": "[1]", "edges": [{"i": 0, "j": 1}]}));
+        assert!(
+            e.contains("column \"params\"") && e.contains("JSON object"),
+            "{e}"
+        );
+        let e = refused(json!({"heuristic": "h", "params": "{", "edges": [{"i": 0, "j": 1}]}));
+        assert!(e.contains("column \"params\""), "{e}");
+        let e = refused(json!({"heuristic": "h", "label": " ", "edges": [{"i": 0, "j": 1}]}));
+        assert!(e.contains("column \"label\""), "{e}");
+        let e = refused(json!({"heuristic": "h", "budgeted": "yes", "edges": [{"i": 0, "j": 1}]}));
+        assert!(e.contains("column \"budgeted\""), "{e}");
     }
 
     #[test]

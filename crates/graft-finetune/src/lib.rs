@@ -39,7 +39,7 @@ use graft_graph::{Edge, Graph, Placement};
 use graft_model::{AdapterAct, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, Publisher};
-use graft_tables::{ProposalRow, RunRow, Table};
+use graft_tables::{MeanStd, ProposalRow, RunRow, RunStatus, Table};
 use graft_train::TrainProtocol;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -193,7 +193,8 @@ pub struct Finetune;
 impl Stage for Finetune {
     const NAME: &'static str = "finetune";
     // 2: runs.parquet has a `protocol` column, summary.json `train.protocol`.
-    const VERSION: u32 = 2;
+    // 3: proposals.parquet carries each row's label, params and budgeted.
+    const VERSION: u32 = 3;
     type Params = FinetuneParams;
 
     fn input_names(p: &FinetuneParams) -> Vec<String> {
@@ -357,7 +358,10 @@ impl Stage for Finetune {
             )
             .into());
         }
-        let diverged = run_rows.iter().filter(|r| r.status == "diverged").count();
+        let diverged = run_rows
+            .iter()
+            .filter(|r| r.status == RunStatus::Diverged)
+            .count();
         Ok([
             ("runs".to_owned(), json!(specs.len())),
             ("trained".to_owned(), json!(dispatched.trained)),
@@ -405,21 +409,6 @@ fn manual_placements(p: &FinetuneParams, graph: Graph) -> Result<Vec<Placement>,
         .collect()
 }
 
-/// Mean and (sample) standard deviation.
-pub fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
-    if xs.is_empty() {
-        return None;
-    }
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 {
-        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    Some((mean, var.sqrt()))
-}
-
 /// The human summary printed at the end: one line per placement, test accuracy over seeds.
 pub fn results_table(rows: &[ProposalRow], runs: &[RunRow]) -> String {
     let mut s = format!(
@@ -436,17 +425,17 @@ pub fn results_table(rows: &[ProposalRow], runs: &[RunRow]) -> String {
             .filter(|r| r.placement_id == row.placement_id)
             .collect();
         let pct = |f: fn(&RunRow) -> Option<f64>| {
-            let xs: Vec<f64> = mine
-                .iter()
-                .filter_map(|r| f(r))
-                .map(|x| 100.0 * x)
-                .collect();
-            match mean_std(&xs) {
-                Some((m, sd)) if xs.len() > 1 => format!("{m:.1} ± {sd:.1}"),
-                Some((m, _)) => format!("{m:.1}"),
+            let xs = mine.iter().filter_map(|r| f(r)).map(|x| 100.0 * x);
+            match graft_tables::mean_std(xs) {
+                Some(MeanStd {
+                    mean,
+                    std: Some(sd),
+                    ..
+                }) => format!("{mean:.1} ± {sd:.1}"),
+                Some(MeanStd { mean, .. }) => format!("{mean:.1}"),
                 None => mine
                     .first()
-                    .map(|r| r.status.clone())
+                    .map(|r| r.status.to_string())
                     .unwrap_or_else(|| "-".into()),
             }
         };
@@ -457,7 +446,7 @@ pub fn results_table(rows: &[ProposalRow], runs: &[RunRow]) -> String {
                 .iter()
                 .map(|e| format!("({}, {})", e.i, e.j))
                 .collect();
-            let prefix = if row.method == "adapters" {
+            let prefix = if row.method == Method::Adapters {
                 ""
             } else {
                 "random-init "

@@ -14,7 +14,7 @@ use std::time::Instant;
 use graft_graph::{Edge, Placement};
 use graft_model::{AdapterAct, AdapterConfig, Trainable, VitConfig};
 use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, StageKey, Store};
-use graft_tables::{EpochRow, Table};
+use graft_tables::{EpochRow, RunStatus, Table};
 use graft_train::{DatasetInfo, Progress, Split, TrainConfig, TrainError, TrainProtocol};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -30,37 +30,15 @@ pub const RUN_FILE: &str = "run.json";
 /// The adapters and head of a run (adapter and linear-probe runs).
 pub const WEIGHTS_FILE: &str = "adapters.safetensors";
 
-/// What is trained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Adapters on the placement's edges and the head; the backbone frozen.
-    Adapters,
-    /// The head alone.
-    LinearProbe,
-    /// Every parameter.
-    Full,
-    /// Adapters and head on a randomly initialised backbone: what the pretrained backbone
-    /// is worth.
-    AdaptersRandomInit,
-}
+/// What is trained: the `method` column's type, one definition in graft-tables.
+pub use graft_tables::Method;
 
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Adapters => "adapters",
-            Method::LinearProbe => "linear-probe",
-            Method::Full => "full",
-            Method::AdaptersRandomInit => "adapters-random-init",
-        }
-    }
-
-    fn trainable(self) -> Trainable {
-        match self {
-            Method::Adapters | Method::AdaptersRandomInit => Trainable::Adapters,
-            Method::LinearProbe => Trainable::HeadOnly,
-            Method::Full => Trainable::Full,
-        }
+/// The parameters `method` trains.
+fn trainable(method: Method) -> Trainable {
+    match method {
+        Method::Adapters | Method::AdaptersRandomInit => Trainable::Adapters,
+        Method::LinearProbe => Trainable::HeadOnly,
+        Method::Full => Trainable::Full,
     }
 }
 
@@ -182,8 +160,8 @@ impl RunSpec {
 /// the manifest's `extra` instead (see the module comment).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
-    /// `ok` or `diverged`.
-    pub status: String,
+    /// `ok` or `diverged` (`failed` only for a run that never produced a result).
+    pub status: RunStatus,
     pub error: Option<String>,
     pub best_epoch: Option<usize>,
     pub val_accuracy: Option<f64>,
@@ -289,13 +267,13 @@ pub fn train_run(
         .with_scale(spec.protocol.adapter_scale);
     let model = model
         .with_placement(&placement, &adapter)?
-        .with_trainable(spec.method.trainable());
+        .with_trainable(trainable(spec.method));
     let count = model.param_count();
     let forward_flops = model.forward_flops();
     let p = &spec.protocol;
     let tc = TrainConfig::from(&p.train).with_seed(spec.seed);
     let base = RunResult {
-        status: "ok".into(),
+        status: RunStatus::Ok,
         error: None,
         best_epoch: None,
         val_accuracy: None,
@@ -326,7 +304,7 @@ pub fn train_run(
         Err(e @ TrainError::NonFinite { .. }) => {
             EpochRow::write(&dir.join(EpochRow::FILE), &[])?;
             return Ok(RunResult {
-                status: "diverged".into(),
+                status: RunStatus::Diverged,
                 error: Some(e.to_string()),
                 ..base
             });

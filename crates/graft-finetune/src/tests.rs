@@ -77,7 +77,7 @@ fn adapter_only_files_reload_to_the_same_accuracy() {
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
     let result = train_run(&s, &out, |_| {}).unwrap();
-    assert_eq!(result.status, "ok");
+    assert_eq!(result.status, RunStatus::Ok);
     assert!(result.weights);
 
     // A fresh process would do this: base from its file, adapters and head from theirs.
@@ -115,7 +115,7 @@ fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
     .unwrap();
     // 96 train + 48 val images in batches of 32: 5 steps an epoch (select would take 3).
     assert_eq!(total, 3 * (96 + 48_usize).div_ceil(32));
-    assert_eq!(result.status, "ok");
+    assert_eq!(result.status, RunStatus::Ok);
     assert_eq!(
         result.best_epoch,
         Some(2),
@@ -165,7 +165,7 @@ fn a_diverging_run_is_a_result_not_an_error() {
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
     let result = train_run(&s, &out, |_| {}).unwrap();
-    assert_eq!(result.status, "diverged");
+    assert_eq!(result.status, RunStatus::Diverged);
     let err = result.error.unwrap();
     assert!(err.contains("diverged"), "{err}");
     assert_eq!(result.test_accuracy, None);
@@ -240,14 +240,6 @@ fn bad_parameters_name_the_field() {
     assert!(e.contains("executor") && e.contains("slurm"), "{e}");
     assert!(parse(json!({})).is_ok());
     assert!(parse(json!({"executor": "slurm", "slurm_max_parallel": 4})).is_ok());
-}
-
-#[test]
-fn mean_and_sample_std() {
-    assert_eq!(mean_std(&[]), None);
-    assert_eq!(mean_std(&[0.5]), Some((0.5, 0.0)));
-    let (m, s) = mean_std(&[1.0, 2.0, 3.0]).unwrap();
-    assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
 }
 
 /// Issue 12 item 7: the tch build of `graft-finetune` finds LibTorch through its rpath, so a

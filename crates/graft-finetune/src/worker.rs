@@ -117,7 +117,7 @@ pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<
 
 /// `ok, val 62.5 %, test 60.1 %, 45.2 s` or `diverged, 3.1 s`.
 fn run_figures(r: &RunResult) -> String {
-    let mut s = r.status.clone();
+    let mut s = r.status.to_string();
     if let (Some(val), Some(test)) = (r.val_accuracy, r.test_accuracy) {
         s.push_str(&format!(
             ", val {:.1} %, test {:.1} %",

@@ -56,6 +56,53 @@ impl Context<'_> {
     }
 }
 
+/// What a heuristic says about itself: the `label`, `params` and `budgeted` columns of the
+/// proposals table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Description {
+    /// For legends and tables: `gga γ=0.6`, `top-k by frobenius`; the name when nothing
+    /// distinguishes two uses of it.
+    pub label: String,
+    /// The parameters with their defaults filled in, `name` left out.
+    pub params: HeuristicTable,
+    /// `true`: asked once per budget, each placement has exactly `budget` edges, and its rows
+    /// form a curve against the budget. `false`: asked once with the budget ignored
+    /// (`parallel-all`, `single-sweep`, `manual`; their budget column is their adapter
+    /// count).
+    pub budgeted: bool,
+}
+
+impl Description {
+    /// A heuristic asked once per budget, labelled `label`, with no parameters yet.
+    pub fn budgeted(label: impl Into<String>) -> Description {
+        Description {
+            label: label.into(),
+            params: HeuristicTable::new(),
+            budgeted: true,
+        }
+    }
+
+    /// A heuristic asked once whatever the budget.
+    pub fn once(label: impl Into<String>) -> Description {
+        Description {
+            budgeted: false,
+            ..Description::budgeted(label)
+        }
+    }
+
+    /// The same with parameter `key` = `value`.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Description {
+        self.params.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// `params` as canonical JSON text (the `params` column, [`graft_tables::canonical_json`]).
+    pub fn params_json(&self) -> String {
+        let object = self.params.iter().map(|(k, v)| (k.clone(), v.clone()));
+        graft_tables::canonical_json(&Value::Object(object.collect()))
+    }
+}
+
 /// A placement heuristic: the probe table and a budget in, placements out.
 ///
 /// One file per heuristic under `src/heuristics/`, registered by one line in
@@ -70,17 +117,10 @@ pub trait Heuristic: fmt::Debug + Send + Sync {
         None
     }
 
-    /// γ of `gga` (the `gamma` column).
-    fn gamma(&self) -> Option<f64> {
-        None
-    }
-
-    /// Whether the stage asks once per budget (`true`) or once with the budget ignored
-    /// (`false`: `parallel-all`, `single-sweep`, `manual`; their budget column is their
-    /// adapter count).
-    fn budgeted(&self) -> bool {
-        true
-    }
+    /// How it describes itself in the proposals table: its label, its parameters with every
+    /// default filled in (the same table [`Fields`] records, less `name`), and whether it is
+    /// asked once per budget. The report draws curves, labels and colours from this alone.
+    fn describe(&self) -> Description;
 
     /// How many edges it chooses from in `graph`: a budget above this is skipped.
     fn candidates(&self, graph: Graph) -> usize {

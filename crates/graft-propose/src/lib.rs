@@ -6,8 +6,11 @@
 //! Each placement heuristic implements the [`Heuristic`] trait in its own file under
 //! `src/heuristics/` and is registered by one line in [`heuristics::REGISTRY`]; the
 //! registry's property test runs every entry, so a new heuristic is tested without touching
-//! a test. A heuristic reads a [`Context`]: the [`Probe`] table (every edge of the graph
-//! exactly once) and the seed. Its parameter table is read through [`Fields`], which names
+//! a test (a test may also run the stage with an entry of its own: [`propose_in`]). A
+//! heuristic reads a [`Context`]: the [`Probe`] table (every edge of the graph exactly once)
+//! and the seed, and describes itself ([`Heuristic::describe`]: label, parameters with
+//! defaults filled in, whether it is budgeted) in every row it proposes, which is all the
+//! report knows of it. Its parameter table is read through [`Fields`], which names
 //! the field in every error and fills in defaults, so that writing a default explicitly
 //! leaves the stage key unchanged.
 //!
@@ -43,11 +46,12 @@ use std::fmt::Write as _;
 use graft_graph::{GraphError, Placement};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, Publisher};
-use graft_tables::{ModelInfo, ProbeRow, ProposalRow, Table, TableError};
+use graft_tables::{Method, ModelInfo, ProbeRow, ProposalRow, Table, TableError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub use heuristic::{Context, Fields, Heuristic, HeuristicTable, ParamError};
+pub use heuristic::{Context, Description, Fields, Heuristic, HeuristicTable, ParamError};
+pub use heuristics::Entry;
 pub use probe::{Probe, ProbeError, Score, better_first};
 
 /// Errors of the proposal stage.
@@ -131,7 +135,12 @@ impl Default for ProposeParams {
 impl ProposeParams {
     /// Checks every field and fills in every default: heuristic tables with all their
     /// fields, budgets sorted.
-    pub fn validated(mut self) -> Result<ProposeParams, ParamError> {
+    pub fn validated(self) -> Result<ProposeParams, ParamError> {
+        self.validated_in(heuristics::REGISTRY)
+    }
+
+    /// [`ProposeParams::validated`] with the heuristics of `registry`.
+    pub fn validated_in(mut self, registry: &[Entry]) -> Result<ProposeParams, ParamError> {
         if self.bottleneck == 0 {
             return Err(ParamError::new("bottleneck", "= 0 must be at least 1"));
         }
@@ -155,18 +164,18 @@ impl ProposeParams {
                 "heuristics",
                 format!(
                     "is empty: list at least one (known: {})",
-                    heuristics::known()
+                    heuristics::known_in(registry)
                 ),
             ));
         }
         let mut normal: Vec<HeuristicTable> = Vec::with_capacity(self.heuristics.len());
         for (index, t) in self.heuristics.iter().enumerate() {
             let at = format!("heuristics[{index}]");
-            let (h, t) = heuristics::build(t).map_err(|e| e.within(&at))?;
+            let (h, t) = heuristics::build_in(registry, t).map_err(|e| e.within(&at))?;
             if let Some(first) = normal.iter().position(|x| *x == t) {
                 return Err(ParamError::new(at, format!("repeats heuristics[{first}]")));
             }
-            if h.budgeted() && self.budgets.is_empty() {
+            if h.describe().budgeted && self.budgets.is_empty() {
                 return Err(ParamError::new(
                     "budgets",
                     format!("is empty but {at} ({}) needs a budget", h.name()),
@@ -180,11 +189,16 @@ impl ProposeParams {
 
     /// The heuristics, built from their tables.
     pub fn build(&self) -> Result<Vec<Box<dyn Heuristic>>, ParamError> {
+        self.build_in(heuristics::REGISTRY)
+    }
+
+    /// [`ProposeParams::build`] with the heuristics of `registry`.
+    pub fn build_in(&self, registry: &[Entry]) -> Result<Vec<Box<dyn Heuristic>>, ParamError> {
         self.heuristics
             .iter()
             .enumerate()
             .map(|(index, t)| {
-                heuristics::build(t)
+                heuristics::build_in(registry, t)
                     .map(|(h, _)| h)
                     .map_err(|e| e.within(&format!("heuristics[{index}]")))
             })
@@ -237,6 +251,17 @@ pub fn propose(
     model: &ModelInfo,
     probe_rows: Vec<ProbeRow>,
 ) -> Result<Proposals, ProposeError> {
+    propose_in(heuristics::REGISTRY, params, model, probe_rows)
+}
+
+/// [`propose`] with the heuristics of `registry` (validated with
+/// [`ProposeParams::validated_in`] against the same registry).
+pub fn propose_in(
+    registry: &[Entry],
+    params: &ProposeParams,
+    model: &ModelInfo,
+    probe_rows: Vec<ProbeRow>,
+) -> Result<Proposals, ProposeError> {
     let graph = model.graph();
     if graph.layers == 0 {
         return Err(ProposeError::NoBlocks);
@@ -250,7 +275,9 @@ pub fn propose(
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     let mut per_entry = Vec::new();
-    for (index, h) in params.build()?.iter().enumerate() {
+    for (index, h) in params.build_in(registry)?.iter().enumerate() {
+        let about = h.describe();
+        let params_json = about.params_json();
         let err = |source| ProposeError::Heuristic {
             index,
             name: h.name(),
@@ -259,17 +286,19 @@ pub fn propose(
         let row = |budget: usize, draw: usize, p: Placement| ProposalRow {
             placement_id: p.id(),
             heuristic: h.name().to_owned(),
+            label: about.label.clone(),
+            params: params_json.clone(),
+            budgeted: about.budgeted,
             score: h.score().map(|s| s.name().to_owned()),
-            gamma: h.gamma(),
             budget: budget as i64,
             draw: draw as i64,
-            method: "adapters".to_owned(),
+            method: Method::Adapters,
             edges: graft_tables::edge_rows(&p),
             adapters: p.len() as i64,
             trainable_params: model.dims.adapter_tuning_params(p.len(), r) as i64,
             forward_flops: graft_graph::forward_flops(&model.dims, &p, r) as i64,
         };
-        if h.budgeted() {
+        if about.budgeted {
             let candidates = h.candidates(graph);
             for &budget in &params.budgets {
                 if budget > candidates {
@@ -351,7 +380,8 @@ pub struct Propose;
 
 impl Stage for Propose {
     const NAME: &'static str = "propose";
-    const VERSION: u32 = 1;
+    // 2: rows carry the heuristic's own description (label, params, budgeted); no gamma.
+    const VERSION: u32 = 2;
     type Params = ProposeParams;
 
     fn input_names(_: &ProposeParams) -> Vec<String> {

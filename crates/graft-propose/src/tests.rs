@@ -64,7 +64,7 @@ fn default_parameters_on_two_blocks() {
     assert_eq!(budgets[..10], [1, 2, 3, 6, 12, 1, 2, 3, 6, 12]);
     for r in &out.rows {
         assert_eq!(r.budget, r.adapters, "{r:?}");
-        assert_eq!(r.method, "adapters");
+        assert_eq!(r.method, graft_tables::Method::Adapters);
         let p = graft_tables::placement(Graph::new(2), &r.edges).unwrap();
         assert_eq!(r.placement_id, p.id());
         let d = model(2).dims;
@@ -78,7 +78,16 @@ fn default_parameters_on_two_blocks() {
         );
         let scored = matches!(r.heuristic.as_str(), "gga" | "top-k");
         assert_eq!(r.score.is_some(), scored);
-        assert_eq!(r.gamma.is_some(), r.heuristic == "gga");
+        // Every row describes its heuristic: gga's label and params carry γ.
+        assert_eq!(r.budgeted, r.heuristic != "parallel-all", "{r:?}");
+        assert!(r.label.starts_with(&r.heuristic), "{r:?}");
+        if r.heuristic == "gga" {
+            assert_eq!(r.label, "gga γ=0.6");
+            assert_eq!(r.params, r#"{"gamma":0.6,"score":"rank"}"#);
+        }
+        if r.heuristic == "random-k" {
+            assert_eq!(r.params, r#"{"draws":3}"#);
+        }
     }
     let draws: Vec<i64> = out
         .rows

@@ -2,52 +2,26 @@
 //! ([`PlacementStats`]), the single-adapter map, accuracy against budget per heuristic
 //! ([`Series`]), probe scores against single-adapter accuracy and the cross-task
 //! correlations. No I/O and no drawing here.
+//!
+//! Heuristics are known only through the proposals table: each row's `label` names it in
+//! tables and legends, and every `budgeted` heuristic's rows make a curve, so a heuristic
+//! added anywhere (a registry line, a command stage's script) is reported with no change
+//! here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use graft_graph::{Edge, EdgeKind};
-use graft_tables::{ProbeRow, ProposalRow, RunRow};
+use graft_tables::{Method, ProbeRow, ProposalRow, RunRow, RunStatus};
 
 use crate::inputs::TaskData;
 use crate::stats::{MeanStd, Spearman, mean_std, spearman};
-
-/// The built-in budgeted heuristics, in legend order; they lead the legend when present.
-pub const CURVE_HEURISTICS: [&str; 5] = ["gga", "top-k", "first-k", "last-k", "random-k"];
-
-/// Labels of rows that are not a heuristic's proposals: baselines and hand-listed placements.
-const NOT_HEURISTICS: [&str; 2] = ["baseline", "manual"];
-
-/// The heuristics drawn as curves against the budget: the built-in ones of
-/// [`CURVE_HEURISTICS`] that have rows, then (by name) every other heuristic whose adapter
-/// rows span at least two budgets, so a heuristic added elsewhere (a registry line, an
-/// external command stage) gets its curve from the data alone.
-pub fn curve_heuristics(proposals: &[ProposalRow]) -> Vec<String> {
-    let mut budgets: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
-    for p in proposals.iter().filter(|p| p.method == "adapters") {
-        budgets
-            .entry(p.heuristic.as_str())
-            .or_default()
-            .insert(p.adapters);
-    }
-    let mut out: Vec<String> = CURVE_HEURISTICS
-        .iter()
-        .filter(|h| budgets.contains_key(*h))
-        .map(|h| (*h).to_owned())
-        .collect();
-    for (h, b) in &budgets {
-        if b.len() >= 2 && !CURVE_HEURISTICS.contains(h) && !NOT_HEURISTICS.contains(h) {
-            out.push((*h).to_owned());
-        }
-    }
-    out
-}
 
 /// One run that did not give an accuracy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailedRun {
     pub placement_id: String,
     pub seed: i64,
-    pub status: String,
+    pub status: RunStatus,
     pub error: String,
 }
 
@@ -55,8 +29,7 @@ pub struct FailedRun {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacementStats {
     pub placement_id: String,
-    /// `adapters`, `linear-probe` or `full`.
-    pub method: String,
+    pub method: Method,
     /// Labels of every proposal row naming this placement (sorted, distinct).
     pub heuristics: Vec<String>,
     pub edges: Vec<Edge>,
@@ -106,8 +79,8 @@ impl PlacementStats {
     /// The colour class of figure 5: the method for baselines, the edge kind when all
     /// edges share one, else `mixed, with recurrent` or `mixed, forward only`.
     pub fn category(&self) -> String {
-        if self.method != "adapters" {
-            return self.method.clone();
+        if self.method != Method::Adapters {
+            return self.method.name().to_owned();
         }
         if self.heuristics.iter().any(|h| h == "parallel-all") {
             return "parallel-all".into();
@@ -131,9 +104,9 @@ impl PlacementStats {
         if self.failed.is_empty() {
             return "ok".into();
         }
-        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut by: BTreeMap<RunStatus, usize> = BTreeMap::new();
         for f in &self.failed {
-            *by.entry(f.status.as_str()).or_default() += 1;
+            *by.entry(f.status).or_default() += 1;
         }
         by.iter()
             .map(|(s, c)| format!("{c} of {} {s}", self.runs))
@@ -158,7 +131,7 @@ pub struct Point {
 pub struct Series {
     /// `gga`, `top-k`, ...
     pub heuristic: String,
-    /// Legend label: the heuristic with its score (when not rank) and γ.
+    /// Legend label: the rows' `label` (`gga γ=0.6`).
     pub label: String,
     pub points: Vec<Point>,
 }
@@ -245,26 +218,6 @@ pub struct Analysis {
     pub cross: Vec<CrossTask>,
 }
 
-/// The label of a proposal row in tables and legends.
-pub fn heuristic_label(p: &ProposalRow) -> String {
-    if p.heuristic == "baseline" {
-        return p.method.clone();
-    }
-    let mut s = p.heuristic.clone();
-    if let Some(score) = &p.score
-        && score != "rank"
-        && (p.heuristic == "gga" || p.heuristic == "top-k")
-    {
-        s.push_str(&format!(" by {score}"));
-    }
-    if p.heuristic == "gga"
-        && let Some(g) = p.gamma
-    {
-        s.push_str(&format!(" γ={g}"));
-    }
-    s
-}
-
 fn accuracy_pct(x: Option<f64>) -> Option<f64> {
     x.filter(|v| v.is_finite()).map(|v| 100.0 * v)
 }
@@ -276,7 +229,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         labels
             .entry(p.placement_id.as_str())
             .or_default()
-            .insert(heuristic_label(p));
+            .insert(p.label.clone());
     }
     let mut by_placement: BTreeMap<&str, Vec<&RunRow>> = BTreeMap::new();
     for r in &data.runs {
@@ -289,14 +242,14 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
     let mut failed_all = Vec::new();
     for (id, runs) in &by_placement {
         let first = runs[0];
-        let ok: Vec<&&RunRow> = runs.iter().filter(|r| r.status == "ok").collect();
+        let ok: Vec<&&RunRow> = runs.iter().filter(|r| r.status.is_ok()).collect();
         let failed: Vec<FailedRun> = runs
             .iter()
-            .filter(|r| r.status != "ok")
+            .filter(|r| !r.status.is_ok())
             .map(|r| FailedRun {
                 placement_id: r.placement_id.clone(),
                 seed: r.seed,
-                status: r.status.clone(),
+                status: r.status,
                 error: r
                     .error
                     .clone()
@@ -306,12 +259,12 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         failed_all.extend(failed.iter().cloned());
         let heuristics = match labels.get(id) {
             Some(l) => l.iter().cloned().collect(),
-            None if first.method != "adapters" => vec![first.method.clone()],
+            None if first.method != Method::Adapters => vec![first.method.name().to_owned()],
             None => vec!["not in proposals".into()],
         };
         placements.push(PlacementStats {
             placement_id: (*id).to_owned(),
-            method: first.method.clone(),
+            method: first.method,
             heuristics,
             edges: first.edges.iter().map(|e| e.edge()).collect(),
             adapters: first.adapters,
@@ -325,10 +278,10 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         });
     }
     placements.sort_by(|a, b| {
-        let rank = |p: &PlacementStats| match p.method.as_str() {
-            "linear-probe" => 0,
-            "full" => 1,
-            _ => 2,
+        let rank = |p: &PlacementStats| match p.method {
+            Method::LinearProbe => 0,
+            Method::Full => 1,
+            Method::Adapters | Method::AdaptersRandomInit => 2,
         };
         rank(a)
             .cmp(&rank(b))
@@ -339,7 +292,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
 
     let single: BTreeMap<Edge, MeanStd> = placements
         .iter()
-        .filter(|p| p.method == "adapters" && p.edges.len() == 1)
+        .filter(|p| p.method == Method::Adapters && p.edges.len() == 1)
         .filter_map(|p| p.test.map(|t| (p.edges[0], t)))
         .collect();
 
@@ -357,8 +310,8 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
     let parallel_all = reference("parallel-all", &|p| {
         p.heuristics.iter().any(|h| h == "parallel-all")
     });
-    let linear_probe = reference("linear probe", &|p| p.method == "linear-probe");
-    let full = reference("full fine-tuning", &|p| p.method == "full");
+    let linear_probe = reference("linear probe", &|p| p.method == Method::LinearProbe);
+    let full = reference("full fine-tuning", &|p| p.method == Method::Full);
 
     let series = curves(&data.proposals, &data.runs);
     let correlations = ProbeRow::SCORES
@@ -386,19 +339,19 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
     let adapter_run_seconds = mean_std(
         data.runs
             .iter()
-            .filter(|r| r.status == "ok" && r.method == "adapters")
+            .filter(|r| r.status.is_ok() && r.method == Method::Adapters)
             .map(|r| r.wall_seconds),
     )
     .map(|m| m.mean);
     let epoch_seconds = mean_std(data.epochs.iter().map(|e| e.seconds)).map(|m| m.mean);
     let backbone_flops = placements
         .iter()
-        .find(|p| p.method == "linear-probe")
+        .find(|p| p.method == Method::LinearProbe)
         .map(|p| p.flops)
         .or_else(|| {
             data.proposals
                 .iter()
-                .find(|p| p.method == "linear-probe")
+                .find(|p| p.method == Method::LinearProbe)
                 .map(|p| p.forward_flops)
         });
     TaskAnalysis {
@@ -424,54 +377,63 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
 /// The placements a heuristic variant proposed at one budget, with their parameter counts.
 type Budget<'a> = (BTreeSet<&'a str>, Vec<i64>);
 
-/// Accuracy against the number of adapters for each curve heuristic and variant (score, γ).
+/// A heuristic variant, `(heuristic, label)`, with its placements by number of adapters.
+type Variant<'a> = ((&'a str, &'a str), BTreeMap<i64, Budget<'a>>);
+
+/// Accuracy against the number of adapters for each budgeted heuristic and label, in the
+/// order they first appear in the proposals table.
 fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
     let mut acc: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for r in runs.iter().filter(|r| r.status == "ok") {
+    for r in runs.iter().filter(|r| r.status.is_ok()) {
         if let Some(a) = accuracy_pct(r.test_accuracy) {
             acc.entry(r.placement_id.as_str()).or_default().push(a);
         }
     }
-    let mut out = Vec::new();
-    for h in curve_heuristics(proposals) {
-        // label -> adapters -> (placement ids, params)
-        let mut variants: BTreeMap<String, BTreeMap<i64, Budget>> = BTreeMap::new();
-        for p in proposals.iter().filter(|p| p.heuristic == h) {
-            let slot = variants
-                .entry(heuristic_label(p))
-                .or_default()
-                .entry(p.adapters)
-                .or_default();
-            if slot.0.insert(p.placement_id.as_str()) {
-                slot.1.push(p.trainable_params);
+    // (heuristic, label) -> adapters -> (placement ids, params), in order of appearance.
+    let mut variants: Vec<Variant> = Vec::new();
+    for p in proposals
+        .iter()
+        .filter(|p| p.budgeted && p.method == Method::Adapters)
+    {
+        let key = (p.heuristic.as_str(), p.label.as_str());
+        let k = match variants.iter().position(|(v, _)| *v == key) {
+            Some(k) => k,
+            None => {
+                variants.push((key, BTreeMap::new()));
+                variants.len() - 1
             }
+        };
+        let slot = variants[k].1.entry(p.adapters).or_default();
+        if slot.0.insert(p.placement_id.as_str()) {
+            slot.1.push(p.trainable_params);
         }
-        for (label, by_budget) in variants {
-            let points: Vec<Point> = by_budget
-                .into_iter()
-                .filter_map(|(adapters, (ids, params))| {
-                    let values: Vec<f64> = ids
-                        .iter()
-                        .flat_map(|id| acc.get(id).into_iter().flatten().copied())
-                        .collect();
-                    let test = mean_std(values)?;
-                    let placements = ids.iter().filter(|id| acc.contains_key(*id)).count();
-                    let params = params.iter().sum::<i64>() / params.len().max(1) as i64;
-                    Some(Point {
-                        adapters,
-                        params,
-                        test,
-                        placements,
-                    })
+    }
+    let mut out = Vec::new();
+    for ((heuristic, label), by_budget) in variants {
+        let points: Vec<Point> = by_budget
+            .into_iter()
+            .filter_map(|(adapters, (ids, params))| {
+                let values: Vec<f64> = ids
+                    .iter()
+                    .flat_map(|id| acc.get(id).into_iter().flatten().copied())
+                    .collect();
+                let test = mean_std(values)?;
+                let placements = ids.iter().filter(|id| acc.contains_key(*id)).count();
+                let params = params.iter().sum::<i64>() / params.len().max(1) as i64;
+                Some(Point {
+                    adapters,
+                    params,
+                    test,
+                    placements,
                 })
-                .collect();
-            if !points.is_empty() {
-                out.push(Series {
-                    heuristic: h.clone(),
-                    label,
-                    points,
-                });
-            }
+            })
+            .collect();
+        if !points.is_empty() {
+            out.push(Series {
+                heuristic: heuristic.to_owned(),
+                label: label.to_owned(),
+                points,
+            });
         }
     }
     out

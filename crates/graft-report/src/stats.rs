@@ -1,31 +1,10 @@
-//! Small statistics with no dependencies: mean and sample standard deviation, average ranks,
+//! Small statistics with no dependencies: mean and sample standard deviation (graft-tables'
+//! [`mean_std`], re-exported), average ranks,
 //! Spearman's ρ and its two-sided p-value from Student's t with n − 2 degrees of freedom
 //! (through the regularized incomplete beta function).
 
-/// Mean, sample standard deviation (n − 1) and count of the finite values.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MeanStd {
-    pub mean: f64,
-    /// `None` with fewer than two values.
-    pub std: Option<f64>,
-    pub n: usize,
-}
-
-/// Mean and sample standard deviation of the finite values in `xs`; `None` when there is
-/// none.
-pub fn mean_std(xs: impl IntoIterator<Item = f64>) -> Option<MeanStd> {
-    let v: Vec<f64> = xs.into_iter().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    let n = v.len();
-    let mean = v.iter().sum::<f64>() / n as f64;
-    let std = (n > 1).then(|| {
-        let ss: f64 = v.iter().map(|x| (x - mean).powi(2)).sum();
-        (ss / (n - 1) as f64).sqrt()
-    });
-    Some(MeanStd { mean, std, n })
-}
+/// The one mean and sample standard deviation, shared with the fine-tune stage's console.
+pub use graft_tables::{MeanStd, mean_std};
 
 /// Ranks starting at 1, ties given the average of the ranks they span.
 pub fn average_ranks(xs: &[f64]) -> Vec<f64> {
@@ -299,14 +278,5 @@ mod tests {
         let s = spearman(&[(1.0, 1.0), (f64::NAN, 2.0), (2.0, 3.0)]).unwrap();
         assert_eq!((s.n, s.p), (2, None));
         assert!(spearman(&[(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]).is_none());
-    }
-
-    #[test]
-    fn mean_std_skips_non_finite() {
-        let m = mean_std([1.0, 2.0, f64::NAN, 3.0]).unwrap();
-        assert_eq!((m.mean, m.n), (2.0, 3));
-        close(m.std.unwrap(), 1.0, 1e-15);
-        assert_eq!(mean_std([4.0]).unwrap().std, None);
-        assert!(mean_std([f64::NAN]).is_none());
     }
 }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use graft_graph::{Dims, Edge, EdgeKind, Graph, Placement, forward_flops};
 use graft_stage::{StageArgs, Status};
 use graft_store::{ArtifactId, KeyInput, PublishInfo, Store};
-use graft_tables::{EpochRow, ModelInfo, ProbeRow, ProposalRow, RunRow, Table, edge_rows};
+use graft_tables::{
+    EpochRow, Method, ModelInfo, ProbeRow, ProposalRow, RunRow, RunStatus, Table, edge_rows,
+};
 
 use crate::figures::Panel;
 use crate::inputs::TaskData;
@@ -74,14 +76,28 @@ fn proposal_row(p: &Proposal) -> ProposalRow {
         "full" => ("full".to_owned(), 250_000),
         _ => ("linear-probe".to_owned(), d.head_params() as i64),
     };
+    // Described as graft-propose's heuristics describe themselves (score is always rank).
+    let (label, description) = match (p.heuristic, p.gamma) {
+        ("baseline", _) => (p.method.to_owned(), "{}".to_owned()),
+        ("gga", Some(g)) => (
+            format!("gga γ={g}"),
+            format!(r#"{{"gamma":{g},"score":"rank"}}"#),
+        ),
+        ("top-k", _) => ("top-k".to_owned(), r#"{"score":"rank"}"#.to_owned()),
+        ("random-k", _) => ("random-k".to_owned(), r#"{"draws":2}"#.to_owned()),
+        (h, _) => (h.to_owned(), "{}".to_owned()),
+    };
+    let budgeted = ["gga", "top-k", "first-k", "last-k", "random-k"].contains(&p.heuristic);
     ProposalRow {
         placement_id: id,
         heuristic: p.heuristic.into(),
+        label,
+        params: description,
+        budgeted,
         score: p.score.map(str::to_owned),
-        gamma: p.gamma,
         budget: p.placement.len() as i64,
         draw: p.draw,
-        method: p.method.into(),
+        method: Method::parse(p.method).unwrap(),
         edges: edge_rows(&p.placement),
         adapters: p.placement.len() as i64,
         trainable_params: params,
@@ -122,27 +138,9 @@ fn task_data(task: usize) -> TaskData {
         );
     }
     let ranked: Vec<(usize, usize)> = vec![(4, 0), (2, 1), (1, 3)];
+    // Curves come in the order of the table: gga γ=0.3, gga γ=0.6, top-k, first-k, ...
     for k in 1..=3 {
-        add(
-            &mut props,
-            "top-k",
-            Some("rank"),
-            None,
-            0,
-            "adapters",
-            pl(&ranked[..k]),
-        );
         if task == 0 {
-            let gga = [(4, 0), (0, 3), (3, 3)];
-            add(
-                &mut props,
-                "gga",
-                Some("rank"),
-                Some(0.6),
-                0,
-                "adapters",
-                pl(&gga[..k]),
-            );
             let gga3 = [(4, 0), (1, 4), (2, 2)];
             add(
                 &mut props,
@@ -153,6 +151,27 @@ fn task_data(task: usize) -> TaskData {
                 "adapters",
                 pl(&gga3[..k]),
             );
+            let gga = [(4, 0), (0, 3), (3, 3)];
+            add(
+                &mut props,
+                "gga",
+                Some("rank"),
+                Some(0.6),
+                0,
+                "adapters",
+                pl(&gga[..k]),
+            );
+        }
+        add(
+            &mut props,
+            "top-k",
+            Some("rank"),
+            None,
+            0,
+            "adapters",
+            pl(&ranked[..k]),
+        );
+        if task == 0 {
             add(
                 &mut props,
                 "first-k",
@@ -254,7 +273,7 @@ fn task_data(task: usize) -> TaskData {
             let a = acc + noise(seed, salt);
             runs.push(RunRow {
                 placement_id: row.placement_id.clone(),
-                method: row.method.clone(),
+                method: row.method,
                 protocol: Some("select".into()),
                 seed,
                 edges: row.edges.clone(),
@@ -262,13 +281,12 @@ fn task_data(task: usize) -> TaskData {
                 trainable_params: row.trainable_params,
                 forward_flops: row.forward_flops,
                 status: if diverged {
-                    "diverged"
+                    RunStatus::Diverged
                 } else if failed {
-                    "failed"
+                    RunStatus::Failed
                 } else {
-                    "ok"
-                }
-                .into(),
+                    RunStatus::Ok
+                },
                 error: if diverged {
                     Some("loss is NaN at epoch 2".into())
                 } else if failed {
@@ -522,7 +540,7 @@ fn analysis_counts_failed_runs_and_pools_random_draws() {
 fn missing_data_is_said_not_drawn() {
     let mut t = task_data(0);
     t.proposals.retain(|p| p.heuristic == "baseline");
-    t.runs.retain(|r| r.method != "adapters");
+    t.runs.retain(|r| r.method != Method::Adapters);
     t.probe.clear();
     let files = build(vec![t], "t").unwrap();
     let md = file(&files, "summary.md");
@@ -793,6 +811,8 @@ fn a_heuristic_unknown_to_the_report_gets_a_budget_curve() {
         .filter(|p| p.heuristic == "top-k")
         .map(|p| ProposalRow {
             heuristic: "top-per-node".into(),
+            label: "top-per-node".into(),
+            params: "{}".into(),
             score: None,
             ..p.clone()
         })

@@ -34,6 +34,14 @@ use arrow::record_batch::RecordBatch;
 use graft_graph::{Edge, Graph, Placement};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+mod method;
+mod params;
+mod stats;
+
+pub use method::{Method, RunStatus};
+pub use params::canonical_json;
+pub use stats::{MeanStd, mean_std};
+
 /// Errors reading or writing a table; every one names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -190,16 +198,23 @@ pub struct ProposalRow {
     pub placement_id: String,
     /// The heuristic that proposed it (`gga`, `top-k`, ..., `manual`, `baseline`).
     pub heuristic: String,
+    /// How the heuristic names this use of itself in legends and tables (`gga γ=0.6`,
+    /// `top-k by frobenius`); baselines: the method.
+    pub label: String,
+    /// The heuristic's parameters with defaults filled in, as canonical JSON (keys sorted,
+    /// no whitespace, `name` left out): `{"gamma":0.6,"score":"rank"}`, `{}` for none.
+    pub params: String,
+    /// Whether the heuristic makes one placement per budget, so that its rows form a curve
+    /// against the budget (`false` for `parallel-all`, `single-sweep`, `manual`, baselines).
+    pub budgeted: bool,
     /// The probe score column that drove it, where one did.
     pub score: Option<String>,
-    /// γ of `gga`.
-    pub gamma: Option<f64>,
     /// The budget asked for (number of adapters).
     pub budget: i64,
     /// Which draw of a randomised heuristic (0 otherwise).
     pub draw: i64,
-    /// What is trained: `adapters`, `linear-probe` or `full`.
-    pub method: String,
+    /// What is trained.
+    pub method: Method,
     pub edges: Vec<EdgeRow>,
     pub adapters: i64,
     /// Trainable parameters on the base model (adapters and head; all for `full`).
@@ -214,8 +229,10 @@ impl Table for ProposalRow {
         Arc::new(Schema::new(vec![
             Field::new("placement_id", DataType::Utf8, false),
             Field::new("heuristic", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, false),
+            Field::new("params", DataType::Utf8, false),
+            Field::new("budgeted", DataType::Boolean, false),
             Field::new("score", DataType::Utf8, true),
-            Field::new("gamma", DataType::Float64, true),
             Field::new("budget", DataType::Int64, false),
             Field::new("draw", DataType::Int64, false),
             Field::new("method", DataType::Utf8, false),
@@ -231,7 +248,7 @@ impl Table for ProposalRow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRow {
     pub placement_id: String,
-    pub method: String,
+    pub method: Method,
     /// `select` (epoch chosen on val) or `final` (trained on train + val, last epoch
     /// tested); null in tables written before it was recorded.
     pub protocol: Option<String>,
@@ -241,7 +258,7 @@ pub struct RunRow {
     pub trainable_params: i64,
     pub forward_flops: i64,
     /// `ok`, or `diverged` / `failed` with the reason in `error`.
-    pub status: String,
+    pub status: RunStatus,
     pub error: Option<String>,
     pub best_epoch: Option<i64>,
     pub val_accuracy: Option<f64>,
@@ -462,11 +479,13 @@ mod tests {
             ProposalRow {
                 placement_id: p.id(),
                 heuristic: "gga".into(),
+                label: "gga γ=0.6".into(),
+                params: r#"{"gamma":0.6,"score":"rank"}"#.into(),
+                budgeted: true,
                 score: Some("rank".into()),
-                gamma: Some(0.6),
                 budget: 2,
                 draw: 0,
-                method: "adapters".into(),
+                method: Method::Adapters,
                 edges: edge_rows(&p),
                 adapters: 2,
                 trainable_params: 1234,
@@ -475,11 +494,13 @@ mod tests {
             ProposalRow {
                 placement_id: "linear-probe".into(),
                 heuristic: "baseline".into(),
+                label: "linear-probe".into(),
+                params: "{}".into(),
+                budgeted: false,
                 score: None,
-                gamma: None,
                 budget: 0,
                 draw: 0,
-                method: "linear-probe".into(),
+                method: Method::LinearProbe,
                 edges: vec![],
                 adapters: 0,
                 trainable_params: 10,
@@ -498,14 +519,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = RunRow {
             placement_id: "abc".into(),
-            method: "adapters".into(),
+            method: Method::Adapters,
             protocol: Some("final".into()),
             seed: 1,
             edges: vec![EdgeRow { i: 0, j: 1 }],
             adapters: 1,
             trainable_params: 5,
             forward_flops: 6,
-            status: "diverged".into(),
+            status: RunStatus::Diverged,
             error: Some("loss is NaN".into()),
             best_epoch: None,
             val_accuracy: None,
@@ -544,6 +565,54 @@ mod tests {
             EpochRow::read(&dir.path().join("e.parquet"))
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    fn write_json(path: &Path, schema: SchemaRef, rows: &[serde_json::Value]) {
+        let mut d = arrow::json::ReaderBuilder::new(schema.clone())
+            .build_decoder()
+            .unwrap();
+        d.serialize(rows).unwrap();
+        let batch = d.flush().unwrap().unwrap();
+        graft_store::table::write_parquet(path, schema, &[batch], &BTreeMap::new()).unwrap();
+    }
+
+    #[test]
+    fn an_older_or_foreign_proposals_table_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proposals.parquet");
+        let mut row = serde_json::json!({
+            "placement_id": "p", "heuristic": "gga", "score": null, "budget": 1, "draw": 0,
+            "method": "adapters", "edges": [{"i": 0, "j": 1}], "adapters": 1,
+            "trainable_params": 1, "forward_flops": 1,
+        });
+        // Written before rows described their heuristic: the missing column is named.
+        let old: Vec<Field> = ProposalRow::schema()
+            .fields()
+            .iter()
+            .filter(|f| !["label", "params", "budgeted"].contains(&f.name().as_str()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        write_json(
+            &path,
+            Arc::new(Schema::new(old)),
+            std::slice::from_ref(&row),
+        );
+        let err = ProposalRow::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("proposals.parquet") && err.contains("\"label\""),
+            "{err}"
+        );
+        // A method no stage knows is an error naming the file and the value.
+        row["label"] = "gga".into();
+        row["params"] = "{}".into();
+        row["budgeted"] = true.into();
+        row["method"] = "lora".into();
+        write_json(&path, ProposalRow::schema(), &[row]);
+        let err = ProposalRow::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("proposals.parquet") && err.contains("lora"),
+            "{err}"
         );
     }
 

@@ -4,7 +4,7 @@
 use graft_graph::{Edge, Graph, GraphError, Placement};
 
 use super::Entry;
-use crate::heuristic::{Context, Fields, Heuristic, ParamError};
+use crate::heuristic::{Context, Description, Fields, Heuristic, ParamError};
 
 pub const ENTRY: Entry = Entry {
     name: "first-k",
@@ -24,6 +24,10 @@ fn build(_: &mut Fields) -> Result<Box<dyn Heuristic>, ParamError> {
 impl Heuristic for FirstK {
     fn name(&self) -> &'static str {
         ENTRY.name
+    }
+
+    fn describe(&self) -> Description {
+        Description::budgeted(ENTRY.name)
     }
 
     fn candidates(&self, graph: Graph) -> usize {

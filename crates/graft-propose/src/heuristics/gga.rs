@@ -10,7 +10,7 @@
 use graft_graph::{Edge, GraphError, Placement};
 
 use super::Entry;
-use crate::heuristic::{Context, Fields, Heuristic, ParamError};
+use crate::heuristic::{Context, Description, Fields, Heuristic, ParamError};
 use crate::probe::{Score, better_first};
 
 pub const ENTRY: Entry = Entry {
@@ -48,8 +48,15 @@ impl Heuristic for Gga {
         Some(self.score)
     }
 
-    fn gamma(&self) -> Option<f64> {
-        Some(self.gamma)
+    /// `gga γ=0.6`, with `by <score>` before γ when the score is not `rank`.
+    fn describe(&self) -> Description {
+        let by = match self.score.name() {
+            "rank" => String::new(),
+            s => format!(" by {s}"),
+        };
+        Description::budgeted(format!("{}{by} γ={}", ENTRY.name, self.gamma))
+            .with("score", self.score.name())
+            .with("gamma", self.gamma)
     }
 
     fn propose(&self, ctx: &Context<'_>, budget: usize) -> Result<Vec<Placement>, GraphError> {

@@ -3,9 +3,10 @@
 //! probed graph is an error naming it when the stage runs (the graph is known only then).
 
 use graft_graph::{Edge, GraphError, Placement};
+use serde_json::Value;
 
 use super::Entry;
-use crate::heuristic::{Context, Fields, Heuristic, ParamError};
+use crate::heuristic::{Context, Description, Fields, Heuristic, ParamError};
 
 pub const ENTRY: Entry = Entry {
     name: "manual",
@@ -31,8 +32,11 @@ impl Heuristic for Manual {
         ENTRY.name
     }
 
-    fn budgeted(&self) -> bool {
-        false
+    fn describe(&self) -> Description {
+        let mut edges = self.edges.clone();
+        edges.sort();
+        let edges: Vec<Value> = edges.iter().map(|e| Value::from(vec![e.i, e.j])).collect();
+        Description::once(ENTRY.name).with("edges", edges)
     }
 
     fn propose(&self, ctx: &Context<'_>, _budget: usize) -> Result<Vec<Placement>, GraphError> {

@@ -1,7 +1,9 @@
 //! The registry of placement heuristics: one file per heuristic, one line each in
 //! [`REGISTRY`]. A heuristic file holds its struct, its [`Heuristic`] impl and a
 //! `pub const ENTRY: Entry` (name, description, constructor, example table); the property
-//! test at the bottom of this file runs every registered entry.
+//! test at the bottom of this file runs every registered entry. A registry is a slice of
+//! entries, so a test can run the stage with [`REGISTRY`] and an entry of its own
+//! ([`build_in`], [`crate::propose_in`]).
 
 use serde_json::Value;
 
@@ -47,7 +49,12 @@ pub static REGISTRY: &[Entry] = &[
 
 /// The registered names, comma-separated, for error messages.
 pub fn known() -> String {
-    REGISTRY
+    known_in(REGISTRY)
+}
+
+/// The names in `registry`, comma-separated.
+pub fn known_in(registry: &[Entry]) -> String {
+    registry
         .iter()
         .map(|e| e.name)
         .collect::<Vec<_>>()
@@ -62,8 +69,17 @@ pub fn entry(name: &str) -> Option<&'static Entry> {
 /// Builds the heuristic a parameter table names, and returns it with the table's defaults
 /// filled in. Error fields are relative to the table (`gamma`, `name`).
 pub fn build(table: &HeuristicTable) -> Result<(Box<dyn Heuristic>, HeuristicTable), ParamError> {
+    build_in(REGISTRY, table)
+}
+
+/// [`build`] with the heuristics of `registry`.
+pub fn build_in(
+    registry: &[Entry],
+    table: &HeuristicTable,
+) -> Result<(Box<dyn Heuristic>, HeuristicTable), ParamError> {
+    let known = || known_in(registry);
     let entry = match table.get("name") {
-        Some(Value::String(name)) => entry(name).ok_or_else(|| {
+        Some(Value::String(name)) => registry.iter().find(|e| e.name == name).ok_or_else(|| {
             ParamError::new(
                 "name",
                 format!("= {name:?} is not a heuristic (known: {})", known()),
@@ -126,6 +142,49 @@ mod tests {
         }
     }
 
+    /// A heuristic's own description of its parameters is the table its fields were read
+    /// into, less `name`: what the proposals table records is what the stage key holds.
+    #[test]
+    fn every_heuristic_describes_its_normalised_parameters() {
+        for entry in REGISTRY {
+            let bare: HeuristicTable = [("name".to_owned(), Value::from(entry.name))].into();
+            let tables = [Some(example(entry)), build(&bare).ok().map(|(_, t)| t)];
+            for table in tables.into_iter().flatten() {
+                let (h, mut normal) = build(&table).unwrap();
+                normal.remove("name");
+                let d = h.describe();
+                assert_eq!(d.params, normal, "{}", entry.name);
+                assert!(!d.label.trim().is_empty(), "{}: empty label", entry.name);
+                assert!(
+                    d.label.starts_with(entry.name),
+                    "{}: {}",
+                    entry.name,
+                    d.label
+                );
+            }
+        }
+        let (gga, _) = build(&example(entry("gga").unwrap())).unwrap();
+        let d = gga.describe();
+        assert_eq!((d.label.as_str(), d.budgeted), ("gga γ=0.6", true));
+        assert_eq!(d.params_json(), r#"{"gamma":0.6,"score":"rank"}"#);
+        let table: HeuristicTable = [
+            ("name".to_owned(), Value::from("top-k")),
+            ("score".to_owned(), Value::from("stable_rank")),
+        ]
+        .into();
+        assert_eq!(
+            build(&table).unwrap().0.describe().label,
+            "top-k by stable_rank"
+        );
+        let (sweep, _) = build(&example(entry("single-sweep").unwrap())).unwrap();
+        let d = sweep.describe();
+        assert!(!d.budgeted);
+        assert_eq!(
+            d.params_json(),
+            r#"{"kinds":["parallel","recurrent"],"stride":1}"#
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -154,7 +213,7 @@ mod tests {
                     }
                     prop_assert!(!p.is_empty(), "{}: empty placement", entry.name);
                 }
-                if h.budgeted() {
+                if h.describe().budgeted {
                     if budget <= h.candidates(graph) {
                         prop_assert!(!first.is_empty(), "{}: nothing for budget {}", entry.name, budget);
                     } else {

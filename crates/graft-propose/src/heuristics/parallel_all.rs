@@ -4,7 +4,7 @@
 use graft_graph::{GraphError, Placement};
 
 use super::Entry;
-use crate::heuristic::{Context, Fields, Heuristic, ParamError};
+use crate::heuristic::{Context, Description, Fields, Heuristic, ParamError};
 
 pub const ENTRY: Entry = Entry {
     name: "parallel-all",
@@ -26,8 +26,8 @@ impl Heuristic for ParallelAll {
         ENTRY.name
     }
 
-    fn budgeted(&self) -> bool {
-        false
+    fn describe(&self) -> Description {
+        Description::once(ENTRY.name)
     }
 
     fn propose(&self, ctx: &Context<'_>, _budget: usize) -> Result<Vec<Placement>, GraphError> {

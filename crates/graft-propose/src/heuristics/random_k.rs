@@ -10,7 +10,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::Entry;
-use crate::heuristic::{Context, Fields, Heuristic, ParamError};
+use crate::heuristic::{Context, Description, Fields, Heuristic, ParamError};
 
 pub const ENTRY: Entry = Entry {
     name: "random-k",
@@ -44,6 +44,11 @@ pub fn draw_rng(seed: u64, k: usize, draw: usize) -> ChaCha8Rng {
 impl Heuristic for RandomK {
     fn name(&self) -> &'static str {
         ENTRY.name
+    }
+
+    /// Draws are pooled into one curve, so they stay out of the label.
+    fn describe(&self) -> Description {
+        Description::budgeted(ENTRY.name).with("draws", self.draws)
     }
 
     fn propose(&self, ctx: &Context<'_>, budget: usize) -> Result<Vec<Placement>, GraphError> {

@@ -6,7 +6,7 @@
 use graft_graph::{EdgeKind, GraphError, Placement};
 
 use super::Entry;
-use crate::heuristic::{Context, Fields, Heuristic, ParamError};
+use crate::heuristic::{Context, Description, Fields, Heuristic, ParamError};
 
 pub const ENTRY: Entry = Entry {
     name: "single-sweep",
@@ -34,8 +34,11 @@ impl Heuristic for SingleSweep {
         ENTRY.name
     }
 
-    fn budgeted(&self) -> bool {
-        false
+    fn describe(&self) -> Description {
+        let kinds: Vec<&str> = self.kinds.iter().map(|k| k.name()).collect();
+        Description::once(ENTRY.name)
+            .with("kinds", kinds)
+            .with("stride", self.stride)
     }
 
     fn propose(&self, ctx: &Context<'_>, _budget: usize) -> Result<Vec<Placement>, GraphError> {

@@ -3,7 +3,7 @@
 use graft_graph::{GraphError, Placement};
 
 use super::Entry;
-use crate::heuristic::{Context, Fields, Heuristic, ParamError};
+use crate::heuristic::{Context, Description, Fields, Heuristic, ParamError};
 use crate::probe::{Score, better_first};
 
 pub const ENTRY: Entry = Entry {
@@ -32,6 +32,15 @@ impl Heuristic for TopK {
 
     fn score(&self) -> Option<Score> {
         Some(self.score)
+    }
+
+    /// `top-k`, or `top-k by <score>` when the score is not `rank`.
+    fn describe(&self) -> Description {
+        let label = match self.score.name() {
+            "rank" => ENTRY.name.to_owned(),
+            s => format!("{} by {s}", ENTRY.name),
+        };
+        Description::budgeted(label).with("score", self.score.name())
     }
 
     fn propose(&self, ctx: &Context<'_>, budget: usize) -> Result<Vec<Placement>, GraphError> {

@@ -1,0 +1,405 @@
+//! The findings: sentences made from the report's own numbers, per task and across tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use graft_graph::EdgeKind;
+use graft_tables::Method;
+
+use super::tables::{fmt_acc, fmt_count, train};
+use crate::analysis::{Analysis, Series, TaskAnalysis};
+use crate::figures::p_is;
+use crate::stats::MeanStd;
+
+fn pct(m: &MeanStd) -> String {
+    format!("{} %", fmt_acc(m))
+}
+
+fn budget_sentence(s: &Series, t: &TaskAnalysis) -> Option<String> {
+    let best = s.points.iter().max_by(|a, b| {
+        a.test
+            .mean
+            .total_cmp(&b.test.mean)
+            .then(b.adapters.cmp(&a.adapters))
+    })?;
+    let at = |p: &crate::analysis::Point| {
+        format!(
+            "with {} adapter{} ({} trainable parameters)",
+            p.adapters,
+            if p.adapters == 1 { "" } else { "s" },
+            fmt_count(p.params)
+        )
+    };
+    // Several placements pooled at one budget are draws of a randomised heuristic.
+    let draws = if s.points.iter().any(|p| p.placements > 1) {
+        format!(
+            " over {} draw{}",
+            best.placements,
+            if best.placements == 1 { "" } else { "s" }
+        )
+    } else {
+        String::new()
+    };
+    Some(match &t.parallel_all {
+        Some(pa) => {
+            let pa_text = format!(
+                "parallel-all {} with {} ({} trainable parameters)",
+                pct(&pa.test),
+                pa.adapters,
+                fmt_count(pa.params)
+            );
+            match s.points.iter().find(|p| p.test.mean >= pa.test.mean) {
+                Some(p) => format!(
+                    "{} {} reaches {} test accuracy{draws}, {pa_text}.",
+                    s.label,
+                    at(p),
+                    pct(&p.test)
+                ),
+                None => format!(
+                    "{} stays below parallel-all up to {} adapters: at best {} {}{draws}, {pa_text}.",
+                    s.label,
+                    s.points.last().map_or(0, |p| p.adapters),
+                    pct(&best.test),
+                    at(best)
+                ),
+            }
+        }
+        None => format!(
+            "{} is best {}: {} test accuracy{draws} (no parallel-all run to compare with).",
+            s.label,
+            at(best),
+            pct(&best.test)
+        ),
+    })
+}
+
+fn correlation_sentence(name: &str, c: &crate::analysis::ScoreCorrelation) -> String {
+    match &c.spearman {
+        Some(s) if s.p.is_some() => {
+            let p = s.p.unwrap_or(f64::NAN);
+            if p < 0.05 {
+                format!(
+                    "{name} correlates {} with single-adapter accuracy at ρ = {:.2} ({}, n = {}).",
+                    if s.rho > 0.0 {
+                        "positively"
+                    } else {
+                        "negatively"
+                    },
+                    s.rho,
+                    p_is(p),
+                    s.n
+                )
+            } else {
+                format!(
+                    "{name} shows no significant correlation with single-adapter accuracy \
+                     (ρ = {:.2}, {}, n = {}).",
+                    s.rho,
+                    p_is(p),
+                    s.n
+                )
+            }
+        }
+        _ => format!(
+            "the correlation of {name} with single-adapter accuracy is undefined: {} edge(s) \
+             have both, or the score is the same for all of them.",
+            c.points.len()
+        ),
+    }
+}
+
+/// Which protocol produced a task's runs (`select`, `final`, both, or not recorded), with
+/// what it means.
+pub fn protocol_text(t: &TaskAnalysis) -> String {
+    let names: BTreeSet<&str> = t
+        .data
+        .runs
+        .iter()
+        .map(|r| r.protocol.as_deref().unwrap_or("not recorded"))
+        .collect();
+    let epochs = train(t).map(|x| x.epochs).map_or_else(
+        || "the configured epochs".to_owned(),
+        |e| format!("{e} epoch{}", if e == 1 { "" } else { "s" }),
+    );
+    names
+        .iter()
+        .map(|n| match *n {
+            "final" => format!(
+                "final (trained on train + val for {epochs}, the last epoch's test \
+                 accuracy; no model selection)"
+            ),
+            "select" => {
+                "select (trained on train, the epoch best on val tested; val accuracy is the \
+                 selected epoch's)"
+                    .to_owned()
+            }
+            other => other.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+fn task_findings(t: &TaskAnalysis) -> Vec<String> {
+    let mut out = Vec::new();
+    let finished = t.runs - t.failed.len();
+    if t.runs == 0 {
+        out.push("no fine-tuning runs were recorded, so there is nothing to report.".into());
+        return out;
+    }
+    out.push(format!(
+        "accuracies come from the {} protocol.",
+        protocol_text(t)
+    ));
+    let mut s = format!(
+        "{} runs of {} placements over {} {}",
+        t.runs,
+        t.placements.len(),
+        if t.seeds.len() == 1 { "seed" } else { "seeds" },
+        t.seeds
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if t.failed.is_empty() {
+        s.push_str("; all finished.");
+    } else {
+        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in &t.failed {
+            *by.entry(f.status.name()).or_default() += 1;
+        }
+        let parts: Vec<String> = by.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        s.push_str(&format!(
+            "; {finished} finished and {} did not ({}): they are listed under \"Runs that did \
+             not finish\" and left out of every mean.",
+            t.failed.len(),
+            parts.join(", ")
+        ));
+    }
+    out.push(s);
+    if t.max_seeds_per_placement() < 2 {
+        out.push(
+            "no placement has more than one finished seed, so no standard deviations are given \
+             and differences between placements cannot be judged against seed noise."
+                .into(),
+        );
+    }
+    let mut base = Vec::new();
+    if let Some(r) = &t.linear_probe {
+        base.push(format!("the linear probe reaches {}", pct(&r.test)));
+    }
+    if let Some(r) = &t.full {
+        base.push(format!(
+            "full fine-tuning {} ({} trainable parameters)",
+            pct(&r.test),
+            fmt_count(r.params)
+        ));
+    }
+    if !base.is_empty() {
+        out.push(format!("{} test accuracy.", base.join(" and ")));
+    }
+    let bottleneck = train(t).map(|x| x.bottleneck);
+    if !t.series.is_empty() {
+        if let Some(r) = bottleneck {
+            out.push(format!("every adapter has bottleneck r = {r}."));
+        }
+        for s in &t.series {
+            if let Some(line) = budget_sentence(s, t) {
+                out.push(line);
+            }
+        }
+    }
+    if t.single.is_empty() {
+        out.push(
+            "no edge was trained alone, so nothing is said about single placements or the \
+             probe's correlation with them."
+                .into(),
+        );
+    } else {
+        let n = t.nodes;
+        let best = t.best_single(3);
+        if let Some((e, m)) = best.first() {
+            let kind = e.kind().name();
+            let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
+            out.push(format!(
+                "{} of {} edges were trained alone; the best single edge is {e}, {article} {kind} \
+                 edge, at {} test accuracy.",
+                t.single.len(),
+                n * n,
+                pct(m)
+            ));
+        }
+        if best.len() == 3 {
+            let rec = best
+                .iter()
+                .filter(|(e, _)| e.kind() == EdgeKind::Recurrent)
+                .count();
+            let list: Vec<String> = best
+                .iter()
+                .map(|(e, _)| format!("{e} {}", e.kind().name()))
+                .collect();
+            out.push(format!(
+                "the best three single edges are {}: {} of them recurrent.",
+                list.join(", "),
+                match rec {
+                    0 => "none".to_owned(),
+                    k => k.to_string(),
+                }
+            ));
+        }
+        if let Some(rank) = t.correlations.iter().find(|c| c.score == "rank") {
+            out.push(correlation_sentence("gradient rank", rank));
+        }
+        let abs_rho = |c: &crate::analysis::ScoreCorrelation| {
+            c.spearman.filter(|s| s.p.is_some()).map(|s| s.rho.abs())
+        };
+        // The first score with the largest |ρ|, so that rank wins a tie.
+        let mut strongest: Option<&crate::analysis::ScoreCorrelation> = None;
+        for c in &t.correlations {
+            if let Some(r) = abs_rho(c)
+                && strongest.and_then(abs_rho).is_none_or(|b| r > b)
+            {
+                strongest = Some(c);
+            }
+        }
+        if let Some(c) = strongest
+            && c.score != "rank"
+            && let Some(s) = c.spearman
+        {
+            out.push(format!(
+                "of the six probe scores, {} has the strongest correlation (ρ = {:.2}, {}).",
+                c.score.replace('_', " "),
+                s.rho,
+                s.p.map_or("p n/a".into(), p_is)
+            ));
+        }
+    }
+    if let Some(cost) = &t.data.cost {
+        let ps = cost.total_seconds;
+        let mut parts = vec![format!("the probe took {ps:.2} s")];
+        let steps = cost.cost_in_train_steps;
+        parts.push(format!("the time of {steps:.1} training steps"));
+        if let Some(r) = t.adapter_run_seconds.filter(|r| *r > 0.0) {
+            parts.push(format!(
+                "{:.1} % of one adapter fine-tuning run ({r:.1} s on average)",
+                100.0 * ps / r
+            ));
+        }
+        out.push(format!("{}.", parts.join(", ")));
+    } else {
+        out.push("the probe's cost was not recorded.".into());
+    }
+    let base_flops = t
+        .backbone_flops
+        .or_else(|| t.placements.iter().map(|p| p.flops).min())
+        .filter(|f| *f > 0);
+    if let Some(b) = base_flops {
+        let ratio = |f: i64| f as f64 / b as f64;
+        let finished: Vec<_> = t.placements.iter().filter(|p| p.test.is_some()).collect();
+        let rec: Vec<f64> = finished
+            .iter()
+            .filter(|p| p.has_recurrent())
+            .map(|p| ratio(p.flops))
+            .collect();
+        let fwd: Vec<f64> = finished
+            .iter()
+            .filter(|p| !p.has_recurrent() && p.method == Method::Adapters)
+            .map(|p| ratio(p.flops))
+            .collect();
+        let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !rec.is_empty() {
+            let min = rec.iter().copied().fold(f64::INFINITY, f64::min);
+            let mut s = format!(
+                "placements with recurrent edges ({}) cost {:.2}× to {:.2}× the backbone's forward FLOPs",
+                rec.len(),
+                min,
+                max(&rec)
+            );
+            if !fwd.is_empty() {
+                s.push_str(&format!(
+                    ", forward-only placements at most {:.2}×",
+                    max(&fwd)
+                ));
+            }
+            out.push(s + ".");
+        } else if !fwd.is_empty() {
+            out.push(format!(
+                "no finished placement has a recurrent edge; forward-only placements cost at most \
+                 {:.2}× the backbone's forward FLOPs.",
+                max(&fwd)
+            ));
+        }
+    }
+    out
+}
+
+/// The findings, each one sentence made from the report's own numbers, per task (`None`:
+/// across tasks).
+pub fn findings(a: &Analysis) -> Vec<(Option<String>, String)> {
+    let mut out = Vec::new();
+    for t in &a.tasks {
+        for s in task_findings(t) {
+            out.push((Some(t.task.clone()), capitalise(&s, t)));
+        }
+    }
+    if a.tasks.len() < 2 {
+        out.push((
+            None,
+            "One task only: nothing can be said about whether the best placements carry over \
+             between tasks."
+                .into(),
+        ));
+    } else if a.cross.is_empty() {
+        out.push((
+            None,
+            "Fewer than two tasks have a single-adapter sweep, so placements are not compared \
+             across tasks."
+                .into(),
+        ));
+    }
+    for c in &a.cross {
+        let s = match c.spearman {
+            Some(s) if s.p.is_some_and(|p| p < 0.05) => format!(
+                "Single-adapter accuracies of {} and {} correlate at ρ = {:.2} ({}, n = {}).",
+                c.a,
+                c.b,
+                s.rho,
+                p_is(s.p.unwrap_or(f64::NAN)),
+                s.n
+            ),
+            Some(s) => format!(
+                "Single-adapter accuracies of {} and {} show no significant correlation (ρ = {:.2}, {}, n = {}).",
+                c.a,
+                c.b,
+                s.rho,
+                s.p.map_or("p n/a".into(), p_is),
+                s.n
+            ),
+            None => format!(
+                "The cross-task correlation of {} and {} is undefined ({} common edges).",
+                c.a, c.b, c.common_edges
+            ),
+        };
+        out.push((None, s));
+    }
+    out
+}
+
+/// Capitalises a sentence unless it opens with a label of the task's proposals (`gga γ=0.6`,
+/// `top-k`): those are written as the heuristic writes them.
+fn capitalise(s: &str, t: &TaskAnalysis) -> String {
+    let opens_with = |label: &str| {
+        s.strip_prefix(label)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ',']))
+    };
+    if t.data.proposals.iter().any(|p| opens_with(&p.label)) {
+        return s.to_owned();
+    }
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
