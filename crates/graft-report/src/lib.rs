@@ -3,8 +3,8 @@
 //! one CSV per table shown.
 //!
 //! The flow is three pure steps between reading and writing: [`inputs::TaskData`] holds what
-//! one task's artifacts contain (JSON read leniently, so an unrecorded field shows as "not
-//! recorded"); [`analysis::analyse`] turns it into an [`analysis::Analysis`] (runs
+//! one task's artifacts contain (read through the `graft_tables` types; a file that is
+//! absent shows as "not recorded"); [`analysis::analyse`] turns it into an [`analysis::Analysis`] (runs
 //! aggregated per placement as [`analysis::PlacementStats`], curves per heuristic,
 //! Spearman correlations from [`stats`]); [`figures::figures`] draws the five
 //! [`figures::Figure`]s with plotters and [`report::build`] writes the tables, the generated

@@ -139,4 +139,41 @@ mod tests {
                 .starts_with("{\n  \"backend\": \"tch\",\n")
         );
     }
+
+    /// `runs.parquet` of fine-tune version 1 has no `protocol` column: it reads as null.
+    #[test]
+    fn version_1_runs_read_without_a_protocol() {
+        use crate::{RunRow, Table};
+        use arrow::datatypes::Schema;
+        let row = serde_json::json!({
+            "placement_id": "p", "method": "adapters", "seed": 0, "edges": [{"i": 0, "j": 1}],
+            "adapters": 1, "trainable_params": 5, "forward_flops": 6, "status": "ok",
+            "error": null, "best_epoch": 0, "val_accuracy": 0.5, "test_accuracy": 0.25,
+            "train_loss": 1.0, "wall_seconds": 1.5, "images_per_second": null,
+            "peak_memory_bytes": null, "backend": "flex", "device": "cpu",
+            "run_artifact": "f", "weights_file": null
+        });
+        let full = RunRow::schema();
+        let fields: Vec<_> = full
+            .fields()
+            .iter()
+            .filter(|f| f.name() != "protocol")
+            .cloned()
+            .collect();
+        let schema = std::sync::Arc::new(Schema::new(fields));
+        let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+            .build_decoder()
+            .unwrap();
+        decoder.serialize(std::slice::from_ref(&row)).unwrap();
+        let batch = decoder.flush().unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RunRow::FILE);
+        graft_store::table::write_parquet(&path, schema, &[batch], &Default::default()).unwrap();
+        let read = RunRow::read(&path).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].protocol, None);
+        let mut want = row;
+        want["protocol"] = serde_json::Value::Null;
+        assert_eq!(serde_json::to_value(&read[0]).unwrap(), want);
+    }
 }
