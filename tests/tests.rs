@@ -9,6 +9,7 @@ mod executors;
 mod faults;
 mod finetune;
 mod gc;
+mod invariants;
 mod pipeline;
 mod progress;
 mod store;
