@@ -10,6 +10,7 @@ mod faults;
 mod finetune;
 mod gc;
 mod heuristic_curve;
+mod invariants;
 mod pipeline;
 mod progress;
 mod store;

@@ -29,9 +29,9 @@ use serde_json::Value;
 /// The embedded default pipeline: procedural data, no download.
 pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/default.toml");
 
-/// Stage kinds that have a binary in this build. `command` runs an external program
+/// The stage kinds: kind `k` runs the binary `graft-k`. `command` runs an external program
 /// (`graft-command`: a script with declared inputs, outputs and their contracts).
-pub const BUILT_KINDS: &[&str] = &[
+pub const KINDS: &[&str] = &[
     "prep", "pretrain", "probe", "propose", "finetune", "report", "command",
 ];
 
@@ -139,11 +139,11 @@ impl Pipeline {
             let spec: StageFile = value.try_into().map_err(|e: toml::de::Error| {
                 err(format!("stages.{stage_name}: {}", e.message()))
             })?;
-            if !BUILT_KINDS.contains(&spec.kind.as_str()) {
+            if !KINDS.contains(&spec.kind.as_str()) {
                 return Err(err(format!(
                     "stages.{stage_name}.kind = {:?} is not a stage kind (known: {})",
                     spec.kind,
-                    BUILT_KINDS.join(", ")
+                    KINDS.join(", ")
                 )));
             }
             let params = match serde_json::to_value(&spec.params) {
