@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use graft_stage::BoxError;
 use graft_store::{Artifact, ArtifactId, Publisher};
-use graft_tables::{
+use graft_tables::{RunStatus, 
     DatasetInfo, EpochRow, FinetuneSummary, ProposalRow, RunRow, Table, TrainSettings,
 };
 
@@ -45,7 +45,7 @@ pub fn write_tables(
             }
         }
         run_rows.push(run_row(spec, &result, artifact, weights_file));
-        if result.status != "failed" {
+        if result.status != RunStatus::Failed {
             results.entry(spec.placement_id.clone()).or_insert(result);
         }
     }
@@ -65,7 +65,7 @@ pub fn write_tables(
 /// The result of a run whose worker failed (`msg`) or that did not run.
 fn failed_result(spec: &RunSpec, msg: Option<String>) -> RunResult {
     RunResult {
-        status: "failed".into(),
+        status: RunStatus::Failed,
         error: Some(msg.unwrap_or_else(|| "not run".into())),
         best_epoch: None,
         val_accuracy: None,
@@ -117,14 +117,14 @@ fn run_row(
 ) -> RunRow {
     RunRow {
         placement_id: spec.placement_id.clone(),
-        method: spec.method.name().into(),
+        method: spec.method,
         protocol: Some(spec.protocol.kind.name().into()),
         seed: spec.seed as i64,
         edges: spec.edges.iter().map(|&e| e.into()).collect(),
         adapters: spec.edges.len() as i64,
         trainable_params: result.trainable_params as i64,
         forward_flops: result.forward_flops as i64,
-        status: result.status.clone(),
+        status: result.status,
         error: result.error.clone(),
         best_epoch: result.best_epoch.map(|e| e as i64),
         val_accuracy: result.val_accuracy,

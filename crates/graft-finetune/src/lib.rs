@@ -39,7 +39,7 @@ use graft_graph::{Edge, Graph, Placement};
 use graft_model::{AdapterAct, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, Publisher};
-use graft_tables::{MeanStd, ProposalRow, RunRow, RunStatus, Table};
+use graft_tables::{MeanStd, Method, ProposalRow, RunRow, RunStatus, Table};
 use graft_train::TrainProtocol;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -30,7 +30,7 @@ pub fn rows_to_train(
         for row in proposals {
             let placement = graft_tables::placement(graph, &row.edges)
                 .map_err(|e| format!("{}: placement {}: {e}", path.display(), row.placement_id))?;
-            if row.method == "adapters" && placement.id() != row.placement_id {
+            if row.method == Method::Adapters && placement.id() != row.placement_id {
                 return Err(format!(
                     "{}: placement_id {} does not match its edges (expected {})",
                     path.display(),
@@ -45,11 +45,13 @@ pub fn rows_to_train(
     let adapter_row = |heuristic: &str, placement: &Placement| ProposalRow {
         placement_id: placement.id(),
         heuristic: heuristic.to_owned(),
+        label: heuristic.to_owned(),
+        params: "{}".into(),
+        budgeted: false,
         score: None,
-        gamma: None,
         budget: placement.len() as i64,
         draw: 0,
-        method: "adapters".into(),
+        method: Method::Adapters,
         edges: edge_rows(placement),
         adapters: placement.len() as i64,
         trainable_params: dims.adapter_tuning_params(placement.len(), r) as i64,
@@ -63,18 +65,21 @@ pub fn rows_to_train(
             "parallel-all" => adapter_row("parallel-all", &graph.parallel_all()),
             "random-init" => ProposalRow {
                 placement_id: format!("random-init-{}", graph.parallel_all().id()),
-                method: Method::AdaptersRandomInit.name().into(),
-                heuristic: "baseline".into(),
+                method: Method::AdaptersRandomInit,
+                label: Method::AdaptersRandomInit.name().into(),
                 ..adapter_row("baseline", &graph.parallel_all())
             },
             m => ProposalRow {
                 placement_id: m.to_owned(),
                 heuristic: "baseline".into(),
+                label: m.to_owned(),
+                params: "{}".into(),
+                budgeted: false,
                 score: None,
-                gamma: None,
                 budget: 0,
                 draw: 0,
-                method: m.to_owned(),
+                method: Method::parse(m)
+                    .ok_or_else(|| format!("baselines: {m:?} is not a baseline"))?,
                 edges: vec![],
                 adapters: 0,
                 trainable_params: 0,
@@ -128,15 +133,7 @@ pub fn run_specs(
         if !seen.insert(row.placement_id.clone()) {
             continue;
         }
-        let method = match row.method.as_str() {
-            "adapters" => Method::Adapters,
-            "linear-probe" => Method::LinearProbe,
-            "full" => Method::Full,
-            "adapters-random-init" => Method::AdaptersRandomInit,
-            m => {
-                return Err(format!("placement {}: unknown method {m:?}", row.placement_id).into());
-            }
-        };
+        let method = row.method;
         let lr = if method == Method::Full {
             p.full_lr
         } else {
@@ -207,10 +204,12 @@ mod tests {
             placement_id: pl.id(),
             heuristic: heuristic.into(),
             score: Some("rank".into()),
-            gamma: None,
+            label: heuristic.into(),
+            params: "{}".into(),
+            budgeted: true,
             budget: pl.len() as i64,
             draw: 0,
-            method: "adapters".into(),
+            method: Method::Adapters,
             edges: edge_rows(pl),
             adapters: pl.len() as i64,
             trainable_params: 1,
@@ -222,7 +221,7 @@ mod tests {
             rows_to_train(&p, graph, &dims, Some((Path::new("p.parquet"), proposals))).unwrap();
         let names: Vec<(&str, &str)> = rows
             .iter()
-            .map(|r| (r.heuristic.as_str(), r.method.as_str()))
+            .map(|r| (r.heuristic.as_str(), r.method.name()))
             .collect();
         assert_eq!(
             names,
@@ -289,10 +288,12 @@ mod tests {
             placement_id: "not-its-id".into(),
             heuristic: "x".into(),
             score: None,
-            gamma: None,
+            label: "x".into(),
+            params: "{}".into(),
+            budgeted: false,
             budget: 1,
             draw: 0,
-            method: "adapters".into(),
+            method: Method::Adapters,
             edges: edge_rows(&a),
             adapters: 1,
             trainable_params: 0,
@@ -314,12 +315,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("placement not-its-id"), "{err}");
-        let odd = ProposalRow {
-            placement_id: a.id(),
-            method: "prompt".into(),
-            ..row
-        };
-        let err = run_specs(&p, &[odd], &ctx()).unwrap_err().to_string();
-        assert!(err.contains("unknown method \"prompt\""), "{err}");
     }
 }
