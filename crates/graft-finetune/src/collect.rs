@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use graft_stage::BoxError;
 use graft_store::{Artifact, ArtifactId, Publisher};
-use graft_tables::{RunStatus, 
-    DatasetInfo, EpochRow, FinetuneSummary, ProposalRow, RunRow, Table, TrainSettings,
+use graft_tables::{
+    DatasetInfo, EpochRow, FinetuneSummary, ProposalRow, RunRow, RunStatus, Table, TrainSettings,
 };
 
 use crate::FinetuneParams;
