@@ -67,10 +67,11 @@ pub fn read_parquet(
     Ok((batches, metadata))
 }
 
+/// A table read back: its schema, its batches and its key-value metadata.
+pub type TableRead = (Arc<Schema>, Vec<RecordBatch>, BTreeMap<String, String>);
+
 /// Reads a whole table with its schema (known even when the table has no rows).
-pub fn read_parquet_with_schema(
-    path: &Path,
-) -> Result<(Arc<Schema>, Vec<RecordBatch>, BTreeMap<String, String>), StoreError> {
+pub fn read_parquet_with_schema(path: &Path) -> Result<TableRead, StoreError> {
     let perr = |source| StoreError::Parquet {
         path: path.to_path_buf(),
         source,
@@ -121,8 +122,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta: BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
         let (p1, p2) = (dir.path().join("1.parquet"), dir.path().join("2.parquet"));
-        write_parquet(&p1, schema.clone(), &[batch.clone()], &meta).unwrap();
-        write_parquet(&p2, schema, &[batch.clone()], &meta).unwrap();
+        write_parquet(&p1, schema.clone(), std::slice::from_ref(&batch), &meta).unwrap();
+        write_parquet(&p2, schema, std::slice::from_ref(&batch), &meta).unwrap();
         assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
         let (back, m) = read_parquet(&p1).unwrap();
         assert_eq!(back, vec![batch]);
