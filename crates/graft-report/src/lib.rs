@@ -83,7 +83,9 @@ pub struct Report;
 impl Stage for Report {
     const NAME: &'static str = "report";
     // 2: states the protocol behind each task's numbers.
-    const VERSION: u32 = 2;
+    // 3: correlations on the single-sweep only; comparisons from 95 % intervals over seeds;
+    //    a baselines table and interval columns; the heat map states its range in points.
+    const VERSION: u32 = 3;
     type Params = ReportParams;
 
     fn input_names(p: &ReportParams) -> Vec<String> {
