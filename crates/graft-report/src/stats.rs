@@ -101,7 +101,8 @@ pub fn student_t_two_sided(t: f64, df: f64) -> f64 {
 /// P(|T| ≥ t) = `alpha` (2.262 for alpha 0.05, df 9), by bisection on
 /// [`student_t_two_sided`]; NaN for df ≤ 0 or alpha outside (0, 1).
 pub fn student_t_quantile(alpha: f64, df: f64) -> f64 {
-    if !(df > 0.0) || !(alpha > 0.0 && alpha < 1.0) {
+    let valid = df > 0.0 && alpha > 0.0 && alpha < 1.0;
+    if !valid {
         return f64::NAN;
     }
     let (mut lo, mut hi) = (0.0_f64, 1.0_f64);
