@@ -165,7 +165,7 @@ pub struct Reference {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreCorrelation {
     pub score: &'static str,
-    /// (score, accuracy %, edge) for every edge with both.
+    /// (score, accuracy %, edge) for every edge of the sweep with both.
     pub points: Vec<(f64, f64, Edge)>,
     /// `None` when it cannot be computed (fewer than two pairs, a constant side).
     pub spearman: Option<Spearman>,

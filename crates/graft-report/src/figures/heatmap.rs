@@ -229,7 +229,7 @@ fn draw(root: &Area, t: &TaskAnalysis) -> DrawResult {
     if let Some((slo, shi)) = single_range(t) {
         root.draw(&Text::new(
             format!("range {slo:.1} to {shi:.1} % ({:.1} points)", shi - slo),
-            (bx - 20, top + side + 34),
+            (bx - 20, top + side + 50),
             text_style(11, DARK, HPos::Left, VPos::Center),
         ))?;
     }
