@@ -277,6 +277,11 @@ fn single_table(a: &Analysis) -> TableData {
                 Cell::text(e.kind().name()),
                 Cell::Acc(Some(m)),
                 Cell::Int(Some(m.n as i64)),
+                Cell::text(if t.sweep.contains_key(&e) {
+                    "yes"
+                } else {
+                    "no"
+                }),
             ]);
         }
     }
@@ -286,13 +291,26 @@ fn single_table(a: &Analysis) -> TableData {
         title: "Single adapters, best first".into(),
         note: if shown.is_some() && rows.len() > 10 {
             format!(
-                "The best 10 of {} edges trained alone; all of them (the data of figure 1) are in single_adapter.csv.",
+                "The best 10 of {} edges trained alone; all of them (the data of figure 1) are \
+                 in single_adapter.csv. in_sweep: proposed by the single-sweep (the set the \
+                 probe's scores are correlated with).",
                 rows.len()
             )
         } else {
-            "Every edge trained alone, best first per task: the data of figure 1.".into()
+            "Every edge trained alone, best first per task: the data of figure 1. in_sweep: \
+             proposed by the single-sweep (the set the probe's scores are correlated with); \
+             the others are budget-1 placements of other heuristics."
+                .into()
         },
-        columns: cols(&["task", "i", "j", "kind", "test_accuracy", "seeds_finished"]),
+        columns: cols(&[
+            "task",
+            "i",
+            "j",
+            "kind",
+            "test_accuracy",
+            "seeds_finished",
+            "in_sweep",
+        ]),
         rows,
         shown,
     }
