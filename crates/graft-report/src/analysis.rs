@@ -3,6 +3,12 @@
 //! ([`Series`]), probe scores against single-adapter accuracy and the cross-task
 //! correlations. No I/O and no drawing here.
 //!
+//! The probe's scores are correlated only with the edges the `single-sweep` heuristic
+//! trained ([`TaskAnalysis::sweep`]): those were chosen without looking at the probe. The
+//! budget-1 placements of gga and top-k were chosen by the probe's own score, so pooling
+//! them in would inflate ρ by selection; the heat map ([`TaskAnalysis::single`]) shows every
+//! edge trained alone.
+//!
 //! Heuristics are known only through the proposals table: each row's `label` names it in
 //! tables and legends, and every `budgeted` heuristic's rows make a curve, so a heuristic
 //! added anywhere (a registry line, a command stage's script) is reported with no change
@@ -15,6 +21,9 @@ use graft_tables::{Method, ProbeRow, ProposalRow, RunRow, RunStatus};
 
 use crate::inputs::TaskData;
 use crate::stats::{MeanStd, Spearman, mean_std, spearman};
+
+/// The heuristic whose single-adapter placements are chosen independently of the probe.
+pub const SWEEP: &str = "single-sweep";
 
 /// One run that did not give an accuracy.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +48,8 @@ pub struct PlacementStats {
     /// Validation and test accuracy in percent over the seeds that finished.
     pub val: Option<MeanStd>,
     pub test: Option<MeanStd>,
+    /// Test accuracy (%) of each finished run, `(seed, accuracy)`, for intervals.
+    pub test_by_seed: Vec<(i64, f64)>,
     pub runs: usize,
     pub failed: Vec<FailedRun>,
     pub wall_seconds: Option<f64>,
@@ -122,6 +133,8 @@ pub struct Point {
     pub adapters: i64,
     pub params: i64,
     pub test: MeanStd,
+    /// Every finished run pooled, `(seed, accuracy %)`: a seed repeats across draws.
+    pub values: Vec<(i64, f64)>,
     /// Distinct placements pooled (draws of `random-k`).
     pub placements: usize,
 }
@@ -141,6 +154,8 @@ pub struct Series {
 pub struct Reference {
     pub label: &'static str,
     pub test: MeanStd,
+    /// `(seed, accuracy %)` of each finished run.
+    pub by_seed: Vec<(i64, f64)>,
     pub adapters: i64,
     pub params: i64,
     pub flops: i64,
@@ -150,7 +165,7 @@ pub struct Reference {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreCorrelation {
     pub score: &'static str,
-    /// (score, accuracy %, edge) for every edge with both.
+    /// (score, accuracy %, edge) for every edge of the sweep with both.
     pub points: Vec<(f64, f64, Edge)>,
     /// `None` when it cannot be computed (fewer than two pairs, a constant side).
     pub spearman: Option<Spearman>,
@@ -162,12 +177,20 @@ pub struct TaskAnalysis {
     pub task: String,
     pub nodes: usize,
     pub placements: Vec<PlacementStats>,
-    /// Mean test accuracy (%) over seeds of every edge trained alone.
+    /// Mean test accuracy (%) over seeds of every edge trained alone (the sweep and the
+    /// budget-1 placements of every heuristic): the heat map.
     pub single: BTreeMap<Edge, MeanStd>,
+    /// The edges the `single-sweep` heuristic trained alone (chosen independently of the
+    /// probe): the only set the probe's scores are correlated with.
+    pub sweep: BTreeMap<Edge, MeanStd>,
+    /// Why the correlations were not measured (no sweep); `None` when they were.
+    pub sweep_missing: Option<String>,
     pub series: Vec<Series>,
     pub parallel_all: Option<Reference>,
     pub linear_probe: Option<Reference>,
     pub full: Option<Reference>,
+    /// Adapters on parallel-all over a randomly initialised backbone.
+    pub random_init: Option<Reference>,
     pub correlations: Vec<ScoreCorrelation>,
     pub runs: usize,
     pub failed: Vec<FailedRun>,
@@ -272,6 +295,10 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
             flops: first.forward_flops,
             val: mean_std(ok.iter().filter_map(|r| accuracy_pct(r.val_accuracy))),
             test: mean_std(ok.iter().filter_map(|r| accuracy_pct(r.test_accuracy))),
+            test_by_seed: ok
+                .iter()
+                .filter_map(|r| accuracy_pct(r.test_accuracy).map(|a| (r.seed, a)))
+                .collect(),
             runs: runs.len(),
             failed,
             wall_seconds: mean_std(runs.iter().map(|r| r.wall_seconds)).map(|m| m.mean),
@@ -295,12 +322,41 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         .filter(|p| p.method == Method::Adapters && p.edges.len() == 1)
         .filter_map(|p| p.test.map(|t| (p.edges[0], t)))
         .collect();
+    let swept_ids: BTreeSet<&str> = data
+        .proposals
+        .iter()
+        .filter(|p| p.heuristic == SWEEP && p.method == Method::Adapters && p.adapters == 1)
+        .map(|p| p.placement_id.as_str())
+        .collect();
+    let sweep: BTreeMap<Edge, MeanStd> = placements
+        .iter()
+        .filter(|p| p.method == Method::Adapters && p.edges.len() == 1)
+        .filter(|p| swept_ids.contains(p.placement_id.as_str()))
+        .filter_map(|p| p.test.map(|t| (p.edges[0], t)))
+        .collect();
+    let sweep_missing = if !sweep.is_empty() {
+        None
+    } else if swept_ids.is_empty() {
+        Some(format!(
+            "task {} has no {SWEEP} proposal: the probe's scores are correlated only with edges \
+             chosen independently of the probe, and the budget-1 placements of gga and top-k \
+             were chosen by its score",
+            data.task
+        ))
+    } else {
+        Some(format!(
+            "none of the {} {SWEEP} placements of task {} finished",
+            swept_ids.len(),
+            data.task
+        ))
+    };
 
     let reference = |label: &'static str, pick: &dyn Fn(&PlacementStats) -> bool| {
         placements.iter().filter(|p| pick(p)).find_map(|p| {
             p.test.map(|test| Reference {
                 label,
                 test,
+                by_seed: p.test_by_seed.clone(),
                 adapters: p.adapters,
                 params: p.params,
                 flops: p.flops,
@@ -312,6 +368,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
     });
     let linear_probe = reference("linear probe", &|p| p.method == Method::LinearProbe);
     let full = reference("full fine-tuning", &|p| p.method == Method::Full);
+    let random_init = reference("random-init", &|p| p.method == Method::AdaptersRandomInit);
 
     let series = curves(&data.proposals, &data.runs);
     let correlations = ProbeRow::SCORES
@@ -321,7 +378,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
                 .probe
                 .iter()
                 .filter_map(|r| {
-                    let acc = single.get(&r.edge())?;
+                    let acc = sweep.get(&r.edge())?;
                     let s = r.score(score)?;
                     s.is_finite().then_some((s, acc.mean, r.edge()))
                 })
@@ -359,10 +416,13 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         nodes: data.nodes(),
         placements,
         single,
+        sweep,
+        sweep_missing,
         series,
         parallel_all,
         linear_probe,
         full,
+        random_init,
         correlations,
         runs: data.runs.len(),
         failed: failed_all,
@@ -383,10 +443,12 @@ type Variant<'a> = ((&'a str, &'a str), BTreeMap<i64, Budget<'a>>);
 /// Accuracy against the number of adapters for each budgeted heuristic and label, in the
 /// order they first appear in the proposals table.
 fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
-    let mut acc: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut acc: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
     for r in runs.iter().filter(|r| r.status.is_ok()) {
         if let Some(a) = accuracy_pct(r.test_accuracy) {
-            acc.entry(r.placement_id.as_str()).or_default().push(a);
+            acc.entry(r.placement_id.as_str())
+                .or_default()
+                .push((r.seed, a));
         }
     }
     // (heuristic, label) -> adapters -> (placement ids, params), in order of appearance.
@@ -413,17 +475,18 @@ fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
         let points: Vec<Point> = by_budget
             .into_iter()
             .filter_map(|(adapters, (ids, params))| {
-                let values: Vec<f64> = ids
+                let values: Vec<(i64, f64)> = ids
                     .iter()
                     .flat_map(|id| acc.get(id).into_iter().flatten().copied())
                     .collect();
-                let test = mean_std(values)?;
+                let test = mean_std(values.iter().map(|v| v.1))?;
                 let placements = ids.iter().filter(|id| acc.contains_key(*id)).count();
                 let params = params.iter().sum::<i64>() / params.len().max(1) as i64;
                 Some(Point {
                     adapters,
                     params,
                     test,
+                    values,
                     placements,
                 })
             })

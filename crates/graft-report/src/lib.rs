@@ -6,11 +6,14 @@
 //! one task's artifacts contain (read through the `graft_tables` types; a file that is
 //! absent shows as "not recorded"); [`analysis::analyse`] turns it into an [`analysis::Analysis`] (runs
 //! aggregated per placement as [`analysis::PlacementStats`], curves per heuristic,
-//! Spearman correlations from [`stats`]); [`figures::figures`] draws the five
+//! Spearman correlations on the single-sweep's edges and 95 % confidence intervals over
+//! seeds from [`stats`]); [`figures::figures`] draws the five
 //! [`figures::Figure`]s with plotters and [`report::build`] writes the tables, the generated
 //! findings and the pages as [`report::ReportFiles`]. Every sentence and figure is made from
-//! the report's own numbers; where the data for one is missing (no sweep, one seed, one
-//! task) the report says so instead. [`Report`] is the [`graft_stage::Stage`].
+//! the report's own numbers, and every comparison of two methods or placements from the
+//! interval of their difference ("cannot tell" where it includes zero); where the data for
+//! one is missing (no sweep, one seed, one task) the report says so instead. [`Report`] is
+//! the [`graft_stage::Stage`].
 
 pub mod analysis;
 pub mod figures;
@@ -83,7 +86,9 @@ pub struct Report;
 impl Stage for Report {
     const NAME: &'static str = "report";
     // 2: states the protocol behind each task's numbers.
-    const VERSION: u32 = 2;
+    // 3: correlations on the single-sweep only; comparisons from 95 % intervals over seeds;
+    //    a baselines table and interval columns; the heat map states its range in points.
+    const VERSION: u32 = 3;
     type Params = ReportParams;
 
     fn input_names(p: &ReportParams) -> Vec<String> {

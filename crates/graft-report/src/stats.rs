@@ -1,7 +1,9 @@
 //! Small statistics with no dependencies: mean and sample standard deviation (graft-tables'
 //! [`mean_std`], re-exported), average ranks,
 //! Spearman's ρ and its two-sided p-value from Student's t with n − 2 degrees of freedom
-//! (through the regularized incomplete beta function).
+//! (through the regularized incomplete beta function), Student's t quantiles by bisection on
+//! that tail, and 95 % confidence intervals of a mean and of a difference of means over seeds
+//! (paired by seed, or Welch's).
 
 /// The one mean and sample standard deviation, shared with the fine-tune stage's console.
 pub use graft_tables::{MeanStd, mean_std};
@@ -93,6 +95,129 @@ pub fn student_t_two_sided(t: f64, df: f64) -> f64 {
     }
     let x = df / (df + t * t);
     regularized_incomplete_beta(x, df / 2.0, 0.5)
+}
+
+/// The two-sided `1 − alpha` quantile of Student's t: the `t > 0` with
+/// P(|T| ≥ t) = `alpha` (2.262 for alpha 0.05, df 9), by bisection on
+/// [`student_t_two_sided`]; NaN for df ≤ 0 or alpha outside (0, 1).
+pub fn student_t_quantile(alpha: f64, df: f64) -> f64 {
+    let valid = df > 0.0 && alpha > 0.0 && alpha < 1.0;
+    if !valid {
+        return f64::NAN;
+    }
+    let (mut lo, mut hi) = (0.0_f64, 1.0_f64);
+    while student_t_two_sided(hi, df) > alpha {
+        hi *= 2.0;
+        if hi > 1e12 {
+            return f64::INFINITY;
+        }
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if student_t_two_sided(mid, df) > alpha {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo <= 1e-13 * hi {
+            break;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Half-width of the 95 % confidence interval of a mean over `n` seeds: t(0.975, n − 1) ·
+/// s / √n; `None` with fewer than two values.
+pub fn ci95_half_width(m: &MeanStd) -> Option<f64> {
+    let s = m.std?;
+    (m.n >= 2).then(|| student_t_quantile(0.05, (m.n - 1) as f64) * s / (m.n as f64).sqrt())
+}
+
+/// The difference of two means (a − b) with its 95 % confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Difference {
+    /// Mean of a minus mean of b.
+    pub diff: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// Degrees of freedom of the t quantile (n − 1 paired; Welch–Satterthwaite otherwise).
+    pub df: f64,
+    /// Paired by seed (both sides have the same distinct seeds).
+    pub paired: bool,
+    pub n_a: usize,
+    pub n_b: usize,
+}
+
+/// What can be said of a − b over seeds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Comparison {
+    /// Both sides have at least two finite values.
+    Interval(Difference),
+    /// One side has fewer than two values: no interval.
+    OneSeed { diff: f64, n_a: usize, n_b: usize },
+    /// One side has no value at all.
+    Missing,
+}
+
+/// The 95 % confidence interval of mean(a) − mean(b) over `(seed, value)` pairs. When both
+/// sides have the same distinct seeds it is paired: the t interval of the per-seed
+/// differences with n − 1 degrees of freedom. Otherwise Welch's: standard error
+/// √(s²ₐ/nₐ + s²_b/n_b) with the Welch–Satterthwaite degrees of freedom (nₐ + n_b − 2 when
+/// both variances are zero). Non-finite values are dropped first.
+pub fn compare_means(a: &[(i64, f64)], b: &[(i64, f64)]) -> Comparison {
+    let a: Vec<(i64, f64)> = a.iter().copied().filter(|v| v.1.is_finite()).collect();
+    let b: Vec<(i64, f64)> = b.iter().copied().filter(|v| v.1.is_finite()).collect();
+    let (Some(ma), Some(mb)) = (
+        mean_std(a.iter().map(|v| v.1)),
+        mean_std(b.iter().map(|v| v.1)),
+    ) else {
+        return Comparison::Missing;
+    };
+    let diff = ma.mean - mb.mean;
+    let (n_a, n_b) = (ma.n, mb.n);
+    if n_a < 2 || n_b < 2 {
+        return Comparison::OneSeed { diff, n_a, n_b };
+    }
+    let seeds = |v: &[(i64, f64)]| {
+        let mut s: Vec<i64> = v.iter().map(|x| x.0).collect();
+        s.sort_unstable();
+        let n = s.len();
+        s.dedup();
+        (s.len() == n).then_some(s)
+    };
+    let paired = match (seeds(&a), seeds(&b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    };
+    let (se, df) = if paired {
+        let mut a = a.clone();
+        let mut b = b.clone();
+        a.sort_by_key(|v| v.0);
+        b.sort_by_key(|v| v.0);
+        let d = mean_std(a.iter().zip(&b).map(|(x, y)| x.1 - y.1));
+        let d = d.expect("two or more paired values");
+        (d.std.unwrap_or(0.0) / (d.n as f64).sqrt(), (d.n - 1) as f64)
+    } else {
+        let va = ma.std.unwrap_or(0.0).powi(2) / n_a as f64;
+        let vb = mb.std.unwrap_or(0.0).powi(2) / n_b as f64;
+        let se2 = va + vb;
+        let df = if se2 > 0.0 {
+            se2 * se2 / (va * va / (n_a - 1) as f64 + vb * vb / (n_b - 1) as f64)
+        } else {
+            (n_a + n_b - 2) as f64
+        };
+        (se2.sqrt(), df)
+    };
+    let h = student_t_quantile(0.05, df) * se;
+    Comparison::Interval(Difference {
+        diff,
+        lo: diff - h,
+        hi: diff + h,
+        df,
+        paired,
+        n_a,
+        n_b,
+    })
 }
 
 /// ln Γ(x) for x > 0 (Lanczos, g = 7, nine coefficients; relative error about 1e-15).
@@ -243,6 +368,84 @@ mod tests {
         );
         close(student_t_two_sided(1.0, 1.0), 0.5, 1e-12);
         close(student_t_two_sided(0.0, 5.0), 1.0, 1e-12);
+    }
+
+    // Quantiles from the usual t tables (mpmath, 30 digits, for the digits beyond them).
+    #[test]
+    fn t_quantiles_match_tables() {
+        close(student_t_quantile(0.05, 1.0), 12.706_204_736_174_7, 1e-9);
+        close(student_t_quantile(0.05, 2.0), 4.302_652_729_749_464, 1e-9);
+        close(student_t_quantile(0.05, 9.0), 2.262_157_162_798_205, 1e-9);
+        close(student_t_quantile(0.05, 10.0), 2.228_138_851_986_273, 1e-9);
+        close(student_t_quantile(0.05, 1e6), 1.959_966_4, 1e-6);
+        assert!(student_t_quantile(0.05, 0.0).is_nan());
+    }
+
+    #[test]
+    fn ci_half_width_by_hand() {
+        // 70, 71, 72: mean 71, s = 1, n = 3: t(0.975, 2) · 1 / √3 = 4.302653 / 1.732051.
+        let m = mean_std([70.0, 71.0, 72.0]).unwrap();
+        close(ci95_half_width(&m).unwrap(), 2.484_137_711_750_331, 1e-9);
+        assert_eq!(ci95_half_width(&mean_std([70.0]).unwrap()), None);
+    }
+
+    #[test]
+    fn paired_difference_by_hand() {
+        // Per-seed differences 2, 3, 4: mean 3, s = 1, n = 3, df = 2:
+        // 3 ± 4.302653 / √3 = 3 ± 2.484138 (4.302653 / 1.732051 = 2.4841377).
+        let a = [(0, 72.0), (1, 74.0), (2, 70.0)];
+        let b = [(2, 66.0), (0, 70.0), (1, 71.0)];
+        let Comparison::Interval(d) = compare_means(&a, &b) else {
+            panic!("no interval")
+        };
+        assert!(d.paired);
+        assert_eq!((d.n_a, d.n_b, d.df), (3, 3, 2.0));
+        close(d.diff, 3.0, 1e-12);
+        close(d.lo, 3.0 - 2.484_137_711_750_331, 1e-9);
+        close(d.hi, 3.0 + 2.484_137_711_750_331, 1e-9);
+    }
+
+    #[test]
+    fn welch_difference_by_hand() {
+        // a: 1, 2, 3 (mean 2, s² = 1, n 3); b: 4, 6 (mean 5, s² = 2, n 2), seeds differ.
+        // se² = 1/3 + 2/2 = 4/3; df = (4/3)² / ((1/3)²/2 + 1²/1) = (16/9) / (19/18) = 32/19.
+        // t(0.975, 32/19) = 5.176231628546520 (mpmath, 30 digits, root of the same tail).
+        let a = [(0, 1.0), (1, 2.0), (2, 3.0)];
+        let b = [(0, 4.0), (1, 6.0)];
+        let Comparison::Interval(d) = compare_means(&a, &b) else {
+            panic!("no interval")
+        };
+        assert!(!d.paired);
+        close(d.df, 32.0 / 19.0, 1e-12);
+        close(d.diff, -3.0, 1e-12);
+        let t = 5.176_231_628_546_52;
+        close(student_t_quantile(0.05, 32.0 / 19.0), t, 1e-9);
+        close(d.hi - d.diff, t * (4.0f64 / 3.0).sqrt(), 1e-9);
+        close(d.diff - d.lo, t * (4.0f64 / 3.0).sqrt(), 1e-9);
+        // Equal seeds repeated (pooled draws) are not paired.
+        let c = [(0, 1.0), (0, 2.0), (1, 3.0)];
+        let e = [(0, 1.0), (1, 2.0), (1, 3.0)];
+        let Comparison::Interval(d) = compare_means(&c, &e) else {
+            panic!("no interval")
+        };
+        assert!(!d.paired);
+    }
+
+    #[test]
+    fn one_seed_has_no_interval() {
+        assert_eq!(
+            compare_means(&[(0, 5.0)], &[(0, 3.0), (1, 4.0)]),
+            Comparison::OneSeed {
+                diff: 1.5,
+                n_a: 1,
+                n_b: 2
+            }
+        );
+        assert_eq!(compare_means(&[], &[(0, 1.0)]), Comparison::Missing);
+        assert_eq!(
+            compare_means(&[(0, f64::NAN)], &[(0, 1.0)]),
+            Comparison::Missing
+        );
     }
 
     #[test]

@@ -843,3 +843,275 @@ fn a_heuristic_unknown_to_the_report_gets_a_budget_curve() {
         "the budget figure has no top-per-node legend entry"
     );
 }
+
+/// Sets the test accuracy of every run of the placements `pick` selects in the proposals to
+/// `by_seed[seed]` (a fraction), finished.
+fn set_accuracy(t: &mut TaskData, pick: impl Fn(&ProposalRow) -> bool, by_seed: &[f64]) {
+    let ids: std::collections::BTreeSet<String> = t
+        .proposals
+        .iter()
+        .filter(|p| pick(p))
+        .map(|p| p.placement_id.clone())
+        .collect();
+    assert!(!ids.is_empty());
+    for r in t.runs.iter_mut().filter(|r| ids.contains(&r.placement_id)) {
+        r.status = RunStatus::Ok;
+        r.error = None;
+        r.test_accuracy = Some(by_seed[r.seed as usize]);
+    }
+}
+
+/// The finding of task `task` that opens with `prefix`.
+fn finding(tasks: Vec<TaskData>, task: &str, prefix: &str) -> String {
+    let a = analyse(tasks);
+    let f = crate::report::findings(&a);
+    f.iter()
+        .find(|(t, s)| t.as_deref() == Some(task) && s.starts_with(prefix))
+        .map(|(_, s)| s.clone())
+        .unwrap_or_else(|| panic!("no finding opening with {prefix:?}: {f:#?}"))
+}
+
+fn is_gga(p: &ProposalRow) -> bool {
+    p.heuristic == "gga" && p.label == "gga γ=0.3"
+}
+
+fn is_parallel_all(p: &ProposalRow) -> bool {
+    p.heuristic == "parallel-all"
+}
+
+/// Issue 9: gga within seed noise of parallel-all is "cannot tell", with the interval.
+#[test]
+fn gga_within_seed_noise_of_parallel_all_cannot_be_told_apart() {
+    let mut t = task_data(0);
+    set_accuracy(&mut t, is_parallel_all, &[0.60, 0.62, 0.58]);
+    // Per-seed differences +1, -2, +2 points: mean +0.33, s = 2.08, CI ± 5.2.
+    set_accuracy(&mut t, is_gga, &[0.61, 0.60, 0.60]);
+    let s = finding(vec![t], "alpha", "gga γ=0.3");
+    assert!(
+        s.contains("against parallel-all (")
+            && s.contains(": cannot tell (difference +0.3 points, 95 % CI -4.8 to 5.5 includes zero; paired over 3 seeds)"),
+        "{s}"
+    );
+    assert!(!s.contains("beats") && !s.contains("below"), "{s}");
+}
+
+/// Issue 9: gga clearly above parallel-all "beats" it, with the interval.
+#[test]
+fn gga_clearly_above_parallel_all_beats_it_with_an_interval() {
+    let mut t = task_data(0);
+    set_accuracy(&mut t, is_parallel_all, &[0.60, 0.62, 0.58]);
+    // Differences 5.1, 5.2, 4.9 points: mean 5.067, s = 0.153, half-width
+    // 4.302653 · 0.152753 / √3 = 0.379: 95 % CI 4.7 to 5.4.
+    set_accuracy(&mut t, is_gga, &[0.651, 0.672, 0.629]);
+    let s = finding(vec![t.clone()], "alpha", "gga γ=0.3");
+    assert!(
+        s.starts_with("gga γ=0.3 with 1 adapter (")
+            && s.contains(") beats parallel-all (")
+            && s.ends_with("by 5.1 points (95 % CI 4.7 to 5.4; paired over 3 seeds)."),
+        "{s}"
+    );
+    // And the mirror image is "is below … by", with the interval of the gap.
+    set_accuracy(&mut t, is_gga, &[0.549, 0.568, 0.531]);
+    let s = finding(vec![t], "alpha", "At its best, gga γ=0.3");
+    assert!(
+        s.contains(") is below parallel-all (")
+            && s.ends_with("by 5.1 points (95 % CI 4.7 to 5.4; paired over 3 seeds)."),
+        "{s}"
+    );
+}
+
+/// Issue 9: with one seed there is no interval, and the sentence says so.
+#[test]
+fn one_seed_cannot_tell_without_an_interval() {
+    let mut t = task_data(0);
+    t.runs.retain(|r| r.seed == 0);
+    set_accuracy(&mut t, is_parallel_all, &[0.60]);
+    set_accuracy(&mut t, is_gga, &[0.70]);
+    let s = finding(vec![t], "alpha", "gga γ=0.3");
+    assert!(
+        s.contains("against parallel-all (")
+            && s.ends_with(": cannot tell (one seed: no interval)."),
+        "{s}"
+    );
+    // No comparative sentence anywhere in the findings lacks its interval.
+    let mut t = task_data(0);
+    t.runs.retain(|r| r.seed == 0);
+    let a = analyse(vec![t]);
+    for (_, s) in crate::report::findings(&a) {
+        if s.contains(" beats ") || s.contains(" is below ") || s.contains(" matches ") {
+            panic!("a comparison with one seed: {s}");
+        }
+    }
+}
+
+/// The baselines' comparisons: full fine-tuning against the linear probe, parallel-all
+/// against the linear probe and against the same adapters on a random-init backbone.
+#[test]
+fn baselines_are_compared_with_intervals() {
+    let mut t = task_data(0);
+    // A random-init run of parallel-all's edges for every seed.
+    let pa: Vec<RunRow> = t.runs.iter().filter(|r| r.adapters == 4).cloned().collect();
+    assert_eq!(pa.len(), 3);
+    for mut r in pa {
+        r.placement_id = format!("random-init-{}", r.placement_id);
+        r.method = Method::AdaptersRandomInit;
+        r.test_accuracy = Some(0.10 + 0.01 * r.seed as f64);
+        t.runs.push(r);
+    }
+    let a = analyse(vec![t.clone()]);
+    assert_eq!(a.tasks[0].random_init.as_ref().unwrap().test.n, 3);
+    let s = finding(
+        vec![t.clone()],
+        "alpha",
+        "parallel-all on the pretrained backbone",
+    );
+    assert!(
+        s.contains("beats the same adapters on a randomly initialised backbone (11.0 ± 1.0 %) by")
+            && s.contains("95 % CI"),
+        "{s}"
+    );
+    let s = finding(vec![t.clone()], "alpha", "Full fine-tuning");
+    // Seed 2 of full fine-tuning failed: two against three runs, so Welch's interval.
+    assert!(
+        s.contains("beats the linear probe") && s.contains("Welch, 2 and 3 runs"),
+        "{s}"
+    );
+    // The baselines table has the interval's half-width beside mean and std.
+    let files = build(vec![t], "t").unwrap();
+    let csv = file(&files, "baselines.csv");
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "task,baseline,adapters,trainable_params,test_accuracy_mean,test_accuracy_std,\
+         test_accuracy_ci95,seeds_finished"
+    );
+    let ri = lines
+        .find(|l| l.contains("random-init"))
+        .expect("no random-init row");
+    let f: Vec<&str> = ri.split(',').collect();
+    // 10, 11, 12 %: mean 11, s = 1, half-width t(0.975, 2) / √3 = 2.484.
+    assert_eq!(f[4].parse::<f64>().unwrap().round(), 11.0);
+    let h: f64 = f[6].parse().unwrap();
+    assert!((h - 2.484_137_711_750_331).abs() < 1e-6, "{ri}");
+    let budgets = file(&files, "budgets.csv");
+    assert!(
+        budgets
+            .lines()
+            .next()
+            .unwrap()
+            .contains("test_accuracy_ci95")
+    );
+}
+
+/// Issue 9: the probe's scores are correlated with the sweep's edges only. Budget-1
+/// placements of gga on edges the sweep left out, chosen here to disagree with the rank,
+/// would change ρ if they were pooled.
+#[test]
+fn correlations_use_the_sweep_only() {
+    let mut t = task_data(1); // beta sweeps 20 of 25 edges: (i, 4) are left out
+    let g = Graph::new(2);
+    let mut extra = Vec::new();
+    for i in 0..5 {
+        let e = Edge::new(i, 4);
+        let row = proposal_row(&Proposal {
+            heuristic: "gga",
+            score: Some("rank"),
+            gamma: Some(0.6),
+            draw: 0,
+            method: "adapters",
+            placement: Placement::new(g, [e]).unwrap(),
+        });
+        let mut run = t.runs[0].clone();
+        run.placement_id = row.placement_id.clone();
+        run.edges = row.edges.clone();
+        run.adapters = 1;
+        // Against the rank: the higher the rank, the lower the accuracy.
+        run.test_accuracy = Some(0.95 - 0.03 * rank_of(e) as f64);
+        t.runs.push(run);
+        extra.push(row);
+    }
+    t.proposals.extend(extra);
+    let a = analyse(vec![t]);
+    let beta = &a.tasks[0];
+    assert_eq!((beta.single.len(), beta.sweep.len()), (25, 20));
+    assert!(beta.sweep_missing.is_none());
+    let rank = beta
+        .correlations
+        .iter()
+        .find(|c| c.score == "rank")
+        .unwrap();
+    let s = rank.spearman.unwrap();
+    assert_eq!(s.n, 20);
+    assert!(rank.points.iter().all(|p| p.2.j != 4));
+    let on = |set: &BTreeMap<Edge, crate::stats::MeanStd>| {
+        let pairs: Vec<(f64, f64)> = beta
+            .data
+            .probe
+            .iter()
+            .filter_map(|r| set.get(&r.edge()).map(|m| (r.rank as f64, m.mean)))
+            .collect();
+        crate::stats::spearman(&pairs).unwrap()
+    };
+    let swept = on(&beta.sweep);
+    let pooled = on(&beta.single);
+    assert_eq!(s.rho, swept.rho);
+    assert!(
+        (pooled.rho - swept.rho).abs() > 0.1,
+        "pooling should have changed ρ: {pooled:?} vs {swept:?}"
+    );
+    let tabs = crate::report::tables(&a);
+    let corr = tabs.iter().find(|t| t.file == "correlations.csv").unwrap();
+    assert!(corr.to_csv().contains(",20,single-sweep (20 edges)\n"));
+}
+
+/// Issue 9: without a sweep, the correlations are "not measured", not computed on the
+/// pooled single placements.
+#[test]
+fn without_a_sweep_the_correlation_is_not_measured() {
+    let mut t = task_data(0);
+    t.proposals.retain(|p| p.heuristic != "single-sweep");
+    let a = analyse(vec![t.clone()]);
+    let alpha = &a.tasks[0];
+    assert!(!alpha.single.is_empty() && alpha.sweep.is_empty());
+    assert!(alpha.correlations.iter().all(|c| c.spearman.is_none()));
+    let why = alpha.sweep_missing.as_deref().unwrap();
+    assert!(why.contains("no single-sweep proposal"), "{why}");
+    let files = build(vec![t], "t").unwrap();
+    let md = file(&files, "summary.md");
+    assert!(
+        md.contains("are not correlated with single-adapter accuracy (not measured): task alpha has no single-sweep proposal"),
+        "{md}"
+    );
+    assert!(!md.contains("Gradient rank correlates"), "{md}");
+    let html = file(&files, "report.html");
+    let start = html.find("id=\"figure-2\"").unwrap();
+    let end = start + html[start..].find("</figure>").unwrap();
+    assert!(html[start..end].contains("Not drawn: not measured: task alpha has no single-sweep"));
+    assert!(file(&files, "correlations.csv").contains("not measured: task alpha"));
+}
+
+/// Issue 9: the heat map states its colour range in points, in the caption and the figure.
+#[test]
+fn heatmap_states_its_range_in_points() {
+    let files = build(vec![task_data(0)], "t").unwrap();
+    let a = analyse(vec![task_data(0)]);
+    let lo = a.tasks[0]
+        .single
+        .values()
+        .map(|m| m.mean)
+        .fold(f64::INFINITY, f64::min);
+    let hi = a.tasks[0]
+        .single
+        .values()
+        .map(|m| m.mean)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let md = file(&files, "summary.md");
+    let want = format!(
+        "alpha: single adapters {lo:.1} to {hi:.1} % ({:.1} points)",
+        hi - lo
+    );
+    assert!(md.contains(&want), "{want} not in the caption");
+    let html = file(&files, "report.html");
+    let svg = format!("range {lo:.1} to {hi:.1} % ({:.1} points)", hi - lo);
+    assert!(html.contains(&svg), "{svg} not in figure 1");
+}

@@ -15,14 +15,16 @@ pub(super) fn figure(a: &Analysis) -> Result<Figure, ReportError> {
         (1080, 640),
         |t| {
             let usable = t.correlations.iter().any(|c| c.points.len() >= 3);
-            if t.data.probe.is_empty() {
+            if let Some(why) = &t.sweep_missing {
+                Err(format!("not measured: {why}"))
+            } else if t.data.probe.is_empty() {
                 Err(format!(
                     "task {} has no probe table, so there is no score to compare",
                     t.task
                 ))
             } else if !usable {
                 Err(format!(
-                    "task {} has {} edge(s) with both a probe score and a finished single-adapter \
+                    "task {} has {} single-sweep edge(s) with both a probe score and a finished \
                      run; a correlation needs at least 3",
                     t.task,
                     t.correlations.first().map_or(0, |c| c.points.len())
@@ -36,9 +38,11 @@ pub(super) fn figure(a: &Analysis) -> Result<Figure, ReportError> {
     Ok(Figure {
         number: 2,
         title: "Probe scores against single-adapter accuracy".into(),
-        caption: "Each point is one swept edge, coloured by kind: a cloud rising to the right \
-                  means the probe score orders edges the way training does; ρ and p are in each \
-                  panel's title, gradient rank first."
+        caption: "Each point is one edge of the single-sweep (chosen independently of the \
+                  probe; the budget-1 placements of gga and top-k, chosen by its score, are left \
+                  out), coloured by kind: a cloud rising to the right means the probe score \
+                  orders edges the way training does; ρ, p and n are in each panel's title, \
+                  gradient rank first."
             .into(),
         panels,
     })

@@ -29,16 +29,65 @@ pub(super) fn figure(a: &Analysis) -> Result<Figure, ReportError> {
         },
         |root, t, ()| draw(root, t),
     )?;
+    let ranges: Vec<String> = a
+        .tasks
+        .iter()
+        .filter_map(|t| {
+            let (lo, hi) = single_range(t)?;
+            let (blo, bhi) = bar_range(t);
+            Some(format!(
+                "{}: single adapters {lo:.1} to {hi:.1} % ({:.1} points), colour bar {blo:.1} to \
+                 {bhi:.1} %",
+                t.task,
+                hi - lo
+            ))
+        })
+        .collect();
+    let mut caption = "Each cell is one adapter from node i (row) into node j (column) trained \
+                       alone: brighter is more accurate, cells 1 to 3 are the best three, grey \
+                       cells were not swept, × marks an edge whose runs did not finish; the lines \
+                       on the colour bar are full fine-tuning, linear probe and parallel-all."
+        .to_owned();
+    if !ranges.is_empty() {
+        caption.push_str(&format!(
+            " Colour scale (test accuracy, mean over seeds): {}.",
+            ranges.join("; ")
+        ));
+    }
     Ok(Figure {
         number: 1,
         title: "Single-adapter accuracy over the adjacency matrix".into(),
-        caption: "Each cell is one adapter from node i (row) into node j (column) trained alone: \
-                  brighter is more accurate, cells 1 to 3 are the best three, grey cells were not \
-                  swept, × marks an edge whose runs did not finish; the lines on the colour bar \
-                  are full fine-tuning, linear probe and parallel-all."
-            .into(),
+        caption,
         panels,
     })
+}
+
+/// The lowest and highest mean single-adapter test accuracy (%) of a task.
+fn single_range(t: &TaskAnalysis) -> Option<(f64, f64)> {
+    (!t.single.is_empty()).then(|| min_max(t.single.values().map(|m| m.mean)))
+}
+
+/// The colour bar's range: the single adapters and the reference lines, widened to one
+/// point when they are all equal.
+fn bar_range(t: &TaskAnalysis) -> (f64, f64) {
+    let (lo, hi) = min_max(
+        t.single
+            .values()
+            .map(|m| m.mean)
+            .chain(refs(t).iter().map(|r| r.test.mean)),
+    );
+    if hi - lo < 1e-9 {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        (lo, hi)
+    }
+}
+
+fn refs(t: &TaskAnalysis) -> Vec<&Reference> {
+    [&t.full, &t.linear_probe, &t.parallel_all]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn draw(root: &Area, t: &TaskAnalysis) -> DrawResult {
@@ -56,21 +105,8 @@ fn draw(root: &Area, t: &TaskAnalysis) -> DrawResult {
         text_style(16, BLACK, HPos::Center, VPos::Center),
     ))?;
 
-    let refs: Vec<&Reference> = [&t.full, &t.linear_probe, &t.parallel_all]
-        .into_iter()
-        .flatten()
-        .collect();
-    let (lo, hi) = min_max(
-        t.single
-            .values()
-            .map(|m| m.mean)
-            .chain(refs.iter().map(|r| r.test.mean)),
-    );
-    let (lo, hi) = if hi - lo < 1e-9 {
-        (lo - 0.5, hi + 0.5)
-    } else {
-        (lo, hi)
-    };
+    let refs = refs(t);
+    let (lo, hi) = bar_range(t);
     let scale = |v: f64| (v - lo) / (hi - lo);
 
     // Cells.
@@ -190,6 +226,13 @@ fn draw(root: &Area, t: &TaskAnalysis) -> DrawResult {
         (bx + bw / 2, top - 10),
         text_style(11, DARK, HPos::Center, VPos::Center),
     ))?;
+    if let Some((slo, shi)) = single_range(t) {
+        root.draw(&Text::new(
+            format!("range {slo:.1} to {shi:.1} % ({:.1} points)", shi - slo),
+            (bx - 20, top + side + 50),
+            text_style(11, DARK, HPos::Left, VPos::Center),
+        ))?;
+    }
     let mut marks: Vec<(i32, &Reference)> = refs.iter().map(|r| (yv(r.test.mean), *r)).collect();
     marks.sort_by_key(|m| m.0);
     let mut last_label_y = i32::MIN;

@@ -1,4 +1,10 @@
 //! The findings: sentences made from the report's own numbers, per task and across tasks.
+//!
+//! Every sentence that compares two methods or placements is written from the 95 %
+//! confidence interval of the difference of their mean test accuracies over seeds
+//! ([`crate::stats::compare_means`]): "beats … by X points (95 % CI a to b)" or "is below …"
+//! when the interval excludes zero, "cannot tell (… includes zero)" when it does not, and
+//! "cannot tell (one seed: no interval)" with fewer than two seeds on either side.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,10 +14,56 @@ use graft_tables::Method;
 use super::tables::{fmt_acc, fmt_count, train};
 use crate::analysis::{Analysis, Series, TaskAnalysis};
 use crate::figures::p_is;
-use crate::stats::MeanStd;
+use crate::stats::{Comparison, MeanStd, compare_means};
 
 fn pct(m: &MeanStd) -> String {
     format!("{} %", fmt_acc(m))
+}
+
+/// The verdict on `a − b` as the end of a sentence whose subject is `a`: `beats <b> by 2.1
+/// points (95 % CI 0.4 to 3.8; paired over 3 seeds)`, `is below <b> by …`, `against <b>:
+/// cannot tell (95 % CI -0.5 to 1.2 includes zero; …)` or `against <b>: cannot tell (one
+/// seed: no interval)`; `None` when either side has no finished run.
+pub fn verdict(a: &[(i64, f64)], b_text: &str, b: &[(i64, f64)]) -> Option<String> {
+    let basis = |d: &crate::stats::Difference| {
+        if d.paired {
+            format!("paired over {} seeds", d.n_a)
+        } else {
+            format!("Welch, {} and {} runs", d.n_a, d.n_b)
+        }
+    };
+    Some(match compare_means(a, b) {
+        Comparison::Missing => return None,
+        Comparison::OneSeed { .. } => {
+            format!("against {b_text}: cannot tell (one seed: no interval)")
+        }
+        Comparison::Interval(d) if d.lo > 0.0 => format!(
+            "beats {b_text} by {:.1} points (95 % CI {:.1} to {:.1}; {})",
+            d.diff,
+            d.lo,
+            d.hi,
+            basis(&d)
+        ),
+        Comparison::Interval(d) if d.hi < 0.0 => format!(
+            "is below {b_text} by {:.1} points (95 % CI {:.1} to {:.1}; {})",
+            -d.diff,
+            -d.hi,
+            -d.lo,
+            basis(&d)
+        ),
+        Comparison::Interval(d) => format!(
+            "against {b_text}: cannot tell (difference {:+.1} points, 95 % CI {:.1} to {:.1} \
+             includes zero; {})",
+            d.diff,
+            d.lo,
+            d.hi,
+            basis(&d)
+        ),
+    })
+}
+
+fn plural(k: i64) -> &'static str {
+    if k == 1 { "" } else { "s" }
 }
 
 fn budget_sentence(s: &Series, t: &TaskAnalysis) -> Option<String> {
@@ -21,64 +73,106 @@ fn budget_sentence(s: &Series, t: &TaskAnalysis) -> Option<String> {
             .total_cmp(&b.test.mean)
             .then(b.adapters.cmp(&a.adapters))
     })?;
-    let at = |p: &crate::analysis::Point| {
-        format!(
-            "with {} adapter{} ({} trainable parameters)",
-            p.adapters,
-            if p.adapters == 1 { "" } else { "s" },
-            fmt_count(p.params)
-        )
-    };
     // Several placements pooled at one budget are draws of a randomised heuristic.
-    let draws = if s.points.iter().any(|p| p.placements > 1) {
+    let draws = |p: &crate::analysis::Point| {
+        if s.points.iter().any(|p| p.placements > 1) {
+            format!(" over {} draw{}", p.placements, plural(p.placements as i64))
+        } else {
+            String::new()
+        }
+    };
+    let subject = |p: &crate::analysis::Point| {
         format!(
-            " over {} draw{}",
-            best.placements,
-            if best.placements == 1 { "" } else { "s" }
+            "{} with {} adapter{} ({} trainable parameters, {} test accuracy{})",
+            s.label,
+            p.adapters,
+            plural(p.adapters),
+            fmt_count(p.params),
+            pct(&p.test),
+            draws(p)
         )
-    } else {
-        String::new()
     };
     Some(match &t.parallel_all {
         Some(pa) => {
             let pa_text = format!(
-                "parallel-all {} with {} ({} trainable parameters)",
-                pct(&pa.test),
+                "parallel-all ({} adapters, {} trainable parameters, {})",
                 pa.adapters,
-                fmt_count(pa.params)
+                fmt_count(pa.params),
+                pct(&pa.test)
             );
-            match s.points.iter().find(|p| p.test.mean >= pa.test.mean) {
-                Some(p) => format!(
-                    "{} {} reaches {} test accuracy{draws}, {pa_text}.",
-                    s.label,
-                    at(p),
-                    pct(&p.test)
-                ),
-                None => format!(
-                    "{} stays below parallel-all up to {} adapters: at best {} {}{draws}, {pa_text}.",
-                    s.label,
-                    s.points.last().map_or(0, |p| p.adapters),
-                    pct(&best.test),
-                    at(best)
-                ),
-            }
+            // The fewest adapters whose mean reaches parallel-all's, else the best budget.
+            let (p, lead) = match s.points.iter().find(|p| p.test.mean >= pa.test.mean) {
+                Some(p) => (p, String::new()),
+                None => (best, "at its best, ".to_owned()),
+            };
+            format!(
+                "{lead}{} {}.",
+                subject(p),
+                verdict(&p.values, &pa_text, &pa.by_seed)?
+            )
         }
         None => format!(
-            "{} is best {}: {} test accuracy{draws} (no parallel-all run to compare with).",
+            "{} is best with {} adapter{} ({} trainable parameters): {} test accuracy{} (no \
+             parallel-all run to compare with).",
             s.label,
-            at(best),
-            pct(&best.test)
+            best.adapters,
+            plural(best.adapters),
+            fmt_count(best.params),
+            pct(&best.test),
+            draws(best)
         ),
     })
 }
 
+/// Sentences comparing the baselines: full fine-tuning and parallel-all against the linear
+/// probe, parallel-all on the pretrained backbone against the same adapters on a randomly
+/// initialised one.
+fn baseline_sentences(t: &TaskAnalysis) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pair = |a: &Option<crate::analysis::Reference>,
+                    a_name: &str,
+                    b: &Option<crate::analysis::Reference>,
+                    b_name: &str| {
+        if let (Some(a), Some(b)) = (a, b)
+            && let Some(v) = verdict(
+                &a.by_seed,
+                &format!("{b_name} ({})", pct(&b.test)),
+                &b.by_seed,
+            )
+        {
+            out.push(format!("{a_name} ({}) {v}.", pct(&a.test)));
+        }
+    };
+    pair(
+        &t.full,
+        "full fine-tuning",
+        &t.linear_probe,
+        "the linear probe",
+    );
+    pair(
+        &t.parallel_all,
+        "parallel-all",
+        &t.linear_probe,
+        "the linear probe",
+    );
+    pair(
+        &t.parallel_all,
+        "parallel-all on the pretrained backbone",
+        &t.random_init,
+        "the same adapters on a randomly initialised backbone",
+    );
+    out
+}
+
 fn correlation_sentence(name: &str, c: &crate::analysis::ScoreCorrelation) -> String {
+    let set = "single-sweep edges, chosen independently of the probe";
     match &c.spearman {
         Some(s) if s.p.is_some() => {
             let p = s.p.unwrap_or(f64::NAN);
             if p < 0.05 {
                 format!(
-                    "{name} correlates {} with single-adapter accuracy at ρ = {:.2} ({}, n = {}).",
+                    "{name} correlates {} with single-adapter accuracy at ρ = {:.2} ({}, n = {} \
+                     {set}).",
                     if s.rho > 0.0 {
                         "positively"
                     } else {
@@ -91,7 +185,7 @@ fn correlation_sentence(name: &str, c: &crate::analysis::ScoreCorrelation) -> St
             } else {
                 format!(
                     "{name} shows no significant correlation with single-adapter accuracy \
-                     (ρ = {:.2}, {}, n = {}).",
+                     (ρ = {:.2}, {}, n = {} {set}).",
                     s.rho,
                     p_is(p),
                     s.n
@@ -99,8 +193,8 @@ fn correlation_sentence(name: &str, c: &crate::analysis::ScoreCorrelation) -> St
             }
         }
         _ => format!(
-            "the correlation of {name} with single-adapter accuracy is undefined: {} edge(s) \
-             have both, or the score is the same for all of them.",
+            "the correlation of {name} with single-adapter accuracy is undefined: {} \
+             {set}, have both, or the score is the same for all of them.",
             c.points.len()
         ),
     }
@@ -196,6 +290,7 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
     if !base.is_empty() {
         out.push(format!("{} test accuracy.", base.join(" and ")));
     }
+    out.extend(baseline_sentences(t));
     let bottleneck = train(t).map(|x| x.bottleneck);
     if !t.series.is_empty() {
         if let Some(r) = bottleneck {
@@ -208,11 +303,7 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
         }
     }
     if t.single.is_empty() {
-        out.push(
-            "no edge was trained alone, so nothing is said about single placements or the \
-             probe's correlation with them."
-                .into(),
-        );
+        out.push("no edge was trained alone, so nothing is said about single placements.".into());
     } else {
         let n = t.nodes;
         let best = t.best_single(3);
@@ -249,6 +340,13 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
                 }
             ));
         }
+    }
+    if let Some(why) = &t.sweep_missing {
+        out.push(format!(
+            "the probe's scores are not correlated with single-adapter accuracy (not measured): \
+             {why}."
+        ));
+    } else {
         if let Some(rank) = t.correlations.iter().find(|c| c.score == "rank") {
             out.push(correlation_sentence("gradient rank", rank));
         }
@@ -387,14 +485,19 @@ pub fn findings(a: &Analysis) -> Vec<(Option<String>, String)> {
     out
 }
 
-/// Capitalises a sentence unless it opens with a label of the task's proposals (`gga γ=0.6`,
-/// `top-k`): those are written as the heuristic writes them.
+/// Capitalises a sentence unless it opens with a label of the task's heuristics' proposals
+/// (`gga γ=0.6`, `top-k`, `parallel-all`): those are written as the heuristic writes them.
 fn capitalise(s: &str, t: &TaskAnalysis) -> String {
     let opens_with = |label: &str| {
         s.strip_prefix(label)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ',']))
     };
-    if t.data.proposals.iter().any(|p| opens_with(&p.label)) {
+    // Baselines' labels (`full`, `linear-probe`) are method names, not heuristics' labels.
+    if t.data
+        .proposals
+        .iter()
+        .any(|p| p.heuristic != "baseline" && opens_with(&p.label))
+    {
         return s.to_owned();
     }
     let mut c = s.chars();

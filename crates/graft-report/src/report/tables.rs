@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 
 use super::findings::protocol_text;
-use crate::analysis::{Analysis, TaskAnalysis};
+use crate::analysis::{Analysis, Reference, SWEEP, TaskAnalysis};
 use crate::fmt_num;
-use crate::stats::MeanStd;
+use crate::stats::{MeanStd, ci95_half_width};
 
 const NOT_RECORDED: &str = "not recorded";
 
@@ -18,6 +18,9 @@ pub enum Cell {
     Num(Option<f64>, usize),
     /// Accuracy in percent over seeds.
     Acc(Option<MeanStd>),
+    /// Accuracy in percent over seeds with the half-width of its 95 % confidence interval
+    /// (three CSV columns: `_mean`, `_std`, `_ci95`).
+    AccCi(Option<MeanStd>),
     /// A correlation ("undefined" when missing).
     Rho(Option<f64>),
     /// A p-value (scientific notation below 10⁻⁴ in the pages).
@@ -35,12 +38,16 @@ impl Cell {
             Cell::Int(Some(v)) => v.to_string(),
             Cell::Num(Some(v), d) if v.is_finite() => format!("{v:.d$}"),
             Cell::Acc(Some(m)) => fmt_acc(m),
+            Cell::AccCi(Some(m)) => match ci95_half_width(m) {
+                Some(h) => format!("{} (95 % CI ± {h:.1})", fmt_acc(m)),
+                None => format!("{} (one seed: no interval)", fmt_acc(m)),
+            },
             Cell::P(Some(p)) if *p < 1e-4 => format!("{p:.1e}"),
             Cell::P(Some(p)) => format!("{p:.4}"),
             Cell::P(None) | Cell::Rho(None) => "undefined".into(),
             Cell::Rho(Some(r)) => format!("{r:.3}"),
             Cell::Int(None) | Cell::Num(..) => NOT_RECORDED.into(),
-            Cell::Acc(None) => "no finished run".into(),
+            Cell::Acc(None) | Cell::AccCi(None) => "no finished run".into(),
         }
     }
 
@@ -59,15 +66,26 @@ impl Cell {
                     .map(|s| s.to_string())
                     .unwrap_or_default(),
             ],
+            Cell::AccCi(m) => vec![
+                m.map(|m| m.mean.to_string()).unwrap_or_default(),
+                m.and_then(|m| m.std)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                m.as_ref()
+                    .and_then(ci95_half_width)
+                    .map(|h| h.to_string())
+                    .unwrap_or_default(),
+            ],
         }
     }
 }
 
-/// A column: its name, and whether it holds [`Cell::Acc`].
+/// A column: its name, and whether it holds [`Cell::Acc`] (or, with `ci`, [`Cell::AccCi`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Column {
     pub name: String,
     pub acc: bool,
+    pub ci: bool,
 }
 
 fn cols(names: &[&str]) -> Vec<Column> {
@@ -76,8 +94,18 @@ fn cols(names: &[&str]) -> Vec<Column> {
         .map(|n| Column {
             name: (*n).to_owned(),
             acc: n.ends_with("accuracy"),
+            ci: false,
         })
         .collect()
+}
+
+/// [`cols`] with every accuracy column holding [`Cell::AccCi`].
+fn cols_ci(names: &[&str]) -> Vec<Column> {
+    let mut c = cols(names);
+    for col in &mut c {
+        col.ci = col.acc;
+    }
+    c
 }
 
 /// A table shown in the report and written as `file`.
@@ -101,7 +129,13 @@ impl TableData {
             .columns
             .iter()
             .flat_map(|c| {
-                if c.acc {
+                if c.ci {
+                    vec![
+                        format!("{}_mean", c.name),
+                        format!("{}_std", c.name),
+                        format!("{}_ci95", c.name),
+                    ]
+                } else if c.acc {
                     vec![format!("{}_mean", c.name), format!("{}_std", c.name)]
                 } else {
                     vec![c.name.clone()]
@@ -243,6 +277,11 @@ fn single_table(a: &Analysis) -> TableData {
                 Cell::text(e.kind().name()),
                 Cell::Acc(Some(m)),
                 Cell::Int(Some(m.n as i64)),
+                Cell::text(if t.sweep.contains_key(&e) {
+                    "yes"
+                } else {
+                    "no"
+                }),
             ]);
         }
     }
@@ -252,13 +291,26 @@ fn single_table(a: &Analysis) -> TableData {
         title: "Single adapters, best first".into(),
         note: if shown.is_some() && rows.len() > 10 {
             format!(
-                "The best 10 of {} edges trained alone; all of them (the data of figure 1) are in single_adapter.csv.",
+                "The best 10 of {} edges trained alone; all of them (the data of figure 1) are \
+                 in single_adapter.csv. in_sweep: proposed by the single-sweep (the set the \
+                 probe's scores are correlated with).",
                 rows.len()
             )
         } else {
-            "Every edge trained alone, best first per task: the data of figure 1.".into()
+            "Every edge trained alone, best first per task: the data of figure 1. in_sweep: \
+             proposed by the single-sweep (the set the probe's scores are correlated with); \
+             the others are budget-1 placements of other heuristics."
+                .into()
         },
-        columns: cols(&["task", "i", "j", "kind", "test_accuracy", "seeds_finished"]),
+        columns: cols(&[
+            "task",
+            "i",
+            "j",
+            "kind",
+            "test_accuracy",
+            "seeds_finished",
+            "in_sweep",
+        ]),
         rows,
         shown,
     }
@@ -274,7 +326,7 @@ fn curves_table(a: &Analysis) -> TableData {
                     Cell::text(&s.label),
                     Cell::Int(Some(p.adapters)),
                     Cell::Int(Some(p.params)),
-                    Cell::Acc(Some(p.test)),
+                    Cell::AccCi(Some(p.test)),
                     Cell::Int(Some(p.test.n as i64)),
                     Cell::Int(Some(p.placements as i64)),
                 ]);
@@ -284,10 +336,12 @@ fn curves_table(a: &Analysis) -> TableData {
     TableData {
         file: "budgets.csv".into(),
         title: "Accuracy by heuristic and budget".into(),
-        note: "The data of figure 3: test accuracy in % over every finished run at each budget \
-               (for random-k, over seeds and draws; draws = distinct placements pooled)."
+        note: "The data of figure 3: test accuracy in % (mean ± standard deviation, and the \
+               half-width of the 95 % confidence interval of the mean, Student's t with runs − 1 \
+               degrees of freedom) over every finished run at each budget (for random-k, over \
+               seeds and draws; draws = distinct placements pooled)."
             .into(),
-        columns: cols(&[
+        columns: cols_ci(&[
             "task",
             "heuristic",
             "adapters",
@@ -295,6 +349,47 @@ fn curves_table(a: &Analysis) -> TableData {
             "test_accuracy",
             "runs",
             "draws",
+        ]),
+        rows,
+        shown: None,
+    }
+}
+
+fn baselines_table(a: &Analysis) -> TableData {
+    let mut rows = Vec::new();
+    for t in &a.tasks {
+        let refs: [(&str, &Option<Reference>); 4] = [
+            ("linear probe", &t.linear_probe),
+            ("full fine-tuning", &t.full),
+            ("parallel-all", &t.parallel_all),
+            ("parallel-all on a random-init backbone", &t.random_init),
+        ];
+        for (name, r) in refs {
+            let Some(r) = r else { continue };
+            rows.push(vec![
+                Cell::text(&t.task),
+                Cell::text(name),
+                Cell::Int(Some(r.adapters)),
+                Cell::Int(Some(r.params)),
+                Cell::AccCi(Some(r.test)),
+                Cell::Int(Some(r.test.n as i64)),
+            ]);
+        }
+    }
+    TableData {
+        file: "baselines.csv".into(),
+        title: "Baselines".into(),
+        note: "Test accuracy in % over seeds: mean ± standard deviation and the half-width of \
+               the 95 % confidence interval of the mean (Student's t with seeds − 1 degrees of \
+               freedom; none with one seed)."
+            .into(),
+        columns: cols_ci(&[
+            "task",
+            "baseline",
+            "adapters",
+            "trainable_params",
+            "test_accuracy",
+            "seeds_finished",
         ]),
         rows,
         shown: None,
@@ -311,6 +406,10 @@ fn correlations_table(a: &Analysis) -> TableData {
                 Cell::Rho(c.spearman.map(|s| s.rho)),
                 Cell::P(c.spearman.and_then(|s| s.p)),
                 Cell::Int(Some(c.points.len() as i64)),
+                Cell::text(match &t.sweep_missing {
+                    None => format!("{SWEEP} ({} edges)", t.sweep.len()),
+                    Some(why) => format!("not measured: {why}"),
+                }),
             ]);
         }
     }
@@ -318,10 +417,13 @@ fn correlations_table(a: &Analysis) -> TableData {
         file: "correlations.csv".into(),
         title: "Probe scores against single-adapter accuracy (Spearman)".into(),
         note: "Spearman's ρ (average ranks for ties) of each probe score against the mean test \
-               accuracy of the edge trained alone; two-sided p from Student's t with n − 2 \
-               degrees of freedom. Empty: undefined (fewer than 3 edges or a constant score)."
+               accuracy of the edge trained alone, over the edges of the single-sweep only \
+               (chosen independently of the probe; the budget-1 placements of gga and top-k \
+               were chosen by its score and are left out); two-sided p from Student's t with \
+               n − 2 degrees of freedom. Empty: undefined (fewer than 3 edges or a constant \
+               score)."
             .into(),
-        columns: cols(&["task", "score", "rho", "p_value", "n"]),
+        columns: cols(&["task", "score", "rho", "p_value", "n", "edge_set"]),
         rows,
         shown: None,
     }
@@ -413,6 +515,7 @@ fn setup_table(a: &Analysis) -> TableData {
     columns.extend(a.tasks.iter().map(|t| Column {
         name: t.task.clone(),
         acc: false,
+        ci: false,
     }));
     let fmt_vec = |v: &[f64]| Some(v.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(" "));
     type Getter = Box<dyn Fn(&TaskAnalysis) -> Option<String>>;
@@ -557,6 +660,7 @@ fn failed_table(a: &Analysis) -> TableData {
 /// Every table, in page order; the cross-task one only with two or more tasks.
 pub fn tables(a: &Analysis) -> Vec<TableData> {
     let mut t = vec![
+        baselines_table(a),
         correlations_table(a),
         single_table(a),
         curves_table(a),
@@ -566,7 +670,7 @@ pub fn tables(a: &Analysis) -> Vec<TableData> {
         setup_table(a),
     ];
     if a.tasks.len() > 1 {
-        t.insert(1, cross_table(a));
+        t.insert(2, cross_table(a));
     }
     t
 }
