@@ -228,7 +228,8 @@ impl Fields {
                     })?,
             ),
         };
-        self.normal.insert(field.into(), v);
+        let normal = x.map_or_else(|| Value::from("all"), Value::from);
+        self.normal.insert(field.into(), normal);
         Ok(x)
     }
 

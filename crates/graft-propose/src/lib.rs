@@ -24,6 +24,11 @@
 //! | `single-sweep` (kinds, per_kind, seed) | none | one single-edge placement per edge: every parallel edge, `per_kind` seeded draws of each other kind |
 //! | `manual` (edges) | none | the listed edges |
 //!
+//! Order. `gga` and `top-k` rank edges by [`better_first`]: the higher score; among equal
+//! scores, the higher tie-breaking column ([`Score::tie_break`]: `effective_rank` for the
+//! integer `rank`, which ties under saturation); only then the smaller (i, j). Without the
+//! continuous score, saturated ranks would hand every tie to the edges reading node 0.
+//!
 //! Budgets. A budgeted heuristic is asked once per budget in `budgets` (sorted ascending).
 //! A budget larger than the edges the heuristic chooses from (n² for `gga`, `top-k` and
 //! `random-k`; the 2L parallel edges for `first-k` and `last-k`) is skipped for that
