@@ -289,6 +289,20 @@ fn bad_inputs_are_named_errors_that_leave_the_store_unchanged() {
             ],
         ),
         runner_file(
+            "propose: single-sweep with the retired stride",
+            pipeline_file(
+                d,
+                "stride",
+                &propose(r#"{ heuristics = [{ name = "single-sweep", stride = 6 }] }"#),
+            ),
+            &[
+                "stride.toml",
+                "stages.propose.params",
+                "heuristics[0].stride is no longer a field of single-sweep",
+                "use per_kind",
+            ],
+        ),
+        runner_file(
             "propose: input missing",
             pipeline_file(d, "no-input", "[stages.propose]\nkind = \"propose\"\n"),
             &["no-input.toml", "stages.propose.inputs.probe: missing"],
@@ -315,6 +329,15 @@ fn bad_inputs_are_named_errors_that_leave_the_store_unchanged() {
             "pretrain: learning rate 0",
             pipeline_file(d, "lr", &pretrain(r#"{ lr = 0.0 }"#)),
             &["lr.toml", "stages.pretrain.params", "lr = 0"],
+        ),
+        runner_file(
+            "pretrain: min_test_accuracy as a percentage",
+            pipeline_file(d, "bar", &pretrain(r#"{ min_test_accuracy = 85 }"#)),
+            &[
+                "bar.toml",
+                "stages.pretrain.params",
+                "min_test_accuracy = 85 must be in [0, 1]",
+            ],
         ),
         runner_file(
             "pretrain: epochs as a word",

@@ -268,3 +268,80 @@ params = { preset = "vit-cpu-tiny", epochs = 2, batch = 32, lr = 0.002 }
     assert!(!o.status.success());
     assert!(stderr(&o).contains("vit-huge"), "{}", stderr(&o));
 }
+
+/// Issue 9: a backbone below `min_test_accuracy` fails the pretrain stage with the accuracy,
+/// the epochs and a hint, and publishes nothing; a bar it reaches publishes the same
+/// artifact as no bar (the parameter is not in the files); a bar outside [0, 1] is refused
+/// at `--check`, before anything runs.
+#[test]
+fn issue9_pretrain_refuses_a_backbone_below_min_test_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let path = dir.path().join("bar.toml");
+    std::fs::write(
+        &path,
+        r#"
+[stages.src]
+kind = "prep"
+params = { source = "procedural", task = "source", image_size = 16, train = 48, val = 16, test = 32 }
+[stages.pretrain]
+kind = "pretrain"
+inputs = { dataset = "src" }
+params = { preset = "vit-cpu-tiny", epochs = 1, batch = 16, lr = 0.002, min_test_accuracy = 0.99 }
+"#,
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    // Only the data set: what the failing run must leave as it is.
+    ok(graft(&store).args(["run", p, "-S", "pretrain.min_test_accuracy=0.0"]));
+    let reached: serde_json::Value = {
+        let obj = store
+            .join("objects")
+            .join(slot_artifact(&store, "bar/pretrain"));
+        serde_json::from_slice(&std::fs::read(obj.join("summary.json")).unwrap()).unwrap()
+    };
+    let acc = reached["test_accuracy"].as_f64().unwrap();
+    assert!(acc < 0.99, "a 1-epoch tiny backbone reached {acc}");
+    let first = slot_artifact(&store, "bar/pretrain");
+
+    let before = snapshot(&store);
+    let o = run(graft(&store).args(["run", p]));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let want = format!(
+        "test accuracy {:.1} % is below min_test_accuracy = 0.99 after 1 epoch (best val",
+        100.0 * acc
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(
+        err.contains("train longer (epochs), on more data") && err.contains("different lr"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        snapshot(&store),
+        before,
+        "a failed pretrain changed the store"
+    );
+
+    // A bar the run reaches: it publishes, and the weights and files are those of the run
+    // without a bar, so the artifact id is the same.
+    let bar = format!(
+        "pretrain.min_test_accuracy={}",
+        (acc * 1000.0).floor() / 1000.0
+    );
+    let out = ok(graft(&store).args(["run", p, "-S", &bar]));
+    assert_eq!(status_of(&out, "pretrain"), "ran", "{out}");
+    assert_eq!(slot_artifact(&store, "bar/pretrain"), first);
+
+    // Outside [0, 1]: refused at --check, naming the field, before anything runs.
+    let before = snapshot(&store);
+    let o = run(graft(&store).args(["run", p, "-S", "pretrain.min_test_accuracy=85"]));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("min_test_accuracy = 85 must be in [0, 1]"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&store), before);
+}

@@ -32,6 +32,11 @@ pub struct PretrainParams {
     pub train: TrainProtocol,
     #[serde(default)]
     pub seed: u64,
+    /// The least test accuracy (a fraction in [0, 1]) on the dataset's test split that the
+    /// trained model must reach, or the stage fails and publishes nothing: a backbone that
+    /// learnt too little is not worth adapting. Unset: no bar, and not in the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_test_accuracy: Option<f64>,
     /// `cpu`, `cuda` or `cuda:k`: where it runs, not what it computes (left out of the key).
     #[serde(default = "default_device")]
     pub device: String,
@@ -73,6 +78,14 @@ impl Stage for Pretrain {
         }
         if !(p.train.lr > 0.0 && p.train.lr.is_finite()) {
             return Err(format!("lr = {} must be positive", p.train.lr).into());
+        }
+        if let Some(m) = p.min_test_accuracy
+            && !(0.0..=1.0).contains(&m)
+        {
+            return Err(format!(
+                "min_test_accuracy = {m} must be in [0, 1] (a fraction: 0.85 for 85 %)"
+            )
+            .into());
         }
         graft_backend::device(&p.device)?;
         Ok(p)
@@ -132,6 +145,12 @@ impl Stage for Pretrain {
         bar.finish_and_clear();
         let test_accuracy =
             graft_train::evaluate(&result.model, &test, pre, &device, p.train.batch);
+        check_accuracy(
+            p,
+            test_accuracy,
+            result.best_val_accuracy,
+            result.best_epoch,
+        )?;
         graft_model::checkpoint::save_timm(&result.model, &out.file("model.safetensors"))?;
         write_history(&result.history, &out.file("history.parquet"))?;
         let summary = json!({
@@ -175,6 +194,31 @@ impl Stage for Pretrain {
     }
 }
 
+/// `Err` with the whole message when `test_accuracy` is below `min_test_accuracy`;
+/// `best_epoch` counts from 0, as `graft_train::FitResult` does.
+fn check_accuracy(
+    p: &PretrainParams,
+    test_accuracy: f64,
+    val_accuracy: f64,
+    best_epoch: usize,
+) -> Result<(), String> {
+    match p.min_test_accuracy {
+        Some(min) if test_accuracy < min || test_accuracy.is_nan() => Err(format!(
+            "test accuracy {:.1} % is below min_test_accuracy = {min} after {} epoch{} (best val \
+             {:.1} % at epoch {}): the backbone is not worth adapting; train longer \
+             (epochs), on more data (the source prep stage's train), or with a different lr \
+             (now {})",
+            100.0 * test_accuracy,
+            p.train.epochs,
+            if p.train.epochs == 1 { "" } else { "s" },
+            100.0 * val_accuracy,
+            best_epoch + 1,
+            p.train.lr
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn write_history(
     history: &[graft_train::EpochRecord],
     path: &std::path::Path,
@@ -203,4 +247,101 @@ fn write_history(
     )?;
     graft_store::table::write_parquet(path, schema, &[batch], &BTreeMap::new())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use graft_store::{ArtifactId, KeyInput};
+
+    use super::*;
+
+    /// The key a pretrain stage gets for `params` (JSON) on a fixed input, computed as
+    /// `graft_stage::execute` does: parse, validate, serialise, drop the location params.
+    fn key_of(params: Value) -> String {
+        let p: PretrainParams = serde_json::from_value(params).unwrap();
+        let p = Pretrain::validate(p).unwrap();
+        let mut canonical: BTreeMap<String, Value> = match serde_json::to_value(&p).unwrap() {
+            Value::Object(m) => m.into_iter().collect(),
+            other => panic!("{other}"),
+        };
+        for name in Pretrain::location_params_of(&p) {
+            canonical.remove(name);
+        }
+        let inputs = [(
+            "dataset".to_owned(),
+            ArtifactId::parse(&"ab".repeat(32)).unwrap(),
+        )]
+        .into();
+        KeyInput {
+            stage: Pretrain::NAME,
+            stage_version: Pretrain::VERSION,
+            params: &canonical,
+            inputs: &inputs,
+        }
+        .key()
+        .as_str()
+        .to_owned()
+    }
+
+    /// The keys of pipelines that do not set `min_test_accuracy` are the keys they had
+    /// before it existed (recorded at the commit that added it): their backbones stay
+    /// cached.
+    #[test]
+    fn keys_without_min_test_accuracy_did_not_move() {
+        let default = json!({
+            "preset": "vit-cpu-small", "epochs": 7, "batch": 64, "lr": 0.002,
+            "weight_decay": 0.05, "warmup_epochs": 1.0, "seed": 0
+        });
+        assert_eq!(
+            key_of(default.clone()),
+            "acd95988464e8ff32ff768779adc2b8f096adc764e95989988e4a6b6bff6c33c"
+        );
+        assert_eq!(
+            key_of(json!({})),
+            "819a791e467b3217babcda944be7ad568c93a270991dde18cbe3c2c2a453b529"
+        );
+        // Set, it is part of the key.
+        let mut with = default;
+        with["min_test_accuracy"] = json!(0.85);
+        assert_ne!(
+            key_of(with),
+            "acd95988464e8ff32ff768779adc2b8f096adc764e95989988e4a6b6bff6c33c"
+        );
+    }
+
+    #[test]
+    fn min_test_accuracy_must_be_a_fraction() {
+        for bad in [json!(1.5), json!(-0.1), json!(85)] {
+            let p: PretrainParams =
+                serde_json::from_value(json!({ "min_test_accuracy": bad })).unwrap();
+            let err = Pretrain::validate(p).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("min_test_accuracy = {bad} must be in [0, 1]")),
+                "{err}"
+            );
+        }
+        for good in [json!(0), json!(0.85), json!(1)] {
+            let p: PretrainParams =
+                serde_json::from_value(json!({ "min_test_accuracy": good })).unwrap();
+            Pretrain::validate(p).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_backbone_below_the_bar_is_refused_with_a_hint() {
+        let p: PretrainParams = serde_json::from_value(json!({
+            "epochs": 3, "lr": 0.002, "min_test_accuracy": 0.9
+        }))
+        .unwrap();
+        let msg = check_accuracy(&p, 0.4231, 0.45, 1).unwrap_err();
+        assert_eq!(
+            msg,
+            "test accuracy 42.3 % is below min_test_accuracy = 0.9 after 3 epochs (best val \
+             45.0 % at epoch 2): the backbone is not worth adapting; train longer (epochs), on \
+             more data (the source prep stage's train), or with a different lr (now 0.002)"
+        );
+        assert_eq!(check_accuracy(&p, 0.9, 0.9, 3), Ok(()));
+        let unset: PretrainParams = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(check_accuracy(&unset, 0.0, 0.0, 1), Ok(()));
+    }
 }

@@ -201,6 +201,50 @@ impl Fields {
         Ok(x)
     }
 
+    /// A whole number of at least 0 (a seed).
+    pub fn whole(&mut self, field: &'static str, default: u64) -> Result<u64, ParamError> {
+        let v = self.take(field).unwrap_or_else(|| Value::from(default));
+        let x = v
+            .as_u64()
+            .ok_or_else(|| ParamError::new(field, format!("= {v} must be a whole number >= 0")))?;
+        self.normal.insert(field.into(), Value::from(x));
+        Ok(x)
+    }
+
+    /// A whole number of at least 1, or `"all"` (`None`, the default).
+    pub fn count_or_all(&mut self, field: &'static str) -> Result<Option<usize>, ParamError> {
+        let v = self.take(field).unwrap_or_else(|| Value::from("all"));
+        let x = match &v {
+            Value::String(s) if s == "all" => None,
+            _ => Some(
+                v.as_u64()
+                    .filter(|&x| x >= 1)
+                    .and_then(|x| usize::try_from(x).ok())
+                    .ok_or_else(|| {
+                        ParamError::new(
+                            field,
+                            format!("= {v} must be a whole number >= 1 or \"all\""),
+                        )
+                    })?,
+            ),
+        };
+        let normal = x.map_or_else(|| Value::from("all"), Value::from);
+        self.normal.insert(field.into(), normal);
+        Ok(x)
+    }
+
+    /// Refuses `field`, a parameter this heuristic no longer takes, with `instead` saying
+    /// what to write: `stride is no longer a field of single-sweep: ...`.
+    pub fn retired(&mut self, field: &'static str, instead: &str) -> Result<(), ParamError> {
+        match self.table.remove(field) {
+            Some(_) => Err(ParamError::new(
+                field,
+                format!("is no longer a field of {}: {instead}", self.heuristic),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// A list of edge kinds by name (`parallel`, `sequential`, `long-range`, `recurrent`);
     /// absent means all four. Returned and recorded in [`EdgeKind::ALL`] order, once each.
     pub fn kinds(&mut self, field: &'static str) -> Result<Vec<EdgeKind>, ParamError> {

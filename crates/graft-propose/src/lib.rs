@@ -21,8 +21,13 @@
 //! | `first-k`, `last-k` | per budget | the k lowest / highest parallel edges |
 //! | `random-k` (draws) | per budget | `draws` uniform draws of k distinct edges of all n² |
 //! | `parallel-all` | none | the 2L parallel edges |
-//! | `single-sweep` (kinds, stride) | none | one single-edge placement per edge |
+//! | `single-sweep` (kinds, per_kind, seed) | none | one single-edge placement per edge: every parallel edge, `per_kind` seeded draws of each other kind |
 //! | `manual` (edges) | none | the listed edges |
+//!
+//! Order. `gga` and `top-k` rank edges by [`better_first`]: the higher score; among equal
+//! scores, the higher tie-breaking column ([`Score::tie_break`]: `effective_rank` for the
+//! integer `rank`, which ties under saturation); only then the smaller (i, j). Without the
+//! continuous score, saturated ranks would hand every tie to the edges reading node 0.
 //!
 //! Budgets. A budgeted heuristic is asked once per budget in `budgets` (sorted ascending).
 //! A budget larger than the edges the heuristic chooses from (n² for `gga`, `top-k` and
@@ -52,7 +57,7 @@ use serde_json::{Value, json};
 
 pub use heuristic::{Context, Description, Fields, Heuristic, HeuristicTable, ParamError};
 pub use heuristics::Entry;
-pub use probe::{Probe, ProbeError, Score, better_first};
+pub use probe::{Probe, ProbeError, Score, Scored, better_first};
 
 /// Errors of the proposal stage.
 #[derive(Debug, thiserror::Error)]
@@ -381,7 +386,9 @@ pub struct Propose;
 impl Stage for Propose {
     const NAME: &'static str = "propose";
     // 2: rows carry the heuristic's own description (label, params, budgeted); no gamma.
-    const VERSION: u32 = 2;
+    // 3: `single-sweep` draws per edge kind (`per_kind`, `seed`) instead of a stride; rank
+    //    ties in `gga` and `top-k` are broken by `effective_rank` before (i, j).
+    const VERSION: u32 = 3;
     type Params = ProposeParams;
 
     fn input_names(_: &ProposeParams) -> Vec<String> {

@@ -47,6 +47,28 @@ impl Score {
     pub fn name(self) -> &'static str {
         self.0
     }
+
+    /// The continuous column that breaks ties of this one, if it needs one: `rank`, an
+    /// integer that ties under saturation, is broken by `effective_rank`, the continuous
+    /// count of directions of the same spectrum (exp of the entropy of the normalised
+    /// singular values; scale-invariant like the rank, and unlike the stable rank not
+    /// dominated by the largest few). A continuous column breaks no ties.
+    pub fn tie_break(self) -> Option<Score> {
+        match self.0 {
+            "rank" => Score::parse("effective_rank"),
+            _ => None,
+        }
+    }
+}
+
+/// An edge with what a score-driven heuristic orders it by: its `score` (which `gga`
+/// discounts) and the `tie` that breaks equal scores ([`Score::tie_break`]; 0 when the score
+/// has none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub edge: Edge,
+    pub score: f64,
+    pub tie: f64,
 }
 
 /// The probe rows of a graph, one per edge, in row-major order (by i, then j).
@@ -105,22 +127,33 @@ impl Probe {
         &self.rows
     }
 
-    /// Every edge with its value of `score`, row-major. A NaN reads as −∞ (never picked
-    /// before a number).
-    pub fn scores(&self, score: Score) -> Vec<(Edge, f64)> {
+    /// Every edge with its value of `score` and of the column breaking its ties
+    /// ([`Score::tie_break`]), row-major. A NaN reads as −∞ (never picked before a number).
+    pub fn scores(&self, score: Score) -> Vec<Scored> {
+        let value = |r: &ProbeRow, s: Score| {
+            let v = r.score(s.name()).unwrap_or(f64::NEG_INFINITY);
+            if v.is_nan() { f64::NEG_INFINITY } else { v }
+        };
+        let tie = score.tie_break();
         self.graph
             .edges()
             .zip(&self.rows)
-            .map(|(e, r)| {
-                let s = r.score(score.name()).unwrap_or(f64::NEG_INFINITY);
-                (e, if s.is_nan() { f64::NEG_INFINITY } else { s })
+            .map(|(edge, r)| Scored {
+                edge,
+                score: value(r, score),
+                tie: tie.map_or(0.0, |t| value(r, t)),
             })
             .collect()
     }
 }
 
-/// The order every score-driven heuristic ranks by: higher score first, ties broken by the
-/// smaller edge (i, then j), so that the result never depends on input order.
-pub fn better_first(a: &(Edge, f64), b: &(Edge, f64)) -> Ordering {
-    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+/// The order every score-driven heuristic ranks by: higher score first; equal scores by the
+/// higher tie-breaking column (`effective_rank` for `rank`, [`Score::tie_break`]); only then
+/// by the smaller edge (i, then j), so that the result never depends on input order and an
+/// edge never wins by its index while the probe tells the two apart.
+pub fn better_first(a: &Scored, b: &Scored) -> Ordering {
+    b.score
+        .total_cmp(&a.score)
+        .then(b.tie.total_cmp(&a.tie))
+        .then(a.edge.cmp(&b.edge))
 }

@@ -197,6 +197,15 @@ fn bad_parameters_name_the_field() {
              sequential, long-range, recurrent)",
         ),
         (
+            &[r#"heuristics=[{name="parallel-all"}, {name="single-sweep", stride=6}]"#],
+            "heuristics[1].stride is no longer a field of single-sweep: a row-major stride \
+             aliases",
+        ),
+        (
+            &[r#"heuristics=[{name="single-sweep", per_kind=0}]"#],
+            "heuristics[0].per_kind = 0 must be a whole number >= 1 or \"all\"",
+        ),
+        (
             &[r#"heuristics=[{name="manual", edges=[[0, 1], [0, 1]]}]"#],
             "heuristics[0].edges[1] = [0,1] repeats edges[0]",
         ),

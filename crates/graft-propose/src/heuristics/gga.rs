@@ -1,11 +1,16 @@
 //! `gga`: Gradient Guided Adapters, greedy by probe score with a distance discount.
 //!
 //! The paper is silent on the details; this is the spec's reconstruction. Scores s(e) of
-//! the chosen column over all n² edges; take the best edge e* (ties: the smaller (i, j));
-//! multiply every remaining score by 1 − γ^d(e, e*), d the Chebyshev distance on the
-//! adjacency matrix, max(|i − i*|, |j − j*|); repeat until `budget` edges. A distinct edge
-//! has d >= 1, so γ = 0 multiplies by exactly 1 and gives exactly `top-k`. Scores are
-//! expected non-negative (every probe column is), so the discount only ever lowers them.
+//! the chosen column over all n² edges; take the best edge e*; multiply every remaining
+//! score by 1 − γ^d(e, e*), d the Chebyshev distance on the adjacency matrix,
+//! max(|i − i*|, |j − j*|); repeat until `budget` edges. A distinct edge has d >= 1, so
+//! γ = 0 multiplies by exactly 1 and gives exactly `top-k`. Scores are expected
+//! non-negative (every probe column is), so the discount only ever lowers them.
+//!
+//! "Best" is [`better_first`]: the highest (discounted) score; among equal ones, for the
+//! integer `rank`, the highest undiscounted `effective_rank` of the same edge; only then the
+//! smaller (i, j). Integer ranks tie under saturation, and without the continuous score the
+//! ties would all go to the edges reading node 0.
 
 use graft_graph::{Edge, GraphError, Placement};
 
@@ -74,11 +79,11 @@ impl Heuristic for Gga {
             else {
                 break;
             };
-            let (chosen, _) = left.swap_remove(best);
+            let chosen = left.swap_remove(best).edge;
             picked.push(chosen);
-            for (e, s) in &mut left {
-                let d = distance(*e, chosen) as i32;
-                *s *= 1.0 - self.gamma.powi(d);
+            for e in &mut left {
+                let d = distance(e.edge, chosen) as i32;
+                e.score *= 1.0 - self.gamma.powi(d);
             }
         }
         Ok(vec![Placement::new(ctx.graph(), picked)?])
@@ -93,7 +98,8 @@ mod tests {
     use super::*;
     use crate::heuristics::TopK;
     use crate::probe::Probe;
-    use crate::testing::{probe_table, random_probe};
+    use crate::testing::{edges_of, probe_table, random_probe};
+    use graft_tables::ProbeRow;
 
     fn scored(edges: &[((usize, usize), f64)]) -> Probe {
         probe_table(Graph::new(2), |e| {
@@ -126,6 +132,59 @@ mod tests {
         assert_eq!(gga[0].edges(), [Edge::new(0, 1), Edge::new(4, 3)]);
         let spread = |p: &Placement| distance(p.edges()[0], p.edges()[1]);
         assert!(spread(&gga[0]) > spread(&top[0]));
+    }
+
+    /// Under saturation every edge has the same integer rank; the edge's effective rank,
+    /// not its index, decides. (0, 1) and (0, 0) read node 0 and come first in row-major
+    /// order: they must not win by that.
+    #[test]
+    fn rank_ties_are_broken_by_effective_rank_not_by_index() {
+        let effective = |e: Edge| match (e.i, e.j) {
+            (3, 2) => 7.5,
+            (1, 4) => 7.25,
+            (4, 4) => 6.0,
+            (0, 1) => 7.0,
+            (0, 0) => 6.9,
+            _ => 1.0 + 0.01 * (e.i + e.j) as f64,
+        };
+        let graph = Graph::new(2);
+        let rows = graph
+            .edges()
+            .map(|e| ProbeRow {
+                rank: 8,
+                effective_rank: effective(e),
+                ..crate::testing::probe_row(e, 1.0)
+            })
+            .collect();
+        let probe = Probe::new(graph, rows).unwrap();
+        let ctx = Context {
+            probe: &probe,
+            seed: 0,
+        };
+        let rank = Score::parse("rank").unwrap();
+        assert_eq!(rank.tie_break(), Score::parse("effective_rank"));
+        let top = |k| edges_of(&TopK { score: rank }.propose(&ctx, k).unwrap());
+        // Placements list their edges sorted; the first pick is the single best.
+        assert_eq!(top(1), [vec![Edge::new(3, 2)]]);
+        assert_eq!(
+            top(3),
+            [vec![Edge::new(0, 1), Edge::new(1, 4), Edge::new(3, 2)]]
+        );
+        let gga = |gamma, k| edges_of(&Gga { score: rank, gamma }.propose(&ctx, k).unwrap());
+        assert_eq!(gga(0.6, 1), [vec![Edge::new(3, 2)]]);
+        // After (3, 2) every other rank is discounted by its distance: the farthest edges,
+        // row 0 at distance 3, keep the most, and among them (0, 1)'s effective rank beats
+        // (0, 0), which would win by index. γ = 0 is top-k: (1, 4) next.
+        assert_eq!(gga(0.6, 2), [vec![Edge::new(0, 1), Edge::new(3, 2)]]);
+        assert_eq!(gga(0.0, 2), [vec![Edge::new(1, 4), Edge::new(3, 2)]]);
+        // With every rank equal and the effective rank constant, the index decides last.
+        let flat = probe_table(graph, |_| 3.0);
+        let ctx = Context {
+            probe: &flat,
+            seed: 0,
+        };
+        let picked = edges_of(&TopK { score: rank }.propose(&ctx, 1).unwrap());
+        assert_eq!(picked, [vec![Edge::new(0, 0)]]);
     }
 
     #[test]

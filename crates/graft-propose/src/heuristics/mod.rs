@@ -181,7 +181,7 @@ mod tests {
         assert!(!d.budgeted);
         assert_eq!(
             d.params_json(),
-            r#"{"kinds":["parallel","recurrent"],"stride":1}"#
+            r#"{"kinds":["parallel","long-range","recurrent"],"per_kind":2,"seed":1}"#
         );
     }
 

@@ -1,4 +1,5 @@
-//! `top-k`: the k edges with the highest probe score, ties broken by the smaller (i, j).
+//! `top-k`: the k edges with the highest probe score, in [`better_first`]'s order: ties of
+//! the integer `rank` broken by the edge's `effective_rank`, then by the smaller (i, j).
 
 use graft_graph::{GraphError, Placement};
 
@@ -49,7 +50,7 @@ impl Heuristic for TopK {
             return Ok(Vec::new());
         }
         scores.sort_by(better_first);
-        let edges = scores.into_iter().take(budget).map(|(e, _)| e);
+        let edges = scores.into_iter().take(budget).map(|s| s.edge);
         Ok(vec![Placement::new(ctx.graph(), edges)?])
     }
 }
