@@ -64,24 +64,11 @@ pub fn write_tables(
 
 /// The result of a run whose worker failed (`msg`) or that did not run.
 fn failed_result(spec: &RunSpec, msg: Option<String>) -> RunResult {
-    RunResult {
-        status: RunStatus::Failed,
-        error: Some(msg.unwrap_or_else(|| "not run".into())),
-        best_epoch: None,
-        val_accuracy: None,
-        test_accuracy: None,
-        train_loss: None,
-        trainable_params: 0,
-        all_params: 0,
-        forward_flops: 0,
-        wall_seconds: 0.0,
-        images_per_second: None,
-        peak_memory_bytes: None,
-        backend: graft_backend::backend_name().into(),
-        device: spec.device.clone(),
-        weights: false,
-        epoch_seconds: Vec::new(),
-    }
+    RunResult::untrained(
+        RunStatus::Failed,
+        Some(msg.unwrap_or_else(|| "not run".into())),
+        &spec.device,
+    )
 }
 
 /// The run artifact's epochs, under the stage's placement id, with the seconds its

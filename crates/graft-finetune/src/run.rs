@@ -190,6 +190,30 @@ pub struct RunResult {
     pub epoch_seconds: Vec<f64>,
 }
 
+impl RunResult {
+    /// A result with nothing measured yet: no accuracies, counts or timings.
+    pub fn untrained(status: RunStatus, error: Option<String>, device: &str) -> RunResult {
+        RunResult {
+            status,
+            error,
+            best_epoch: None,
+            val_accuracy: None,
+            test_accuracy: None,
+            train_loss: None,
+            trainable_params: 0,
+            all_params: 0,
+            forward_flops: 0,
+            wall_seconds: 0.0,
+            images_per_second: None,
+            peak_memory_bytes: None,
+            backend: graft_backend::backend_name().into(),
+            device: device.to_owned(),
+            weights: false,
+            epoch_seconds: Vec::new(),
+        }
+    }
+}
+
 /// Returns the run's artifact: from the store when it was trained before, else trains it
 /// and publishes it, through [`Store::ensure`] (the key's lock makes two processes asking for
 /// one run train it once; a corrupt entry is moved to `corrupt/` and retrained). The second
@@ -273,22 +297,10 @@ pub fn train_run(
     let p = &spec.protocol;
     let tc = TrainConfig::from(&p.train).with_seed(spec.seed);
     let base = RunResult {
-        status: RunStatus::Ok,
-        error: None,
-        best_epoch: None,
-        val_accuracy: None,
-        test_accuracy: None,
-        train_loss: None,
         trainable_params: count.trainable,
         all_params: count.all,
         forward_flops,
-        wall_seconds: 0.0,
-        images_per_second: None,
-        peak_memory_bytes: None,
-        backend: graft_backend::backend_name().into(),
-        device: spec.device.clone(),
-        weights: false,
-        epoch_seconds: Vec::new(),
+        ..RunResult::untrained(RunStatus::Ok, None, &spec.device)
     };
     let fitted = match p.kind {
         ProtocolKind::Select => {

@@ -183,6 +183,21 @@ fn lighter(c: RGBColor, f: f64) -> RGBColor {
     RGBColor(m(c.0), m(c.1), m(c.2))
 }
 
+/// The series legend as every figure draws it: at `position`, on a light box.
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(DARK)
+        .label_font((FONT, 11))
+        .draw()?;
+    Ok(())
+}
+
 fn text_style(size: u32, colour: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
     (FONT, size).into_font().color(&colour).pos(Pos::new(h, v))
 }

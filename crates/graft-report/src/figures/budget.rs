@@ -4,8 +4,8 @@
 use plotters::prelude::*;
 
 use super::{
-    Area, CurveColour, DARK, DrawResult, FONT, Figure, category_colour, curve_colours, error_range,
-    min_max, padded, per_task,
+    Area, CurveColour, DARK, DrawResult, FONT, Figure, category_colour, curve_colours, draw_legend,
+    error_range, min_max, padded, per_task,
 };
 use crate::analysis::{Analysis, Reference, TaskAnalysis};
 use crate::{ReportError, fmt_num};
@@ -145,13 +145,7 @@ fn draw(root: &Area, t: &TaskAnalysis, colours: &[CurveColour]) -> DrawResult {
                 });
         }
         if !by_params && t.series.len() + refs.len() > 1 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(DARK)
-                .label_font((FONT, 11))
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
     }
     Ok(())

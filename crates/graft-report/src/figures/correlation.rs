@@ -3,7 +3,8 @@
 use plotters::prelude::*;
 
 use super::{
-    Area, DARK, DrawResult, FONT, Figure, category_colour, min_max, p_is, padded_pair, per_task,
+    Area, DrawResult, FONT, Figure, category_colour, draw_legend, min_max, p_is, padded_pair,
+    per_task,
 };
 use crate::analysis::{Analysis, TaskAnalysis};
 use crate::{ReportError, fmt_num};
@@ -107,13 +108,7 @@ fn draw(root: &Area, t: &TaskAnalysis) -> DrawResult {
                 .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
         }
         if kinds_present > 1 && k == 0 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(DARK)
-                .label_font((FONT, 11))
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 use plotters::prelude::*;
 
 use super::{
-    Area, DARK, DrawResult, FONT, Figure, category_colour, error_range, min_max, padded,
+    Area, DrawResult, FONT, Figure, category_colour, draw_legend, error_range, min_max, padded,
     padded_pair, per_task,
 };
 use crate::analysis::{Analysis, PlacementStats, TaskAnalysis};
@@ -102,13 +102,7 @@ fn draw(root: &Area, t: &TaskAnalysis, drawn: &[&PlacementStats]) -> DrawResult 
             .legend(move |(x, y)| Circle::new((x, y), 5, colour.filled()));
     }
     if categories.len() > 1 {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(DARK)
-            .label_font((FONT, 11))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     Ok(())
 }
