@@ -4,6 +4,7 @@
 #   make bench                 benchmarks (pipeline overhead, fine-tune speed against PyTorch,
 #                              SVD libraries); figures go to BENCHMARKS.md by hand
 #   make bench-sweep [TASK=ci]  a pipeline's whole fine-tune sweep, graft against PyTorch
+#   make bench-cache [TASK=ci]  the fine-tune stage with and without the activation cache
 # PyTorch 2.9.0 (for burn-tch and the reference scripts) is installed by pip into
 # .venv on first use; nothing is downloaded by the programs themselves.
 #   make ... PYTHON=/path/to/python   use that interpreter's PyTorch instead (bring your own:
@@ -29,7 +30,7 @@ ARGS      ?=
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	LD_LIBRARY_PATH="$$($(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$$LD_LIBRARY_PATH"
 
-.PHONY: pipeline status gc test test-flex test-tch bench bench-sweep venv clean-venv chromium slurm-up slurm-down gpu-binaries
+.PHONY: pipeline status gc test test-flex test-tch bench bench-sweep bench-cache venv clean-venv chromium slurm-up slurm-down gpu-binaries
 
 $(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
@@ -137,6 +138,13 @@ bench-sweep: venv
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
 	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
 	$(TCH_ENV) bash bench/sweep.sh $(or $(TASK),ci)
+
+# The fine-tune stage with and without the activation cache, and 1 worker x all cores
+# against 1 worker per core, on the same upstream artifacts (TASK=ci unless given).
+bench-cache: venv
+	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
+	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
+	$(TCH_ENV) bash bench/cache.sh $(or $(TASK),ci)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -50,6 +50,21 @@ pub fn backend_name() -> &'static str {
     }
 }
 
+/// Sets the intra-op threads of this process's CPU kernels: LibTorch's (`at::set_num_threads`)
+/// on `tch`; the flex backend's rayon pool reads `RAYON_NUM_THREADS` when it starts, which
+/// the fine-tune stage sets for its workers. Two processes with the default thread count
+/// each on two cores oversubscribe them (issue 10).
+pub fn set_threads(n: usize) {
+    #[cfg(feature = "tch")]
+    // SAFETY: a plain setter of LibTorch's global thread pool size, called before any
+    // tensor work of this process.
+    unsafe {
+        torch_sys::at_set_num_threads(n.max(1) as std::os::raw::c_int)
+    };
+    #[cfg(not(feature = "tch"))]
+    let _ = n;
+}
+
 /// A device kind parsed from a `--device` flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {

@@ -30,6 +30,7 @@ pub mod dispatch;
 pub mod plan;
 pub mod run;
 pub mod slurm;
+pub mod workbench;
 pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,6 +131,15 @@ pub struct FinetuneParams {
     /// Worker processes at once (location: not in the key).
     #[serde(default = "default_jobs")]
     pub jobs: usize,
+    /// Train frozen-backbone runs from the first node they touch, on activations computed
+    /// once per worker (the frozen-prefix activation cache; location: same results within
+    /// float rounding, so not in the key).
+    #[serde(default = "default_true")]
+    pub activation_cache: bool,
+    /// Host memory one worker's activation caches may take, in MiB (location). A split
+    /// whose cache would not fit goes through the whole network, as without the cache.
+    #[serde(default = "default_cache_memory_mib")]
+    pub cache_memory_mib: usize,
     /// `cpu`, `cuda` (with `jobs` > 1: one worker per GPU) or `cuda:k` (location).
     #[serde(default = "default_device")]
     pub device: String,
@@ -182,6 +192,12 @@ fn default_scale() -> f64 {
 }
 fn default_jobs() -> usize {
     1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_cache_memory_mib() -> usize {
+    workbench::CacheSettings::default().memory_mib
 }
 fn default_device() -> String {
     "cpu".into()
@@ -269,6 +285,8 @@ impl Stage for Finetune {
         &[
             "checkpoint",
             "jobs",
+            "activation_cache",
+            "cache_memory_mib",
             "device",
             "executor",
             "slurm_partition",

@@ -152,6 +152,10 @@ pub fn run_specs(
                 base_path: ctx.base_path.clone(),
                 dataset_dir: ctx.dataset_dir.clone(),
                 device: p.device.clone(),
+                cache: crate::workbench::CacheSettings {
+                    enabled: p.activation_cache,
+                    memory_mib: p.cache_memory_mib,
+                },
             });
         }
     }

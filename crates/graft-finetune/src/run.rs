@@ -15,11 +15,12 @@ use graft_graph::{Edge, Placement};
 use graft_model::{AdapterAct, AdapterConfig, Trainable, VitConfig};
 use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, StageKey, Store};
 use graft_tables::{EpochRow, RunStatus, Table};
-use graft_train::{DatasetInfo, Progress, Split, TrainConfig, TrainError, TrainProtocol};
+use graft_train::{Progress, Rows, TrainConfig, TrainError, TrainProtocol};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::FinetuneError;
+use crate::workbench::{CacheSettings, Workbench};
 
 /// Stage name of a run's own artifact.
 pub const RUN_STAGE: &str = "finetune-run";
@@ -102,6 +103,9 @@ pub struct RunSpec {
     /// Where the dataset artifact is.
     pub dataset_dir: PathBuf,
     pub device: String,
+    /// The activation cache's settings (a location: not in the key).
+    #[serde(default)]
+    pub cache: CacheSettings,
 }
 
 impl RunSpec {
@@ -188,6 +192,24 @@ pub struct RunResult {
     /// Manifest: seconds of each epoch, in the order of `epochs.parquet`.
     #[serde(skip)]
     pub epoch_seconds: Vec<f64>,
+    /// Manifest: the frozen-prefix activation cache the run trained from, if any.
+    #[serde(skip)]
+    pub activation_cache: Option<CacheUse>,
+}
+
+/// How a run used the activation cache (its manifest's `activation_cache`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheUse {
+    /// The node the run trained from.
+    pub node: usize,
+    /// Tokens kept per row (1: the class token alone, for the linear probe).
+    pub tokens: usize,
+    /// The splits served from the cache (a split too big for the budget is not).
+    pub splits: Vec<String>,
+    /// Bytes of this run's caches.
+    pub bytes: usize,
+    /// Bytes of all the worker's caches when the run began training.
+    pub worker_bytes: usize,
 }
 
 impl RunResult {
@@ -210,6 +232,7 @@ impl RunResult {
             device: device.to_owned(),
             weights: false,
             epoch_seconds: Vec::new(),
+            activation_cache: None,
         }
     }
 }
@@ -221,6 +244,7 @@ impl RunResult {
 pub fn ensure_run(
     store: &Store,
     spec: &RunSpec,
+    bench: &mut Workbench,
     on_progress: impl FnMut(Progress<'_>),
 ) -> Result<(Artifact, Vec<String>), FinetuneError> {
     let key = spec.key();
@@ -228,7 +252,8 @@ pub fn ensure_run(
     let inputs = spec.key_inputs();
     let ensured = store.ensure(&key, false, |_, out| {
         let start = Instant::now();
-        let result = train_run(spec, out.dir(), on_progress)?;
+        reset_peak_rss();
+        let result = train_run_with(spec, out.dir(), bench, on_progress)?;
         let result = RunResult {
             wall_seconds: start.elapsed().as_secs_f64(),
             peak_memory_bytes: peak_rss(),
@@ -255,6 +280,10 @@ pub fn ensure_run(
                     "epoch_seconds".to_owned(),
                     serde_json::json!(result.epoch_seconds),
                 ),
+                (
+                    "activation_cache".to_owned(),
+                    serde_json::json!(result.activation_cache),
+                ),
             ]
             .into(),
             wall_seconds: result.wall_seconds,
@@ -264,20 +293,30 @@ pub fn ensure_run(
     Ok((ensured.artifact, warnings))
 }
 
-/// Trains one run into `dir` (`epochs.parquet`, and the adapter weights when it has them).
-/// Divergence is a result (`status = "diverged"`), not an error.
+/// Trains one run into `dir` (`epochs.parquet`, and the adapter weights when it has them),
+/// with a workbench of its own. Divergence is a result (`status = "diverged"`), not an
+/// error.
 pub fn train_run(
     spec: &RunSpec,
     dir: &Path,
     on_progress: impl FnMut(Progress<'_>),
 ) -> Result<RunResult, FinetuneError> {
-    let info = DatasetInfo::read(&spec.dataset_dir)?;
+    train_run_with(spec, dir, &mut Workbench::new(spec.cache), on_progress)
+}
+
+/// [`train_run`] with a worker's [`Workbench`]: its datasets and activation caches.
+pub fn train_run_with(
+    spec: &RunSpec,
+    dir: &Path,
+    bench: &mut Workbench,
+    on_progress: impl FnMut(Progress<'_>),
+) -> Result<RunResult, FinetuneError> {
+    bench.begin_run();
+    let data = bench.dataset(&spec.dataset_dir)?;
+    let info = &data.info;
     let pre = &info.preprocessing;
     let config = VitConfig::preset(&spec.preset, info.classes.len())
         .ok_or_else(|| FinetuneError::Spec(format!("unknown preset {:?}", spec.preset)))?;
-    let train = Split::read(&spec.dataset_dir, "train", pre.image_size)?;
-    let val = Split::read(&spec.dataset_dir, "val", pre.image_size)?;
-    let test = Split::read(&spec.dataset_dir, "test", pre.image_size)?;
     let device = graft_backend::device(&spec.device)?;
     device.seed(spec.seed);
     let mut model = config.init(&device);
@@ -302,13 +341,86 @@ pub fn train_run(
         forward_flops,
         ..RunResult::untrained(RunStatus::Ok, None, &spec.device)
     };
-    let fitted = match p.kind {
-        ProtocolKind::Select => {
-            graft_train::fit(model, &train, &val, pre, &tc, &device, on_progress)
+
+    // The frozen prefix: every node below the first one the placement touches (the last
+    // node's class token for the linear probe). Full fine-tuning trains it all.
+    let entry = match spec.method {
+        Method::Full => None,
+        _ => Some(match model.first_touched_node() {
+            Some(m) => (m, false),
+            None => (2 * config.depth, true),
+        }),
+    };
+    let backbone = match spec.method {
+        Method::AdaptersRandomInit => format!("random-init {} seed {}", spec.preset, spec.seed),
+        _ => format!("{} {}", spec.preset, spec.base),
+    };
+    let worker_bytes = bench.cache_bytes();
+    let mut caches = Vec::new();
+    let mut used = Vec::new();
+    for name in ["train", "val", "test"] {
+        let cache = match entry {
+            Some((node, cls)) => bench.node_cache(
+                &backbone,
+                &spec.dataset_dir,
+                name,
+                data.split(name),
+                pre,
+                node,
+                cls,
+                &model,
+                &device,
+            )?,
+            None => None,
+        };
+        if cache.is_some() {
+            used.push(name.to_owned());
         }
+        caches.push(cache);
+    }
+    let rows = |k: usize, split: &'static str| match &caches[k] {
+        Some(c) => Rows::Node(c),
+        None => Rows::Images {
+            split: data.split(split),
+            pre,
+        },
+    };
+    let activation_cache = entry
+        .filter(|_| !used.is_empty())
+        .map(|(node, cls)| CacheUse {
+            node,
+            tokens: if cls { 1 } else { config.tokens() },
+            splits: used.clone(),
+            bytes: caches.iter().flatten().map(|c| c.bytes()).sum(),
+            worker_bytes,
+        });
+    let fitted = match p.kind {
+        ProtocolKind::Select => graft_train::fit_rows(
+            model,
+            rows(0, "train"),
+            Some(rows(1, "val")),
+            &tc,
+            &device,
+            on_progress,
+        ),
         ProtocolKind::Final => {
-            let train_val = train.concat(&val);
-            graft_train::fit_final(model, &train_val, pre, &tc, &device, on_progress)
+            // Train + val as one split: from the images, or the two caches joined.
+            let joined_cache = match (&caches[0], &caches[1]) {
+                (Some(t), Some(v)) => Some(t.concat(v)),
+                _ => None,
+            };
+            let joined_split;
+            let train_val = match &joined_cache {
+                Some(c) => Rows::Node(c),
+                None => {
+                    joined_split = data.train.concat(&data.val);
+                    Rows::Images {
+                        split: &joined_split,
+                        pre,
+                    }
+                }
+            };
+            graft_train::fit_rows(model, train_val, None, &tc, &device, on_progress)
         }
     };
     let fit = match fitted {
@@ -323,7 +435,8 @@ pub fn train_run(
         }
         Err(e) => return Err(e.into()),
     };
-    let test_accuracy = graft_train::evaluate(&fit.model, &test, pre, &device, p.train.batch);
+    let test_accuracy =
+        graft_train::evaluate_rows(&fit.model, rows(2, "test"), &device, p.train.batch);
     let rows: Vec<EpochRow> = fit
         .history
         .iter()
@@ -357,6 +470,7 @@ pub fn train_run(
         images_per_second: Some(fit.images_per_second),
         weights,
         epoch_seconds: fit.history.iter().map(|h| h.seconds).collect(),
+        activation_cache,
         ..base
     })
 }
@@ -380,6 +494,7 @@ pub fn read_result(artifact: &Artifact) -> Result<RunResult, FinetuneError> {
         peak_memory_bytes: extra("peak_memory_bytes").as_u64(),
         device: extra("device").as_str().unwrap_or_default().to_owned(),
         epoch_seconds: serde_json::from_value(extra("epoch_seconds")).unwrap_or_default(),
+        activation_cache: serde_json::from_value(extra("activation_cache")).unwrap_or_default(),
         ..result
     })
 }
@@ -393,6 +508,12 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), FinetuneError> 
         path: path.to_path_buf(),
         source: e,
     })
+}
+
+/// Resets this process's peak resident memory (Linux: `5` into `/proc/self/clear_refs`),
+/// so that [`peak_rss`] after a run is that run's, in a worker that trains several.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in bytes.

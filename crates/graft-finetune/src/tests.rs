@@ -54,7 +54,16 @@ fn spec(dir: &Path, method: Method, edges: Vec<Edge>, lr: f64) -> RunSpec {
         base_path: dir.join("base.safetensors"),
         dataset_dir: dir.join("data"),
         device: "cpu".into(),
+        cache: Default::default(),
     }
+}
+
+/// The backend's random state is global: every test here that trains holds this lock, so
+/// two trainings with one seed draw the same weights whatever runs beside them.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn setup() -> tempfile::TempDir {
@@ -67,6 +76,7 @@ fn setup() -> tempfile::TempDir {
 
 #[test]
 fn adapter_only_files_reload_to_the_same_accuracy() {
+    let _rng = rng_lock();
     let dir = setup();
     let s = spec(
         dir.path(),
@@ -100,6 +110,7 @@ fn adapter_only_files_reload_to_the_same_accuracy() {
 
 #[test]
 fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
+    let _rng = rng_lock();
     let dir = setup();
     let mut s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
     s.protocol.kind = ProtocolKind::Final;
@@ -145,6 +156,7 @@ fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
 
 #[test]
 fn a_linear_probe_trains_the_head_alone_and_saves_it() {
+    let _rng = rng_lock();
     let dir = setup();
     let s = spec(dir.path(), Method::LinearProbe, vec![], 1e-2);
     let out = dir.path().join("run");
@@ -160,6 +172,7 @@ fn a_linear_probe_trains_the_head_alone_and_saves_it() {
 
 #[test]
 fn a_diverging_run_is_a_result_not_an_error() {
+    let _rng = rng_lock();
     let dir = setup();
     let s = spec(dir.path(), Method::Full, vec![], 1e9);
     let out = dir.path().join("run");
@@ -301,10 +314,11 @@ fn the_tch_binary_trains_a_run_with_an_empty_environment() {
 /// processes: tests in one process share the backend's global seed.)
 #[test]
 fn a_runs_timings_live_in_its_manifest_not_its_files() {
+    let _rng = rng_lock();
     let dir = setup();
     let s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
     let store = graft_store::Store::open(dir.path().join("store")).unwrap();
-    let (a, _) = ensure_run(&store, &s, |_| {}).unwrap();
+    let (a, _) = ensure_run(&store, &s, &mut workbench::Workbench::new(s.cache), |_| {}).unwrap();
     let text = std::fs::read_to_string(a.file(RUN_FILE)).unwrap();
     for field in [
         "wall_seconds",
@@ -323,4 +337,190 @@ fn a_runs_timings_live_in_its_manifest_not_its_files() {
     assert_eq!(r.epoch_seconds.len(), 2);
     assert!(r.epoch_seconds.iter().all(|&t| t > 0.0));
     assert_eq!(r.device, "cpu");
+}
+
+/// Every trained parameter of a run's artifact (adapters and head), flattened in order.
+fn trained_weights(s: &RunSpec, out: &Path) -> Vec<f32> {
+    let dev = graft_backend::device("cpu").unwrap();
+    let info = DatasetInfo::read(&s.dataset_dir).unwrap();
+    let vit = VitConfig::preset("vit-cpu-tiny", info.classes.len())
+        .unwrap()
+        .init(&dev);
+    let (vit, _) = graft_model::checkpoint::load_adapters(vit, &out.join(WEIGHTS_FILE)).unwrap();
+    let mut w = Vec::new();
+    for a in &vit.adapters {
+        w.extend(a.down.weight.val().into_data().try_to_vec::<f32>().unwrap());
+        w.extend(a.up.weight.val().into_data().try_to_vec::<f32>().unwrap());
+    }
+    w.extend(
+        vit.head
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
+    );
+    w
+}
+
+/// Issue 10: a run trained from the activation cache gives the same trained weights and
+/// accuracies (within float rounding, same seed) as the same run through the whole
+/// network, for a placement of each edge kind, a recurrent one whose second pass starts
+/// below its source node, the linear probe (class-token cache), random-init adapters
+/// and the final protocol (train + val caches joined).
+#[test]
+fn the_activation_cache_trains_the_same_runs_as_the_whole_network() {
+    let dir = setup();
+    let cases: Vec<(Method, Vec<Edge>, ProtocolKind, usize)> = vec![
+        // (method, edges, protocol, the node it trains from)
+        (
+            Method::Adapters,
+            vec![Edge::new(2, 3)],
+            ProtocolKind::Select,
+            2,
+        ),
+        (
+            Method::Adapters,
+            vec![Edge::new(3, 3)],
+            ProtocolKind::Select,
+            3,
+        ),
+        (
+            Method::Adapters,
+            vec![Edge::new(1, 4)],
+            ProtocolKind::Select,
+            1,
+        ),
+        // Recurrent (4, 1): reads node 4 of pass 1, so pass 2 starts at node 1.
+        (
+            Method::Adapters,
+            vec![Edge::new(4, 1), Edge::new(2, 3)],
+            ProtocolKind::Select,
+            1,
+        ),
+        (Method::LinearProbe, vec![], ProtocolKind::Select, 4),
+        (
+            Method::AdaptersRandomInit,
+            vec![Edge::new(2, 3)],
+            ProtocolKind::Select,
+            2,
+        ),
+        (
+            Method::Adapters,
+            vec![Edge::new(3, 4)],
+            ProtocolKind::Final,
+            3,
+        ),
+    ];
+    for (k, (method, edges, kind, node)) in cases.into_iter().enumerate() {
+        let mut s = spec(dir.path(), method, edges.clone(), 3e-3);
+        s.protocol.kind = kind;
+        let mut results = Vec::new();
+        for enabled in [false, true] {
+            s.cache.enabled = enabled;
+            let out = dir.path().join(format!("run-{k}-{enabled}"));
+            std::fs::create_dir_all(&out).unwrap();
+            let r = {
+                let _rng = rng_lock();
+                train_run(&s, &out, |_| {}).unwrap()
+            };
+            assert_eq!(r.status, RunStatus::Ok, "{method:?} {edges:?}");
+            let epochs = EpochRow::read(&out.join(EpochRow::FILE)).unwrap();
+            results.push((r, epochs, trained_weights(&s, &out)));
+        }
+        let (plain, cached) = (&results[0], &results[1]);
+        let what = format!("{method:?} {edges:?} {kind:?}");
+        assert_eq!(plain.0.activation_cache, None, "{what}");
+        let used = cached
+            .0
+            .activation_cache
+            .as_ref()
+            .expect("the cached run used it");
+        assert_eq!(used.node, node, "{what}");
+        assert_eq!(
+            used.tokens,
+            if method == Method::LinearProbe { 1 } else { 17 }
+        );
+        assert_eq!(used.splits, ["train", "val", "test"], "{what}");
+        assert_eq!(plain.0.test_accuracy, cached.0.test_accuracy, "{what}");
+        assert_eq!(plain.0.best_epoch, cached.0.best_epoch, "{what}");
+        for (a, b) in plain.1.iter().zip(&cached.1) {
+            assert_eq!(a.val_accuracy, b.val_accuracy, "{what}");
+            assert!(
+                (a.train_loss - b.train_loss).abs() < 1e-4,
+                "{what}: {a:?} {b:?}"
+            );
+        }
+        assert_eq!(plain.2.len(), cached.2.len());
+        let worst = plain
+            .2
+            .iter()
+            .zip(&cached.2)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{what}: weights differ by up to {worst}");
+    }
+}
+
+/// Runs in one worker share its caches: a second run at the same node reuses them, and one
+/// at a higher node advances them; each gives what a fresh workbench gives.
+#[test]
+fn a_workbench_reuses_and_advances_its_caches() {
+    let dir = setup();
+    let mut bench = workbench::Workbench::new(Default::default());
+    let mut fresh_and_shared = Vec::new();
+    for (k, e) in [Edge::new(1, 2), Edge::new(1, 1), Edge::new(3, 4)]
+        .into_iter()
+        .enumerate()
+    {
+        let s = spec(dir.path(), Method::Adapters, vec![e], 3e-3);
+        let (a, b) = (
+            dir.path().join(format!("fresh-{k}")),
+            dir.path().join(format!("shared-{k}")),
+        );
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let _rng = rng_lock();
+        let fresh = train_run(&s, &a, |_| {}).unwrap();
+        let shared = train_run_with(&s, &b, &mut bench, |_| {}).unwrap();
+        fresh_and_shared.push((fresh, shared));
+    }
+    let worker = |k: usize| {
+        fresh_and_shared[k]
+            .1
+            .activation_cache
+            .as_ref()
+            .unwrap()
+            .worker_bytes
+    };
+    // Run 0 found nothing; run 1 (same node) found run 0's caches; run 2 added node 3's.
+    assert_eq!(worker(0), 0);
+    let one_node = fresh_and_shared[0]
+        .1
+        .activation_cache
+        .as_ref()
+        .unwrap()
+        .bytes;
+    assert_eq!(worker(1), one_node);
+    assert_eq!(worker(2), one_node);
+    assert_eq!(bench.cache_bytes(), 2 * one_node);
+    for (fresh, shared) in &fresh_and_shared {
+        assert_eq!(fresh.test_accuracy, shared.test_accuracy);
+    }
+}
+
+/// A budget too small for a split's cache leaves that split to the whole network.
+#[test]
+fn a_split_over_the_cache_budget_is_not_cached() {
+    let dir = setup();
+    let mut s = spec(dir.path(), Method::Adapters, vec![Edge::new(2, 3)], 3e-3);
+    s.cache.memory_mib = 0;
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let r = {
+        let _rng = rng_lock();
+        train_run(&s, &out, |_| {}).unwrap()
+    };
+    assert_eq!(r.status, RunStatus::Ok);
+    assert_eq!(r.activation_cache, None);
 }

@@ -8,10 +8,10 @@
 //! the outcomes. A process per run also makes each run's peak memory its own.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use graft_store::{ArtifactId, Store};
@@ -20,6 +20,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::FinetuneError;
 use crate::run::{RunResult, RunSpec, ensure_run, read_result};
+use crate::workbench::Workbench;
 
 /// How one queued run ended.
 #[derive(Debug)]
@@ -48,7 +49,7 @@ pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     overall.tick();
-    let queue: Mutex<VecDeque<usize>> = Mutex::new((0..specs.len()).collect());
+    let queue: Mutex<VecDeque<usize>> = Mutex::new(cache_order(specs).into());
     let results: Mutex<Vec<Option<Outcome>>> = Mutex::new((0..specs.len()).map(|_| None).collect());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_job_threads = (threads / jobs).max(1);
@@ -62,6 +63,11 @@ pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<
             let finished = &finished;
             scope.spawn(move || {
                 let bar = multi.insert_before(overall, ProgressBar::new(0));
+                let device = slot_device(&specs[0].device, slot, jobs);
+                // CPU threads per worker, set explicitly (intra-op): the cores shared out.
+                let threads = (device == "cpu").then_some(per_job_threads);
+                let spawn_worker = || Worker::start(exe, store, threads);
+                let mut worker: Option<Worker> = None;
                 bar.set_style(
                     ProgressStyle::with_template("  {prefix:40!} {bar:24} {pos}/{len} loss {msg}")
                         .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -71,12 +77,12 @@ pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<
                         break;
                     };
                     let mut spec = specs[idx].clone();
-                    spec.device = slot_device(&spec.device, slot, jobs);
+                    spec.device = device.clone();
                     bar.set_prefix(spec.label());
                     bar.set_position(0);
                     bar.set_message("");
-                    let threads = (jobs > 1 && spec.device == "cpu").then_some(per_job_threads);
-                    let (outcome, result) = run_worker(exe, store, &spec, threads, &bar, lines);
+                    let (outcome, result) =
+                        run_in_worker(&mut worker, spawn_worker, &spec, &bar, lines);
                     if let Outcome::Failed(msg) = &outcome {
                         multi.suspend(|| eprintln!("finetune: {} failed: {msg}", spec.label()));
                     }
@@ -102,6 +108,9 @@ pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<
                     }
                     overall.inc(1);
                 }
+                if let Some(w) = worker.take() {
+                    let _ = w.finish();
+                }
                 bar.finish_and_clear();
             });
         }
@@ -113,6 +122,35 @@ pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Outcome::Failed("not run".into())))
         .collect()
+}
+
+/// The order runs are handed to workers: those sharing a dataset and backbone together,
+/// by the first node they touch (a worker advances its activation cache from a lower node
+/// to a higher one), full fine-tuning last; the input order within that.
+pub fn cache_order(specs: &[RunSpec]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by_key(|&k| {
+        let s = &specs[k];
+        let node = match s.method {
+            crate::run::Method::Full => usize::MAX,
+            crate::run::Method::LinearProbe => usize::MAX - 1,
+            _ => s
+                .edges
+                .iter()
+                .map(|e| e.i.min(e.j))
+                .min()
+                .unwrap_or(usize::MAX - 1),
+        };
+        let random = s.method == crate::run::Method::AdaptersRandomInit;
+        (
+            s.dataset_dir.clone(),
+            s.base.to_string(),
+            random,
+            s.seed * u64::from(random),
+            node,
+        )
+    });
+    order
 }
 
 /// `ok, val 62.5 %, test 60.1 %, 45.2 s` or `diverged, 3.1 s`.
@@ -129,13 +167,102 @@ fn run_figures(r: &RunResult) -> String {
     s
 }
 
-/// Runs one worker process to its end; the run's `run.json` as the worker reported it.
-/// With `lines`, prints one line per epoch (the bar is invisible without a terminal).
-fn run_worker(
-    exe: &Path,
-    store: &Path,
+/// A running worker process that trains the specs sent to it, one at a time.
+struct Worker {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    /// The last lines of its stderr.
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    err_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(exe: &Path, store: &Path, threads: Option<usize>) -> Result<Worker, String> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("worker")
+            .arg("--store")
+            .arg(store)
+            .arg("--serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(n) = threads {
+            cmd.arg("--threads").arg(n.to_string());
+            for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+                cmd.env(var, n.to_string());
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let (Some(stdin), Some(stdout), Some(mut err)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            return Err("worker started without its pipes".into());
+        };
+        let stderr: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let tail = stderr.clone();
+        let err_thread = std::thread::spawn(move || {
+            let mut text = String::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                while let Some(k) = text.find('\n') {
+                    let line: String = text.drain(..=k).collect();
+                    if let Ok(mut t) = tail.lock() {
+                        t.push_back(line.trim_end().to_owned());
+                        if t.len() > 20 {
+                            t.pop_front();
+                        }
+                    }
+                }
+            }
+            if !text.trim().is_empty()
+                && let Ok(mut t) = tail.lock()
+            {
+                t.push_back(text.trim_end().to_owned());
+            }
+        });
+        Ok(Worker {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout).lines(),
+            stderr,
+            err_thread: Some(err_thread),
+        })
+    }
+
+    /// Ends the worker (its stdin closes, it exits) and waits for it.
+    fn finish(mut self) -> String {
+        drop(self.stdin);
+        let status = self.child.wait();
+        if let Some(t) = self.err_thread.take() {
+            let _ = t.join();
+        }
+        let last: Vec<String> = self
+            .stderr
+            .lock()
+            .map(|t| t.iter().rev().take(3).rev().cloned().collect())
+            .unwrap_or_default();
+        match status {
+            Ok(s) => format!("worker exited with {s}: {}", last.join(" | ")),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+/// Trains `spec` in `worker` (started when there is none); the worker is kept for the next
+/// run unless it died. With `lines`, prints one line per epoch (the bar is invisible
+/// without a terminal).
+fn run_in_worker(
+    worker: &mut Option<Worker>,
+    start: impl Fn() -> Result<Worker, String>,
     spec: &RunSpec,
-    threads: Option<usize>,
     bar: &ProgressBar,
     lines: bool,
 ) -> (Outcome, Option<RunResult>) {
@@ -143,42 +270,23 @@ fn run_worker(
         Ok(j) => j,
         Err(e) => return (Outcome::Failed(e.to_string()), None),
     };
-    let mut cmd = Command::new(exe);
-    cmd.arg("worker")
-        .arg("--store")
-        .arg(store)
-        .arg("--spec")
-        .arg(json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(n) = threads {
-        for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
-            cmd.env(var, n.to_string());
+    if worker.is_none() {
+        match start() {
+            Ok(w) => *worker = Some(w),
+            Err(e) => return (Outcome::Failed(e), None),
         }
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return (
-                Outcome::Failed(format!("cannot start {}: {e}", exe.display())),
-                None,
-            );
-        }
+    let Some(w) = worker.as_mut() else {
+        return (Outcome::Failed("no worker".into()), None);
     };
-    let mut stderr = child.stderr.take();
-    let err_thread = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_string(&mut text);
-        }
-        text
-    });
+    let sent = writeln!(w.stdin, "{json}").and_then(|_| w.stdin.flush());
     let mut artifact = None;
     let mut result = None;
+    let mut error = None;
+    let mut done = false;
     let started = Instant::now();
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+    if sent.is_ok() {
+        for line in w.stdout.by_ref().map_while(Result::ok) {
             let mut parts = line.split_whitespace();
             match parts.next() {
                 Some("progress") => {
@@ -216,34 +324,59 @@ fn run_worker(
                     let w = line["warning".len()..].trim();
                     bar.suspend(|| eprintln!("warning: {w}"));
                 }
+                Some("error") => error = Some(line["error".len()..].trim().to_owned()),
+                Some("done") => {
+                    done = true;
+                    break;
+                }
                 _ => {}
             }
         }
     }
-    let status = child.wait();
-    let err_text = err_thread.join().unwrap_or_default();
-    let outcome = match (status, artifact) {
-        (Ok(s), Some(id)) if s.success() => Outcome::Published(id),
-        (Ok(s), _) => {
-            let last: Vec<&str> = err_text.lines().rev().take(3).collect();
-            let last: Vec<&str> = last.into_iter().rev().collect();
-            Outcome::Failed(format!("worker exited with {s}: {}", last.join(" | ")))
-        }
-        (Err(e), _) => Outcome::Failed(e.to_string()),
-    };
-    (outcome, result)
+    if !done {
+        // The worker died (or its pipe broke) during the run: it is not reused.
+        let why = worker
+            .take()
+            .map(Worker::finish)
+            .unwrap_or_else(|| "no worker".into());
+        return (Outcome::Failed(why), result);
+    }
+    match (artifact, error) {
+        (Some(id), None) => (Outcome::Published(id), result),
+        (_, Some(e)) => (Outcome::Failed(e), result),
+        (None, None) => (
+            Outcome::Failed("the worker reported no artifact".into()),
+            result,
+        ),
+    }
 }
 
 /// The worker process's `main`: `worker --store S --spec JSON` (or `--spec-file PATH`, as
-/// a Slurm array task runs it).
+/// a Slurm array task runs it) trains one run; `worker --store S --serve` trains the specs
+/// it reads from stdin, one JSON line each, ending each with a `done` line (a run that
+/// fails says `error <message>` first) and keeping its datasets and activation caches
+/// from one run to the next, until stdin closes. `--threads N` sets the intra-op threads.
 pub fn worker_main(args: &[String]) -> Result<(), FinetuneError> {
     let mut store: Option<PathBuf> = None;
     let mut spec: Option<String> = None;
+    let mut serve = false;
+    let mut threads: Option<usize> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--store" => store = it.next().map(PathBuf::from),
             "--spec" => spec = it.next().cloned(),
+            "--serve" => serve = true,
+            "--threads" => {
+                threads = Some(
+                    it.next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| {
+                            FinetuneError::Spec("worker: --threads needs a positive integer".into())
+                        })?,
+                )
+            }
             "--spec-file" => {
                 let Some(path) = it.next() else { break };
                 spec = Some(
@@ -260,15 +393,55 @@ pub fn worker_main(args: &[String]) -> Result<(), FinetuneError> {
             }
         }
     }
-    let (Some(store), Some(spec)) = (store, spec) else {
+    let Some(store) = store else {
         return Err(FinetuneError::Spec(
-            "worker: needs --store and --spec (or --spec-file)".into(),
+            "worker: needs --store and --spec (or --spec-file, or --serve)".into(),
         ));
     };
-    let spec: RunSpec = serde_json::from_str(&spec)
-        .map_err(|e| FinetuneError::Spec(format!("worker: --spec: {e}")))?;
+    if let Some(n) = threads {
+        graft_backend::set_threads(n);
+    }
     let store = Store::open(&store)?;
-    let (artifact, warnings) = ensure_run(&store, &spec, |p| match p {
+    match (spec, serve) {
+        (Some(spec), false) => {
+            let spec: RunSpec = serde_json::from_str(&spec)
+                .map_err(|e| FinetuneError::Spec(format!("worker: --spec: {e}")))?;
+            let mut bench = Workbench::new(spec.cache);
+            serve_one(&store, &spec, &mut bench)
+        }
+        (None, true) => {
+            let mut bench: Option<Workbench> = None;
+            for line in std::io::stdin().lock().lines() {
+                let line = line.map_err(|e| FinetuneError::Io {
+                    path: "stdin".into(),
+                    source: e,
+                })?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let outcome = serde_json::from_str::<RunSpec>(&line)
+                    .map_err(|e| FinetuneError::Spec(format!("worker: spec: {e}")))
+                    .and_then(|spec| {
+                        let bench = bench.get_or_insert_with(|| Workbench::new(spec.cache));
+                        serve_one(&store, &spec, bench)
+                    });
+                if let Err(e) = outcome {
+                    println!("error {}", e.to_string().replace('\n', " | "));
+                }
+                println!("done");
+                std::io::stdout().flush().ok();
+            }
+            Ok(())
+        }
+        _ => Err(FinetuneError::Spec(
+            "worker: needs one of --spec, --spec-file or --serve".into(),
+        )),
+    }
+}
+
+/// Trains (or finds) one run and reports it on stdout.
+fn serve_one(store: &Store, spec: &RunSpec, bench: &mut Workbench) -> Result<(), FinetuneError> {
+    let (artifact, warnings) = ensure_run(store, spec, bench, |p| match p {
         Progress::Step { step, total, loss } => println!("progress {step} {total} {loss:.4}"),
         Progress::Epoch { record, epochs } => println!(
             "epoch {} {epochs} {} {} {}",

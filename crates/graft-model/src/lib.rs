@@ -19,7 +19,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 
 pub use config::{AdapterAct, AdapterConfig, PRESETS, Trainable, VitConfig};
-pub use vit::{Adapter, Attention, Block, Mlp, NodeTrace, PatchEmbed, Vit};
+pub use vit::{Adapter, Attention, Block, Mlp, ModelInput, NodeTrace, PatchEmbed, Vit};
 
 /// Errors of the model crate. Every variant names the file, edge or key at fault.
 #[derive(Debug, thiserror::Error)]

@@ -199,6 +199,17 @@ impl VitConfig {
     }
 }
 
+/// Where a forward pass starts: images, or the plain network's value at a node (the
+/// fine-tune stage's activation cache; see [`Vit::first_touched_node`]).
+#[derive(Debug, Clone)]
+pub enum ModelInput {
+    /// `[batch, channels, height, width]`
+    Images(Tensor<4>),
+    /// The plain value of node `node`: `[batch, tokens, dim]`, or `[batch, 1, dim]` (the
+    /// class token alone) at the last node of a model without adapters.
+    Node { node: usize, value: Tensor<3> },
+}
+
 /// Every node of one forward pass with a zero "tap" added at each, so that one backward
 /// pass gives the gradient of the loss at every node.
 #[derive(Debug)]
@@ -295,17 +306,20 @@ impl Vit {
     }
 
     /// One pass over nodes `start..=2L`: `nodes` holds the nodes below `start` on entry and
-    /// all of them on return. `first` (pass 1's nodes) feeds the recurrent edges.
+    /// all of them on return. Node `entry` is `x_entry` (the plain network's value there,
+    /// before any adapter adds to it) and the nodes below it are never read (see
+    /// [`Vit::first_touched_node`]); `first` (pass 1's nodes) feeds the recurrent edges.
     fn pass(
         &self,
-        x0: &Tensor<3>,
+        entry: usize,
+        x_entry: &Tensor<3>,
         nodes: &mut Vec<Tensor<3>>,
         start: usize,
         first: Option<&[Tensor<3>]>,
     ) {
         for k in start..=2 * self.config.depth {
-            let mut x = if k == 0 {
-                x0.clone()
+            let mut x = if k <= entry {
+                x_entry.clone()
             } else {
                 self.sublayer(k, nodes[k - 1].clone())
             };
@@ -335,15 +349,69 @@ impl Vit {
     /// # Shapes
     /// images `[batch, channels, height, width]` -> n nodes `[batch, tokens, dim]`
     pub fn nodes(&self, images: Tensor<4>) -> Vec<Tensor<3>> {
-        let x0 = self.embed(images);
-        let mut first = Vec::with_capacity(self.graph().nodes());
-        self.pass(&x0, &mut first, 0, None);
+        self.nodes_from(0, self.embed(images))
+    }
+
+    /// The smallest node any adapter reads or writes (recurrent edges included), or `None`
+    /// without adapters. Every node below it, and its own value before the adapters add to
+    /// it, is the plain network's: with frozen backbone weights it is the same in every
+    /// epoch and every run on the same base, which is what the fine-tune stage's
+    /// activation cache keeps. (A recurrent edge (i, j) writes j < i, so its second pass
+    /// starts at or above this node too.)
+    pub fn first_touched_node(&self) -> Option<usize> {
+        self.adapters.iter().map(|a| a.src.min(a.dst)).min()
+    }
+
+    /// The plain network's value at `node` (no adapter taken into account): the embedding,
+    /// then sub-layers 1..=node.
+    ///
+    /// # Shapes
+    /// images `[batch, channels, height, width]` -> `[batch, tokens, dim]`
+    pub fn plain_node(&self, images: Tensor<4>, node: usize) -> Tensor<3> {
+        self.plain_node_from(0, self.embed(images), node)
+    }
+
+    /// The plain network from node `from`'s value `x` up to node `to` (`from <= to`).
+    ///
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    pub fn plain_node_from(&self, from: usize, x: Tensor<3>, to: usize) -> Tensor<3> {
+        (from + 1..=to).fold(x, |x, k| self.sublayer(k, x))
+    }
+
+    /// The nodes of the forward pass from node `entry` on, given the plain network's value
+    /// there ([`Vit::plain_node`]); `entry` must not exceed [`Vit::first_touched_node`].
+    /// The returned vector is indexed by node; the entries below `entry` are placeholders
+    /// (`x_entry`), never computed.
+    ///
+    /// # Shapes
+    /// x_entry `[batch, tokens, dim]` -> n nodes `[batch, tokens, dim]` (`tokens` may be 1
+    /// at `entry = 2L` without adapters: the class token is all the head reads)
+    pub fn nodes_from(&self, entry: usize, x_entry: Tensor<3>) -> Vec<Tensor<3>> {
+        debug_assert!(self.first_touched_node().is_none_or(|m| entry <= m));
+        let mut first: Vec<Tensor<3>> = Vec::with_capacity(self.graph().nodes());
+        first.extend(std::iter::repeat_n(x_entry.clone(), entry));
+        self.pass(entry, &x_entry, &mut first, entry, None);
         match self.placement().second_pass_start() {
             None => first,
             Some(start) => {
                 let mut second: Vec<Tensor<3>> = first[..start].to_vec();
-                self.pass(&x0, &mut second, start, Some(&first));
+                self.pass(entry, &x_entry, &mut second, start, Some(&first));
                 second
+            }
+        }
+    }
+
+    /// Logits from a [`ModelInput`]: images, or a node's cached plain value.
+    ///
+    /// # Shapes
+    /// input (see [`ModelInput`]) -> logits `[batch, classes]`
+    pub fn forward_input(&self, input: ModelInput) -> Tensor<2> {
+        match input {
+            ModelInput::Images(images) => self.forward(images),
+            ModelInput::Node { node, value } => {
+                let last = self.nodes_from(node, value).pop().expect("n >= 1 nodes");
+                self.head.forward(self.pool(last))
             }
         }
     }

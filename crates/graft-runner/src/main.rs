@@ -180,6 +180,35 @@ fn pipeline(store: &std::path::Path, args: PipelineArgs, mode: Mode) -> anyhow::
             }
         }
     }
+    // What the artifacts cost to make: the stages' wall times from their manifests (the
+    // time from an empty store, whichever run made them), beside this run's own time.
+    if mode == Mode::Run
+        && let Ok(store) = Store::open(store)
+    {
+        let made: f64 = results
+            .iter()
+            .filter_map(|(_, r)| match r {
+                StageResult::Done(o) => o.artifact.as_ref(),
+                _ => None,
+            })
+            .filter_map(|id| store.artifact(id).ok())
+            .map(|a| a.manifest().wall_seconds)
+            .sum();
+        println!(
+            "stage wall time in the manifests: {} ({made:.1} s)",
+            minutes(made)
+        );
+    }
     println!("done in {:.2} s", start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `7 min 42 s` or `12.3 s`.
+fn minutes(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.1} s")
+    } else {
+        let s = seconds.round() as u64;
+        format!("{} min {:02} s", s / 60, s % 60)
+    }
 }

@@ -10,6 +10,7 @@
 //! A loss that is not finite stops the run with [`TrainError::NonFinite`].
 
 mod base;
+pub mod cache;
 mod data;
 pub mod progress;
 
@@ -26,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use base::{BaseModel, base_fingerprints, check_base_params, file_fingerprint, resolve_base};
+pub use cache::{NodeCache, Rows};
 pub use data::{DatasetInfo, Preprocessing, Split};
 pub use progress::Progress;
 
@@ -47,6 +49,9 @@ pub enum TrainError {
     },
     #[error("empty split {0}")]
     Empty(&'static str),
+    /// An activation cache that could not be read back from the device.
+    #[error("activation cache: {0}")]
+    Cache(String),
     /// A dataset file that is missing, unreadable or not what `graft_tables` defines.
     #[error(transparent)]
     Table(#[from] graft_tables::TableError),
@@ -223,10 +228,14 @@ pub fn fit(
     device: &Device,
     on_progress: impl FnMut(Progress<'_>),
 ) -> Result<FitResult, TrainError> {
-    if val.is_empty() {
-        return Err(TrainError::Empty("val"));
-    }
-    fit_inner(model, train, Some(val), pre, config, device, on_progress)
+    fit_rows(
+        model,
+        Rows::Images { split: train, pre },
+        Some(Rows::Images { split: val, pre }),
+        config,
+        device,
+        on_progress,
+    )
 }
 
 /// Trains `model` on `train` for exactly `config.epochs` epochs and keeps the last epoch's
@@ -240,20 +249,32 @@ pub fn fit_final(
     device: &Device,
     on_progress: impl FnMut(Progress<'_>),
 ) -> Result<FitResult, TrainError> {
-    fit_inner(model, train, None, pre, config, device, on_progress)
+    fit_rows(
+        model,
+        Rows::Images { split: train, pre },
+        None,
+        config,
+        device,
+        on_progress,
+    )
 }
 
-fn fit_inner(
+/// [`fit`] (with `val`) or [`fit_final`] (without) on any [`Rows`]: images, or a node's
+/// cached values (the frozen-prefix activation cache), which must then be the model's
+/// plain value at a node at or below [`Vit::first_touched_node`].
+pub fn fit_rows(
     model: Vit,
-    train: &Split,
-    val: Option<&Split>,
-    pre: &Preprocessing,
+    train: Rows<'_>,
+    val: Option<Rows<'_>>,
     config: &TrainConfig,
     device: &Device,
     mut on_progress: impl FnMut(Progress<'_>),
 ) -> Result<FitResult, TrainError> {
     if train.is_empty() {
         return Err(TrainError::Empty("train"));
+    }
+    if val.is_some_and(|v| v.is_empty()) {
+        return Err(TrainError::Empty("val"));
     }
     let ad = device.clone().autodiff();
     // `train` moves the parameters onto the autodiff device as tracked leaves (`fork` and
@@ -283,8 +304,8 @@ fn fit_inner(
         let mut loss_sum = 0.0;
         let mut lr = 0.0;
         for chunk in order.chunks(config.batch) {
-            let (x, y) = train.batch(chunk, pre, &ad);
-            let loss = loss_fn.forward(model.forward(x), y);
+            let (x, y) = train.batch(chunk, &ad);
+            let loss = loss_fn.forward(model.forward_input(x), y);
             let value = loss.clone().into_scalar::<f32>();
             lr = config.lr_at(step, steps_per_epoch);
             if !value.is_finite() {
@@ -306,7 +327,7 @@ fn fit_inner(
             });
         }
         train_seconds += t0.elapsed().as_secs_f64();
-        let val_accuracy = val.map(|val| evaluate(&model, val, pre, device, config.batch));
+        let val_accuracy = val.map(|val| evaluate_rows(&model, val, device, config.batch));
         history.push(EpochRecord {
             epoch,
             train_loss: loss_sum / train.len() as f64,
@@ -350,15 +371,20 @@ pub fn evaluate(
     device: &Device,
     batch: usize,
 ) -> f64 {
+    evaluate_rows(model, Rows::Images { split, pre }, device, batch)
+}
+
+/// [`evaluate`] on any [`Rows`].
+pub fn evaluate_rows(model: &Vit, rows: Rows<'_>, device: &Device, batch: usize) -> f64 {
     let model = model.valid().to_device(device);
     let mut correct = 0usize;
-    let rows: Vec<usize> = (0..split.len()).collect();
-    for chunk in rows.chunks(batch.max(1)) {
-        let (x, y) = split.batch(chunk, pre, device);
-        let pred = model.forward(x).argmax(1).flatten::<1>(0, 1);
+    let idx: Vec<usize> = (0..rows.len()).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let (x, y) = rows.batch(chunk, device);
+        let pred = model.forward_input(x).argmax(1).flatten::<1>(0, 1);
         correct += pred.equal(y).int().sum().into_scalar::<i64>() as usize;
     }
-    correct as f64 / split.len().max(1) as f64
+    correct as f64 / rows.len().max(1) as f64
 }
 
 #[cfg(test)]

@@ -192,3 +192,60 @@ fn schedule_warms_up_then_decays_to_zero() {
     assert!(c.lr_at(50, 10) < 1.0 && c.lr_at(50, 10) > 0.4);
     assert!(c.lr_at(99, 10) < 0.01);
 }
+
+/// A node cache advanced from a lower node holds exactly what computing that node from the
+/// images gives (same chunks, same operations), and the forward pass from a cached node
+/// gives the logits of the whole network, for each edge kind.
+#[test]
+fn node_caches_advance_exactly_and_forward_from_them_matches_the_whole_network() {
+    let _rng = rng_lock();
+    let dev = device();
+    dev.seed(5);
+    let split = task("val", 70); // more than one chunk of 64 rows
+    let base = VitConfig::preset("vit-cpu-tiny", 4).unwrap().init(&dev);
+    let low = NodeCache::compute(&base, &split, &pre(), 1, false, &dev).unwrap();
+    let direct = NodeCache::compute(&base, &split, &pre(), 3, false, &dev).unwrap();
+    let advanced = low.advance(&base, 3, false, &dev).unwrap();
+    let rows: Vec<usize> = (0..split.len()).collect();
+    let values = |c: &NodeCache| match c.batch(&rows, &dev).0 {
+        graft_model::ModelInput::Node { value, .. } => {
+            value.into_data().try_to_vec::<f32>().unwrap()
+        }
+        _ => unreachable!(),
+    };
+    assert_eq!(values(&direct), values(&advanced));
+    assert_eq!(direct.bytes(), NodeCache::bytes_for(70, 17, 64));
+
+    // Adapters with non-zero up-projections, so that they change the logits.
+    for edges in [
+        vec![Edge::new(2, 3)],
+        vec![Edge::new(3, 3)],
+        vec![Edge::new(1, 4)],
+        vec![Edge::new(4, 1), Edge::new(2, 3)],
+        vec![],
+    ] {
+        let placement = Placement::new(base.graph(), edges.iter().copied()).unwrap();
+        let mut vit = base
+            .clone()
+            .with_placement(&placement, &AdapterConfig::new())
+            .unwrap();
+        for a in &mut vit.adapters {
+            a.up.weight = a.up.weight.clone().map(|w| w.ones_like() * 0.01);
+        }
+        let (node, cls) = match vit.first_touched_node() {
+            Some(m) => (m, false),
+            None => (4, true),
+        };
+        let cache = NodeCache::compute(&vit, &split, &pre(), node, cls, &dev).unwrap();
+        let (images, _) = split.batch(&rows, &pre(), &dev);
+        let whole: Vec<f32> = vit.forward(images).into_data().try_to_vec().unwrap();
+        let (input, _) = cache.batch(&rows, &dev);
+        let cached: Vec<f32> = vit.forward_input(input).into_data().try_to_vec().unwrap();
+        let worst = whole
+            .iter()
+            .zip(&cached)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{edges:?}: logits differ by {worst}");
+    }
+}

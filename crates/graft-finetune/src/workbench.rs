@@ -1,0 +1,212 @@
+//! What a worker keeps between the runs it trains: the dataset splits it has read and the
+//! frozen-prefix activation caches ([`graft_train::NodeCache`], issue 10).
+//!
+//! A run that leaves the backbone frozen (adapters, the linear probe, random-init
+//! adapters) trains from node m = its smallest touched node on; the plain network's value
+//! there, for every row of train, val and test, is computed once in inference mode and
+//! kept. Runs on the same backbone and dataset share it, and a cache at a lower node is
+//! advanced to a higher one instead of starting from the images. The linear probe keeps
+//! only the class token of the last node. Caches are held up to a memory budget per worker
+//! (least recently used dropped first); a split whose cache would not fit is not cached,
+//! and its rows go through the whole network each time, as without the cache.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use graft_backend::Device;
+use graft_model::Vit;
+use graft_train::{DatasetInfo, NodeCache, Preprocessing, Split};
+use serde::{Deserialize, Serialize};
+
+use crate::FinetuneError;
+
+/// The activation cache's settings (location parameters: results do not depend on them
+/// beyond float rounding, so they are not in any key).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    /// Host memory the caches of one worker may take, in MiB.
+    pub memory_mib: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> CacheSettings {
+        CacheSettings {
+            enabled: true,
+            memory_mib: 4096,
+        }
+    }
+}
+
+/// A dataset artifact's splits in memory.
+#[derive(Debug)]
+pub struct Dataset {
+    pub info: DatasetInfo,
+    pub train: Split,
+    pub val: Split,
+    pub test: Split,
+}
+
+impl Dataset {
+    pub fn split(&self, name: &str) -> &Split {
+        match name {
+            "train" => &self.train,
+            "val" => &self.val,
+            _ => &self.test,
+        }
+    }
+}
+
+/// Which node cache: the backbone's identity, the dataset, the split, the node, and
+/// whether it keeps the class token alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    backbone: String,
+    dataset: PathBuf,
+    split: &'static str,
+    node: usize,
+    class_token_only: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    cache: Arc<NodeCache>,
+    last_used: u64,
+}
+
+/// A worker's datasets and node caches.
+#[derive(Debug, Default)]
+pub struct Workbench {
+    pub settings: CacheSettings,
+    datasets: HashMap<PathBuf, Arc<Dataset>>,
+    caches: HashMap<CacheKey, Entry>,
+    clock: u64,
+    /// The clock when the current run began: its caches are not dropped to make room.
+    run_start: u64,
+    /// The largest total of cache bytes held at once.
+    pub peak_cache_bytes: usize,
+}
+
+impl Workbench {
+    pub fn new(settings: CacheSettings) -> Workbench {
+        Workbench {
+            settings,
+            ..Workbench::default()
+        }
+    }
+
+    /// The dataset artifact in `dir`, read once.
+    pub fn dataset(&mut self, dir: &Path) -> Result<Arc<Dataset>, FinetuneError> {
+        if let Some(d) = self.datasets.get(dir) {
+            return Ok(d.clone());
+        }
+        let info = DatasetInfo::read(dir)?;
+        let size = info.preprocessing.image_size;
+        let d = Arc::new(Dataset {
+            train: Split::read(dir, "train", size)?,
+            val: Split::read(dir, "val", size)?,
+            test: Split::read(dir, "test", size)?,
+            info,
+        });
+        self.datasets.insert(dir.to_path_buf(), d.clone());
+        Ok(d)
+    }
+
+    /// Marks the start of a run: the caches it asks for from now on are kept until it ends.
+    pub fn begin_run(&mut self) {
+        self.clock += 1;
+        self.run_start = self.clock;
+    }
+
+    /// Bytes the caches hold now.
+    pub fn cache_bytes(&self) -> usize {
+        self.caches.values().map(|e| e.cache.bytes()).sum()
+    }
+
+    /// The plain value of `node` for every row of `split` of the dataset in `dir`, for the
+    /// backbone `backbone` names (`model`'s), from the cache, advanced from a lower cached
+    /// node, or computed from the images; `None` when caching is off or it would not fit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn node_cache(
+        &mut self,
+        backbone: &str,
+        dir: &Path,
+        split_name: &'static str,
+        split: &Split,
+        pre: &Preprocessing,
+        node: usize,
+        class_token_only: bool,
+        model: &Vit,
+        device: &Device,
+    ) -> Result<Option<Arc<NodeCache>>, FinetuneError> {
+        if !self.settings.enabled {
+            return Ok(None);
+        }
+        self.clock += 1;
+        let key = CacheKey {
+            backbone: backbone.to_owned(),
+            dataset: dir.to_path_buf(),
+            split: split_name,
+            node,
+            class_token_only,
+        };
+        if let Some(e) = self.caches.get_mut(&key) {
+            e.last_used = self.clock;
+            return Ok(Some(e.cache.clone()));
+        }
+        let tokens = if class_token_only {
+            1
+        } else {
+            model.config.tokens()
+        };
+        let bytes = NodeCache::bytes_for(split.len(), tokens, model.config.dim);
+        let budget = self.settings.memory_mib << 20;
+        if bytes > budget {
+            return Ok(None);
+        }
+        // Room first: drop the least recently used caches of other runs.
+        let stamp = self.clock;
+        while self.cache_bytes() + bytes > budget {
+            let victim = self
+                .caches
+                .iter()
+                .filter(|(_, e)| e.last_used < self.run_start)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(k) => {
+                    self.caches.remove(&k);
+                }
+                None => return Ok(None),
+            }
+        }
+        // The highest full cache of this backbone, dataset and split at or below `node`.
+        let below = self
+            .caches
+            .iter()
+            .filter(|(k, _)| {
+                k.backbone == key.backbone
+                    && k.dataset == key.dataset
+                    && k.split == key.split
+                    && !k.class_token_only
+                    && k.node <= node
+            })
+            .max_by_key(|(k, _)| k.node)
+            .map(|(_, e)| e.cache.clone());
+        let cache = match below {
+            Some(from) => from.advance(model, node, class_token_only, device)?,
+            None => NodeCache::compute(model, split, pre, node, class_token_only, device)?,
+        };
+        let cache = Arc::new(cache);
+        self.caches.insert(
+            key,
+            Entry {
+                cache: cache.clone(),
+                last_used: stamp,
+            },
+        );
+        self.peak_cache_bytes = self.peak_cache_bytes.max(self.cache_bytes());
+        Ok(Some(cache))
+    }
+}
