@@ -68,7 +68,8 @@ venv:
 endif
 
 # Stage binaries without tensors, and those with (built with the backend feature).
-PLAIN_BINS  := graft-runner graft-prep graft-propose graft-report graft-command
+# graft-front (flex) answers the tensor stages' checks and fresh runs without LibTorch.
+PLAIN_BINS  := graft-runner graft-prep graft-propose graft-report graft-command graft-front
 TENSOR_BINS := graft-pretrain graft-probe graft-finetune
 
 # Uses tch when PyTorch can be installed, flex otherwise (said out loud).

@@ -8,6 +8,7 @@ mod dtd;
 mod executors;
 mod faults;
 mod finetune;
+mod front;
 mod gc;
 mod heuristic_curve;
 mod invariants;

@@ -206,6 +206,9 @@ fn default_device() -> String {
 /// The stage.
 pub struct Finetune;
 
+/// What the stage binary says it does (`--help`; also `graft-front`'s).
+pub const ABOUT: &str = "Fine-tune placements and baselines on a dataset artifact, one cached run per placement and seed";
+
 impl Stage for Finetune {
     const NAME: &'static str = "finetune";
     // 2: runs.parquet has a `protocol` column, summary.json `train.protocol`.

@@ -16,7 +16,5 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    graft_stage::main::<graft_finetune::Finetune>(
-        "Fine-tune placements and baselines on a dataset artifact, one cached run per placement and seed",
-    )
+    graft_stage::main::<graft_finetune::Finetune>(graft_finetune::ABOUT)
 }

@@ -52,6 +52,9 @@ fn default_device() -> String {
 /// The stage.
 pub struct Pretrain;
 
+/// What the stage binary says it does (`--help`; also `graft-front`'s).
+pub const ABOUT: &str = "Pretrain a small ViT preset from scratch on a dataset artifact";
+
 impl Stage for Pretrain {
     const NAME: &'static str = "pretrain";
     /// 2: the training knobs are `graft_train::TrainProtocol`, whose `weight_decay`

@@ -1,7 +1,5 @@
 //! `graft-pretrain`: the pretrain stage binary. See the `graft_pretrain` crate.
 
 fn main() -> std::process::ExitCode {
-    graft_stage::main::<graft_pretrain::Pretrain>(
-        "Pretrain a small ViT preset from scratch on a dataset artifact",
-    )
+    graft_stage::main::<graft_pretrain::Pretrain>(graft_pretrain::ABOUT)
 }

@@ -131,6 +131,10 @@ pub const HEAD_VERSION: u32 = 1;
 /// The stage.
 pub struct Probe;
 
+/// What the stage binary says it does (`--help`; also `graft-front`'s).
+pub const ABOUT: &str =
+    "Score every edge of a ViT by the singular values of its one-pass gradient G_ij";
+
 impl Stage for Probe {
     const NAME: &'static str = "probe";
     /// 2: `cost.json` left the artifact (timings live in the manifest only).

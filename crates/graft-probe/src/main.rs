@@ -1,7 +1,5 @@
 //! `graft-probe`: the gradient-rank probe stage binary. See the `graft_probe` crate.
 
 fn main() -> std::process::ExitCode {
-    graft_stage::main::<graft_probe::Probe>(
-        "Score every edge of a ViT by the singular values of its one-pass gradient G_ij",
-    )
+    graft_stage::main::<graft_probe::Probe>(graft_probe::ABOUT)
 }

@@ -302,8 +302,18 @@ fn placeholder_id() -> ArtifactId {
 }
 
 impl RunOptions {
+    /// `graft-<kind> ...`, through `graft-front <kind> ...` when that binary is beside the
+    /// stage binaries: it answers checks and fresh runs of the stages with tensors without
+    /// starting their backend, and is the stage binary otherwise (see crates/graft-front).
     fn command(&self, pipeline: &Pipeline, spec: &StageSpec) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(format!("graft-{}", spec.kind)));
+        let front = self.bin_dir.join("graft-front");
+        let mut cmd = if front.is_file() {
+            let mut c = Command::new(front);
+            c.arg(&spec.kind);
+            c
+        } else {
+            Command::new(self.bin_dir.join(format!("graft-{}", spec.kind)))
+        };
         cmd.arg("--store")
             .arg(&self.store)
             .arg("--slot")

@@ -453,6 +453,18 @@ fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError
 
 /// Runs the stage protocol for `S` with `args`.
 pub fn execute<S: Stage>(args: &StageArgs) -> Result<Outcome, StageError> {
+    execute_or_delegate::<S>(args, false).map(|o| o.expect("never delegated"))
+}
+
+/// [`execute`], except that with `delegate` a run with work to do (the output not in the
+/// store, or `--force`) returns `None` before doing anything: `--check`, `--status` and a
+/// fresh run are answered here. A front binary that links the stage's library without its
+/// tensor backend (`graft-front`) uses it to spare a fresh stage the backend's start-up, and
+/// hands the rest to the stage's own binary.
+pub fn execute_or_delegate<S: Stage>(
+    args: &StageArgs,
+    delegate: bool,
+) -> Result<Option<Outcome>, StageError> {
     let start = Instant::now();
     let slot = args.slot.clone().unwrap_or_else(|| S::NAME.to_owned());
     let r = resolve::<S>(args)?;
@@ -468,7 +480,7 @@ pub fn execute<S: Stage>(args: &StageArgs) -> Result<Outcome, StageError> {
     };
     if args.check {
         outcome.seconds = start.elapsed().as_secs_f64();
-        return Ok(outcome);
+        return Ok(Some(outcome));
     }
     let serr = |error| StageError::Store {
         stage: S::NAME,
@@ -533,7 +545,10 @@ pub fn execute<S: Stage>(args: &StageArgs) -> Result<Outcome, StageError> {
         }
         outcome.reasons = reasons;
         outcome.seconds = start.elapsed().as_secs_f64();
-        return Ok(outcome);
+        return Ok(Some(outcome));
+    }
+    if delegate && (args.force || !matches!(store.lookup(&key).map_err(serr)?, Lookup::Hit(_))) {
+        return Ok(None);
     }
 
     let ensured = store
@@ -578,7 +593,7 @@ pub fn execute<S: Stage>(args: &StageArgs) -> Result<Outcome, StageError> {
     }
     outcome.artifact = Some(id);
     outcome.seconds = start.elapsed().as_secs_f64();
-    Ok(outcome)
+    Ok(Some(outcome))
 }
 
 /// Why [`Store::ensure`] stopped inside `execute`: the stage's own error or the store's.
@@ -631,21 +646,45 @@ struct StageCli {
 /// The whole `main` of a stage binary `graft-<NAME>`: parses [`StageArgs`], runs
 /// [`execute`], prints the outcome, and maps errors to `error: ...` and exit code 1.
 pub fn main<S: Stage>(about: &'static str) -> std::process::ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    main_with::<S>(about, argv, None)
+}
+
+/// The `main` of a front for stage `S` (see [`execute_or_delegate`]): `argv` as the stage's
+/// own binary would get it; when there is work to do, `delegate` runs that binary with the
+/// same arguments and its exit code is the front's.
+pub fn front_main<S: Stage>(
+    about: &'static str,
+    argv: Vec<std::ffi::OsString>,
+    delegate: &dyn Fn() -> std::process::ExitCode,
+) -> std::process::ExitCode {
+    main_with::<S>(about, argv, Some(delegate))
+}
+
+fn main_with<S: Stage>(
+    about: &'static str,
+    argv: Vec<std::ffi::OsString>,
+    delegate: Option<&dyn Fn() -> std::process::ExitCode>,
+) -> std::process::ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     let matches = StageCli::command()
         .name(&*Box::leak(format!("graft-{}", S::NAME).into_boxed_str()))
         .about(about)
         .version(graft_store::PROGRAM_VERSION)
-        .get_matches();
+        .get_matches_from(argv);
     let cli = match StageCli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    match catch_panic(|| execute::<S>(&cli.stage)) {
-        Ok(Ok(outcome)) => {
+    match catch_panic(|| execute_or_delegate::<S>(&cli.stage, delegate.is_some())) {
+        Ok(Ok(Some(outcome))) => {
             print_outcome(&outcome, cli.stage.json);
             std::process::ExitCode::SUCCESS
         }
+        Ok(Ok(None)) => match delegate {
+            Some(d) => d(),
+            None => unreachable!("execute_or_delegate delegates only when asked"),
+        },
         // With `--json` the error goes to stdout as a `Failure`, which the runner reports
         // against the pipeline file; without it, to stderr as one line.
         Ok(Err(e)) if cli.stage.json => {
