@@ -10,7 +10,8 @@ use graft_graph::{Dims, Edge, EdgeKind, Graph, Placement, forward_flops};
 use graft_stage::{StageArgs, Status};
 use graft_store::{ArtifactId, KeyInput, PublishInfo, Store};
 use graft_tables::{
-    EpochRow, Method, ModelInfo, ProbeRow, ProposalRow, RunRow, RunStatus, Table, edge_rows,
+    EdgeRow, EpochRow, Method, ModelInfo, ProbeRow, ProposalRow, RunRow, RunStatus, Table,
+    edge_rows,
 };
 
 use crate::figures::Panel;
@@ -34,6 +35,19 @@ fn dims() -> Dims {
 
 fn rank_of(e: Edge) -> i64 {
     1 + ((e.i * 7 + e.j * 3) % 11) as i64
+}
+
+/// Singular values whose rank is ⌈r/2⌉ at tolerance 1e-2, r = [`rank_of`] at 1e-3 (the
+/// probe's `rank` column) and r + (i + 2j) mod 4 at 1e-4.
+fn singular_values(e: Edge) -> Vec<f64> {
+    let r = rank_of(e) as usize;
+    let coarse = r.div_ceil(2);
+    let mut sv = vec![1.0];
+    sv.extend(std::iter::repeat_n(0.5, coarse - 1));
+    sv.extend(std::iter::repeat_n(0.005, r - coarse));
+    sv.extend(std::iter::repeat_n(0.0005, (e.i + 2 * e.j) % 4));
+    sv.push(1e-6);
+    sv
 }
 
 /// Single-adapter accuracy of an edge (fraction), before seed noise.
@@ -333,7 +347,7 @@ fn task_data(task: usize) -> TaskData {
                 nuclear: 2.0 * r as f64 + (e.j % 2) as f64,
                 stable_rank: 1.0 + 0.05 * ((e.i + e.j) % 4) as f64,
                 effective_rank: 1.5 + 0.2 * r as f64,
-                singular_values: vec![1.0, 0.5],
+                singular_values: singular_values(e),
             }
         })
         .collect();
@@ -455,12 +469,12 @@ fn summary_and_csv_headers_match_golden_files() {
 }
 
 #[test]
-fn html_has_five_figure_slots_each_drawn_or_explained() {
+fn html_has_six_figure_slots_each_drawn_or_explained() {
     for tasks in [fixture(), vec![task_data(0)]] {
         let one = tasks.len() == 1;
         let files = build(tasks, "t").unwrap();
         let html = file(&files, "report.html");
-        for k in 1..=5 {
+        for k in 1..=6 {
             let start = html
                 .find(&format!("<figure class=\"figure\" id=\"figure-{k}\""))
                 .unwrap_or_else(|| panic!("figure {k} missing"));
@@ -525,7 +539,7 @@ fn analysis_counts_failed_runs_and_pools_random_draws() {
     let rank = alpha
         .correlations
         .iter()
-        .find(|c| c.score == "rank")
+        .find(|c| c.score == "rank@1e-3")
         .unwrap();
     let s = rank.spearman.unwrap();
     assert!(s.rho > 0.8 && s.p.unwrap() < 1e-3 && s.n == 25, "{s:?}");
@@ -549,8 +563,8 @@ fn missing_data_is_said_not_drawn() {
     let html = file(&files, "report.html");
     assert_eq!(
         html.matches("class=\"skipped\"").count(),
-        4,
-        "figures 1-4 skipped"
+        5,
+        "figures 1-4 and 6 skipped"
     );
     assert_eq!(files.figures_drawn, vec![5]);
 }
@@ -662,7 +676,10 @@ fn stage_runs_through_the_store_and_is_fresh_the_second_time() {
         assert!(art.file(name).exists(), "{name} missing");
     }
     let md = std::fs::read_to_string(art.file("summary.md")).unwrap();
-    assert!(md.contains("Gradient rank correlates positively"), "{md}");
+    assert!(
+        md.contains("Gradient rank at tolerance 1e-3 correlates positively"),
+        "{md}"
+    );
     let setup = std::fs::read_to_string(art.file("setup.csv")).unwrap();
     assert!(setup.contains("backend,flex,not recorded"), "{setup}");
     assert_eq!(
@@ -711,7 +728,7 @@ fn bad_parameters_are_rejected() {
 fn figure_panels_name_their_task_with_several_tasks() {
     let a = analyse(fixture());
     let figs = crate::figures::figures(&a).unwrap();
-    assert_eq!(figs.len(), 5);
+    assert_eq!(figs.len(), 6);
     match &figs[0].panels[1] {
         Panel::Svg { heading, svg } => {
             assert_eq!(heading.as_deref(), Some("task beta"));
@@ -779,7 +796,7 @@ fn report_renders_in_chromium() {
         "screenshot is not a page"
     );
     let dom = String::from_utf8_lossy(&run(&["--dump-dom".into()]).stdout).into_owned();
-    for k in 1..=5 {
+    for k in 1..=6 {
         assert!(
             dom.contains(&format!("id=\"figure-{k}\"")),
             "figure {k} not in the DOM"
@@ -1038,7 +1055,7 @@ fn correlations_use_the_sweep_only() {
     let rank = beta
         .correlations
         .iter()
-        .find(|c| c.score == "rank")
+        .find(|c| c.score == "rank@1e-3")
         .unwrap();
     let s = rank.spearman.unwrap();
     assert_eq!(s.n, 20);
@@ -1082,7 +1099,7 @@ fn without_a_sweep_the_correlation_is_not_measured() {
         md.contains("are not correlated with single-adapter accuracy (not measured): task alpha has no single-sweep proposal"),
         "{md}"
     );
-    assert!(!md.contains("Gradient rank correlates"), "{md}");
+    assert!(!md.contains("Gradient rank at tolerance"), "{md}");
     let html = file(&files, "report.html");
     let start = html.find("id=\"figure-2\"").unwrap();
     let end = start + html[start..].find("</figure>").unwrap();
@@ -1114,4 +1131,124 @@ fn heatmap_states_its_range_in_points() {
     let html = file(&files, "report.html");
     let svg = format!("range {lo:.1} to {hi:.1} % ({:.1} points)", hi - lo);
     assert!(html.contains(&svg), "{svg} not in figure 1");
+}
+
+/// Issue 9: the rank at each of the three tolerances comes from the stored singular values,
+/// and the correlations table gives ρ, p and n for every score. Five sweep edges, accuracy
+/// rising with k, and singular values built so that the ranks are, at 1e-2, 1..5 (ρ = 1), at
+/// 1e-3, 7 6 9 8 10 (two pairs swapped: Σd² = 4, ρ = 1 − 6·4/(5·24) = 0.8, p = 0.104) and at 1e-4,
+/// 20..16 (ρ = −1).
+#[test]
+fn ranks_at_three_tolerances_have_known_correlations() {
+    let mut t = task_data(0);
+    let edges = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 0)].map(|(i, j)| Edge::new(i, j));
+    t.proposals.retain(|p| {
+        p.heuristic != "single-sweep" || edges.iter().any(|e| p.edges == [EdgeRow::from(*e)])
+    });
+    // σ_max = 1, then a values above 1e-2, b between 1e-3 and 1e-2, c between 1e-4 and 1e-3.
+    let (a, b, c) = ([0, 1, 2, 3, 4], [6, 4, 6, 4, 5], [13, 13, 9, 9, 6]);
+    for (k, e) in edges.iter().enumerate() {
+        let acc = 0.50 + 0.01 * k as f64;
+        set_accuracy(
+            &mut t,
+            |p| p.heuristic == "single-sweep" && p.edges == [EdgeRow::from(*e)],
+            &[acc, acc, acc],
+        );
+        let row = t.probe.iter_mut().find(|r| r.edge() == *e).unwrap();
+        let mut sv = vec![1.0];
+        sv.extend(std::iter::repeat_n(0.5, a[k]));
+        sv.extend(std::iter::repeat_n(0.005, b[k]));
+        sv.extend(std::iter::repeat_n(0.0005, c[k]));
+        row.singular_values = sv;
+        row.frobenius = k as f64;
+        row.spectral = 1.0;
+    }
+    let a = analyse(vec![t.clone()]);
+    let alpha = &a.tasks[0];
+    assert_eq!(alpha.sweep.len(), 5);
+    let corr = |name: &str| {
+        alpha
+            .correlations
+            .iter()
+            .find(|c| c.score == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    // Each score's value on the five edges, in the order of `edges` (rising accuracy).
+    let ranks = |name: &str| {
+        let c = corr(name);
+        edges
+            .iter()
+            .map(|e| c.points.iter().find(|p| p.2 == *e).unwrap().0)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ranks("rank@1e-2"), [1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(ranks("rank@1e-3"), [7.0, 6.0, 9.0, 8.0, 10.0]);
+    assert_eq!(ranks("rank@1e-4"), [20.0, 19.0, 18.0, 17.0, 16.0]);
+    let s = |name: &str| corr(name).spearman.unwrap();
+    assert_eq!(
+        (s("rank@1e-2").rho, s("rank@1e-2").p, s("rank@1e-2").n),
+        (1.0, Some(0.0), 5)
+    );
+    assert_eq!((s("rank@1e-4").rho, s("rank@1e-4").p), (-1.0, Some(0.0)));
+    let mid = s("rank@1e-3");
+    assert!((mid.rho - 0.8).abs() < 1e-12, "{mid:?}");
+    // t = ρ √(3 / (1 − ρ²)) with 3 degrees of freedom, whose CDF has a closed form:
+    // F(t) = 1/2 + (x / (1 + x²) + atan x) / π, x = t / √3.
+    let x = 0.8 * (3.0_f64 / 0.36).sqrt() / 3.0_f64.sqrt();
+    let p = 2.0 * (0.5 - (x / (1.0 + x * x) + x.atan()) / std::f64::consts::PI);
+    assert!((mid.p.unwrap() - p).abs() < 1e-9, "{mid:?} vs p = {p}");
+    assert!((p - 0.104_088).abs() < 1e-6, "{p}");
+    assert_eq!(s("frobenius").rho, 1.0);
+    assert!(
+        corr("spectral").spearman.is_none(),
+        "a constant score has no ρ"
+    );
+
+    // The table has all eight scores in order, each with ρ, p and n.
+    let tabs = crate::report::tables(&a);
+    let csv = tabs
+        .iter()
+        .find(|t| t.file == "correlations.csv")
+        .unwrap()
+        .to_csv();
+    let names: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(names, crate::analysis::SCORES);
+    assert!(
+        csv.lines().any(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            f[1] == "rank@1e-3"
+                && (f[2].parse::<f64>().unwrap() - 0.8).abs() < 1e-12
+                && (f[3].parse::<f64>().unwrap() - p).abs() < 1e-9
+                && f[4] == "5"
+        }),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("alpha,spectral,,,5,single-sweep (5 edges)"),
+        "{csv}"
+    );
+    // The single-adapter table carries the three ranks of each edge.
+    let single = tabs
+        .iter()
+        .find(|t| t.file == "single_adapter.csv")
+        .unwrap()
+        .to_csv();
+    assert!(
+        single
+            .lines()
+            .any(|l| l.starts_with("alpha,2,3,parallel,") && l.ends_with(",yes,3,9,18")),
+        "{single}"
+    );
+    // Figure 6 draws the three panels, titled with their ρ.
+    let files = build(vec![t], "t").unwrap();
+    let html = file(&files, "report.html");
+    let start = html.find("id=\"figure-6\"").expect("figure 6");
+    let end = start + html[start..].find("</figure>").unwrap();
+    let fig = &html[start..end];
+    assert!(fig.contains("gradient rank, tol 1e-2: ρ = 1.00"), "{fig}");
+    assert!(fig.contains("gradient rank, tol 1e-4: ρ = -1.00"), "{fig}");
 }
