@@ -16,6 +16,7 @@
 //! the [`graft_stage::Stage`].
 
 pub mod analysis;
+pub mod bands;
 pub mod figures;
 pub mod inputs;
 pub mod report;

@@ -1252,3 +1252,258 @@ fn ranks_at_three_tolerances_have_known_correlations() {
     assert!(fig.contains("gradient rank, tol 1e-2: ρ = 1.00"), "{fig}");
     assert!(fig.contains("gradient rank, tol 1e-4: ρ = -1.00"), "{fig}");
 }
+
+/// Task alpha with every baseline the bands compare, at healthy accuracies (fractions per
+/// seed 0, 1, 2): linear probe 20-22 %, full 45-47 %, parallel-all 35-37 %, random-init
+/// 10-12 %.
+fn healthy_baselines() -> TaskData {
+    let mut t = task_data(0);
+    let pa: Vec<RunRow> = t.runs.iter().filter(|r| r.adapters == 4).cloned().collect();
+    for mut r in pa {
+        r.placement_id = format!("random-init-{}", r.placement_id);
+        r.method = Method::AdaptersRandomInit;
+        t.runs.push(r);
+    }
+    t.proposals.push(ProposalRow {
+        placement_id: t
+            .runs
+            .iter()
+            .find(|r| r.method == Method::AdaptersRandomInit)
+            .unwrap()
+            .placement_id
+            .clone(),
+        heuristic: "baseline".into(),
+        label: "adapters-random-init".into(),
+        method: Method::AdaptersRandomInit,
+        ..t.proposals
+            .iter()
+            .find(|p| p.heuristic == "parallel-all")
+            .unwrap()
+            .clone()
+    });
+    set_accuracy(
+        &mut t,
+        |p| p.method == Method::LinearProbe,
+        &[0.20, 0.21, 0.22],
+    );
+    set_accuracy(&mut t, |p| p.method == Method::Full, &[0.45, 0.46, 0.47]);
+    set_accuracy(&mut t, is_parallel_all, &[0.35, 0.36, 0.37]);
+    set_accuracy(
+        &mut t,
+        |p| p.method == Method::AdaptersRandomInit,
+        &[0.10, 0.11, 0.12],
+    );
+    t
+}
+
+const TEST_BANDS: &str = r#"
+pipeline = "ci"
+probe = "probe"
+finetune = "finetune"
+[[above]]
+name = "full above linear probe"
+a = "full"
+b = "linear-probe"
+margin = 10.0
+[[above]]
+name = "parallel-all above linear probe"
+a = "parallel-all"
+b = "linear-probe"
+margin = 5.0
+[[above]]
+name = "pretrained above random-init"
+a = "parallel-all"
+b = "random-init"
+margin = 10.0
+[ranks]
+name = "probe ranks within [1, d]"
+"#;
+
+fn band_outcomes(t: TaskData) -> Vec<crate::bands::Outcome> {
+    let bands = crate::bands::Bands::parse(TEST_BANDS).unwrap();
+    crate::bands::check(&bands, &crate::analysis::analyse_task(t))
+}
+
+fn outcome<'a>(o: &'a [crate::bands::Outcome], name: &str) -> &'a crate::bands::Outcome {
+    o.iter()
+        .find(|o| o.name == name)
+        .unwrap_or_else(|| panic!("no band {name}: {o:#?}"))
+}
+
+/// Issue 9: healthy tables hold every band, and say the numbers they compared.
+#[test]
+fn healthy_tables_hold_every_band() {
+    let o = band_outcomes(healthy_baselines());
+    assert_eq!(o.len(), 4);
+    assert!(o.iter().all(|o| o.held), "{o:#?}");
+    let full = outcome(&o, "full above linear probe").to_string();
+    assert_eq!(
+        full,
+        "held    full above linear probe: full fine-tuning 46.0 % (seed 0: 45.0, seed 1: 46.0, \
+         seed 2: 47.0) − linear probe 21.0 % (seed 0: 20.0, seed 1: 21.0, seed 2: 22.0) = \
+         +25.0 points, at least +10.0 required"
+    );
+    let ranks = outcome(&o, "probe ranks within [1, d]").to_string();
+    assert!(ranks.contains("25 edges, rank 1 to 11"), "{ranks}");
+}
+
+/// Issue 9: full fine-tuning whose backbone did not move (at the linear probe's level) and
+/// adapters that learnt nothing cross their bands, naming the numbers.
+#[test]
+fn a_frozen_backbone_and_idle_adapters_cross_their_bands() {
+    let mut t = healthy_baselines();
+    set_accuracy(&mut t, |p| p.method == Method::Full, &[0.21, 0.20, 0.22]);
+    set_accuracy(&mut t, is_parallel_all, &[0.11, 0.12, 0.10]);
+    let o = band_outcomes(t);
+    let full = outcome(&o, "full above linear probe");
+    assert!(!full.held);
+    assert_eq!(
+        full.to_string(),
+        "CROSSED full above linear probe: full fine-tuning 21.0 % (seed 0: 21.0, seed 1: 20.0, \
+         seed 2: 22.0) − linear probe 21.0 % (seed 0: 20.0, seed 1: 21.0, seed 2: 22.0) = \
+         +0.0 points, below the band's +10.0 by 10.0 points"
+    );
+    assert!(!outcome(&o, "parallel-all above linear probe").held);
+    let pre = outcome(&o, "pretrained above random-init");
+    assert!(!pre.held && pre.detail.contains("= +0.0 points"), "{pre:?}");
+    assert!(outcome(&o, "probe ranks within [1, d]").held);
+}
+
+/// Issue 9: a probe table with a rank of 0 (a gradient that vanished) or above d crosses the
+/// rank band, naming the edge; so does one that lacks an edge.
+#[test]
+fn a_rank_outside_one_to_d_crosses_the_rank_band() {
+    let mut t = healthy_baselines();
+    let row = t.probe.iter_mut().find(|r| (r.i, r.j) == (2, 3)).unwrap();
+    row.rank = 0;
+    row.singular_values = vec![0.0; 4];
+    let o = band_outcomes(t.clone());
+    let r = outcome(&o, "probe ranks within [1, d]");
+    assert!(!r.held);
+    assert!(
+        r.detail
+            .starts_with("4 rank value(s) outside [1, 64]: (2, 3) rank = 0, (2, 3) rank@1e-2 = 0"),
+        "{r:?}"
+    );
+    assert!(o.iter().filter(|o| !o.held).count() == 1, "{o:#?}");
+
+    let mut wide = t.clone();
+    let row = wide
+        .probe
+        .iter_mut()
+        .find(|r| (r.i, r.j) == (2, 3))
+        .unwrap();
+    row.rank = 65;
+    row.singular_values = vec![1.0; 65];
+    let o = band_outcomes(wide);
+    let r = outcome(&o, "probe ranks within [1, d]");
+    assert!(!r.held && r.detail.contains("(2, 3) rank = 65"), "{r:?}");
+
+    t.probe.retain(|r| (r.i, r.j) != (2, 3));
+    let o = band_outcomes(t);
+    let r = outcome(&o, "probe ranks within [1, d]");
+    assert!(
+        !r.held && r.detail.contains("24 rows over 24 distinct edges"),
+        "{r:?}"
+    );
+}
+
+/// A diverged run of a compared baseline crosses the band (a regression in training), and a
+/// baseline that was not trained is named.
+#[test]
+fn unfinished_or_missing_baselines_cross_their_bands() {
+    let mut t = healthy_baselines();
+    let r = t
+        .runs
+        .iter_mut()
+        .find(|r| r.method == Method::Full && r.seed == 1)
+        .unwrap();
+    r.status = RunStatus::Diverged;
+    r.error = Some("loss is NaN at epoch 3".into());
+    r.test_accuracy = None;
+    let o = band_outcomes(t.clone());
+    let full = outcome(&o, "full above linear probe");
+    assert!(!full.held);
+    assert_eq!(
+        full.detail,
+        "full fine-tuning has runs that did not finish (seed 1 diverged: loss is NaN at epoch 3)"
+    );
+    t.runs.retain(|r| r.method != Method::AdaptersRandomInit);
+    let o = band_outcomes(t);
+    let pre = outcome(&o, "pretrained above random-init");
+    assert_eq!(
+        pre.detail,
+        "no finished run of parallel-all on a random-init backbone in the fine-tune stage's runs \
+         table"
+    );
+}
+
+/// A bands file is refused with the field named: unknown fields, a baseline that does not
+/// exist, a margin that is not finite, a repeated name, a baseline against itself.
+#[test]
+fn bad_bands_files_are_refused_naming_the_field() {
+    use crate::bands::Bands;
+    let head = "pipeline = \"ci\"\nprobe = \"probe\"\nfinetune = \"finetune\"\n";
+    let band = |body: &str| format!("{head}[[above]]\nname = \"x\"\n{body}");
+    let cases = [
+        (format!("{head}colour = 1\n"), "unknown field `colour`"),
+        (
+            band("a = \"full\"\nb = \"lp\"\nmargin = 1.0\n"),
+            "above[0].b: unknown variant `lp`",
+        ),
+        (
+            band("a = \"full\"\nb = \"linear-probe\"\nmargin = nan\n"),
+            "above[0].margin = NaN must be a finite number of points",
+        ),
+        (
+            band("a = \"full\"\nb = \"full\"\nmargin = 1.0\n"),
+            "above[0]: a and b are both \"full fine-tuning\"",
+        ),
+        (
+            band("a = \"full\"\nb = \"linear-probe\"\nmargin = 1.0\n") + "[ranks]\nname = \"x\"\n",
+            "ranks.name \"x\" is used twice",
+        ),
+        (
+            band("a = \"full\"\nb = \"linear-probe\"\n"),
+            "above[0]: missing field `margin`",
+        ),
+        (
+            "pipeline = \"\"\nprobe = \"p\"\nfinetune = \"f\"\n".to_owned(),
+            "pipeline must not be empty",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = Bands::parse(&text).unwrap_err();
+        assert!(err.contains(want), "{text}\n=> {err}\nwant {want}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.toml");
+    std::fs::write(&path, head.to_owned() + "[ranks]\n").unwrap();
+    let err = Bands::read(&path).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&path.display().to_string()) && err.contains("ranks: missing field `name`"),
+        "{err}"
+    );
+}
+
+/// The bands `.ci/run` checks parse, and name stages the CI pipeline has, of the kinds the
+/// check reads.
+#[test]
+fn the_ci_bands_file_names_stages_of_the_ci_pipeline() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+    let bands = crate::bands::Bands::read(&root.join("ci.bands.toml")).unwrap();
+    assert_eq!(bands.pipeline, "ci");
+    let pipeline: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("ci.toml")).unwrap()).unwrap();
+    let kind = |stage: &str| {
+        pipeline["stages"][stage]["kind"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(kind(&bands.probe), "probe");
+    assert_eq!(kind(&bands.finetune), "finetune");
+    assert_eq!(bands.above.len(), 3);
+    assert!(bands.ranks.is_some());
+    assert!(bands.above.iter().all(|b| b.margin > 0.0), "{bands:?}");
+}
