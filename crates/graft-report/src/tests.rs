@@ -1505,5 +1505,6 @@ fn the_ci_bands_file_names_stages_of_the_ci_pipeline() {
     assert_eq!(kind(&bands.finetune), "finetune");
     assert_eq!(bands.above.len(), 3);
     assert!(bands.ranks.is_some());
-    assert!(bands.above.iter().all(|b| b.margin > 0.0), "{bands:?}");
+    // Each band is at least the plain order: a above b.
+    assert!(bands.above.iter().all(|b| b.margin >= 0.0), "{bands:?}");
 }
