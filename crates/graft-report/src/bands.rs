@@ -193,15 +193,6 @@ impl Bands {
         }
         Ok(bands)
     }
-
-    /// Number of bands.
-    pub fn len(&self) -> usize {
-        self.above.len() + usize::from(self.ranks.is_some())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Reads the last artifacts of the bands' probe and fine-tune stages from the store's slots
