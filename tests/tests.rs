@@ -2,6 +2,7 @@
 //! through real stores in temporary directories. `make test` builds the binaries first.
 
 mod bad_input;
+mod bands;
 mod command;
 mod common;
 mod dtd;

@@ -33,15 +33,13 @@ pub fn scores(sv: &[f64], dim: usize, rule: TolRule, tol: f64) -> Scores {
     let spectral = sv.iter().copied().fold(0.0, f64::max);
     let fro2: f64 = sv.iter().map(|s| s * s).sum();
     let nuclear: f64 = sv.iter().sum();
-    let threshold = match rule {
-        TolRule::Relative => tol * spectral,
-        TolRule::Epsilon => spectral * dim as f64 * f32::EPSILON as f64,
+    // Both rules are the relative rule of graft-tables (the one the report recomputes ranks
+    // at other tolerances with), the epsilon rule at tol = max(rows, cols) · ε(f32).
+    let relative = match rule {
+        TolRule::Relative => tol,
+        TolRule::Epsilon => dim as f64 * f32::EPSILON as f64,
     };
-    let rank = if spectral > 0.0 {
-        sv.iter().filter(|&&s| s > threshold).count()
-    } else {
-        0
-    };
+    let rank = graft_tables::relative_rank(sv, relative);
     let effective_rank = if nuclear > 0.0 {
         let h: f64 = sv
             .iter()
@@ -178,6 +176,22 @@ mod tests {
             (zero.rank, zero.stable_rank, zero.effective_rank),
             (0, 0.0, 0.0)
         );
+    }
+
+    /// The report recomputes ranks at other tolerances from the stored singular values with
+    /// graft-tables' rule: at the probe's own tolerance it must give the `rank` column.
+    #[test]
+    fn the_rank_column_is_the_rank_the_report_recomputes() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..50 {
+            let sv: Vec<f64> = (0..16)
+                .map(|_| 10f64.powf(rng.random_range(-6.0..0.0)))
+                .collect();
+            for tol in [1e-2, 1e-3, 1e-4] {
+                let row_rank = scores(&sv, 16, TolRule::Relative, tol).rank;
+                assert_eq!(row_rank, graft_tables::relative_rank(&sv, tol));
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! ([`Series`]), probe scores against single-adapter accuracy and the cross-task
 //! correlations. No I/O and no drawing here.
 //!
+//! The scores are [`SCORES`]: the gradient rank at the relative tolerances 1e-2, 1e-3 and
+//! 1e-4, each recomputed from the probe's stored singular values with graft-tables' one
+//! rank rule (whatever tolerance the probe's own `rank` column used), and the five continuous
+//! scores of the probe table.
+//!
 //! The probe's scores are correlated only with the edges the `single-sweep` heuristic
 //! trained ([`TaskAnalysis::sweep`]): those were chosen without looking at the probe. The
 //! budget-1 placements of gga and top-k were chosen by the probe's own score, so pooling
@@ -24,6 +29,43 @@ use crate::stats::{MeanStd, Spearman, mean_std, spearman};
 
 /// The heuristic whose single-adapter placements are chosen independently of the probe.
 pub const SWEEP: &str = "single-sweep";
+
+/// The probe scores correlated with single-adapter accuracy, in the report's order: the
+/// numerical rank at three relative tolerances, recomputed from the stored singular values
+/// ([`graft_tables::RANK_TOLERANCES`]), then the continuous scores of the probe table.
+pub const SCORES: [&str; 8] = [
+    "rank@1e-2",
+    "rank@1e-3",
+    "rank@1e-4",
+    "frobenius",
+    "spectral",
+    "nuclear",
+    "stable_rank",
+    "effective_rank",
+];
+
+/// The value of report score `name` ([`SCORES`]) for one probe row: a rank at one of the
+/// three tolerances from its singular values, else the probe table's column; `None` for a
+/// name that is neither.
+pub fn score_of(r: &ProbeRow, name: &str) -> Option<f64> {
+    match graft_tables::RANK_TOLERANCES
+        .iter()
+        .find(|(n, _)| *n == name)
+    {
+        Some((_, tol)) => Some(r.rank_at(*tol) as f64),
+        None => r.score(name),
+    }
+}
+
+/// Whether report score `name` is a rank at one of the three tolerances.
+pub fn is_rank(name: &str) -> bool {
+    name.starts_with("rank@")
+}
+
+/// The relative tolerance of a rank score (`rank@1e-3` -> `1e-3`), as written in its name.
+pub fn rank_tolerance(name: &str) -> Option<&str> {
+    name.strip_prefix("rank@")
+}
 
 /// One run that did not give an accuracy.
 #[derive(Debug, Clone, PartialEq)]
@@ -371,7 +413,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
     let random_init = reference("random-init", &|p| p.method == Method::AdaptersRandomInit);
 
     let series = curves(&data.proposals, &data.runs);
-    let correlations = ProbeRow::SCORES
+    let correlations = SCORES
         .iter()
         .map(|&score| {
             let points: Vec<(f64, f64, Edge)> = data
@@ -379,7 +421,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
                 .iter()
                 .filter_map(|r| {
                     let acc = sweep.get(&r.edge())?;
-                    let s = r.score(score)?;
+                    let s = score_of(r, score)?;
                     s.is_finite().then_some((s, acc.mean, r.edge()))
                 })
                 .collect();

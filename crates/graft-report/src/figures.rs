@@ -1,4 +1,4 @@
-//! The five figures, drawn with plotters into SVG strings. Every figure is a [`Figure`]
+//! The six figures, drawn with plotters into SVG strings. Every figure is a [`Figure`]
 //! with one panel per task (one panel in all for the cross-task matrix); a panel that has
 //! no data to draw holds the reason instead of an empty plot. One file per figure under
 //! `figures/`; the per-task ones share [`per_task`], the loop over tasks.
@@ -8,6 +8,7 @@ mod correlation;
 mod cross_task;
 mod flops;
 mod heatmap;
+mod rank_tolerance;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -277,7 +278,7 @@ fn per_task<'a, T>(
         .collect()
 }
 
-/// All five figures.
+/// All six figures.
 pub fn figures(a: &Analysis) -> Result<Vec<Figure>, ReportError> {
     Ok(vec![
         heatmap::figure(a)?,
@@ -285,6 +286,7 @@ pub fn figures(a: &Analysis) -> Result<Vec<Figure>, ReportError> {
         budget::figure(a)?,
         cross_task::figure(a)?,
         flops::figure(a)?,
+        rank_tolerance::figure(a)?,
     ])
 }
 

@@ -10,7 +10,8 @@ use graft_graph::{Dims, Edge, EdgeKind, Graph, Placement, forward_flops};
 use graft_stage::{StageArgs, Status};
 use graft_store::{ArtifactId, KeyInput, PublishInfo, Store};
 use graft_tables::{
-    EpochRow, Method, ModelInfo, ProbeRow, ProposalRow, RunRow, RunStatus, Table, edge_rows,
+    EdgeRow, EpochRow, Method, ModelInfo, ProbeRow, ProposalRow, RunRow, RunStatus, Table,
+    edge_rows,
 };
 
 use crate::figures::Panel;
@@ -34,6 +35,19 @@ fn dims() -> Dims {
 
 fn rank_of(e: Edge) -> i64 {
     1 + ((e.i * 7 + e.j * 3) % 11) as i64
+}
+
+/// Singular values whose rank is ⌈r/2⌉ at tolerance 1e-2, r = [`rank_of`] at 1e-3 (the
+/// probe's `rank` column) and r + (i + 2j) mod 4 at 1e-4.
+fn singular_values(e: Edge) -> Vec<f64> {
+    let r = rank_of(e) as usize;
+    let coarse = r.div_ceil(2);
+    let mut sv = vec![1.0];
+    sv.extend(std::iter::repeat_n(0.5, coarse - 1));
+    sv.extend(std::iter::repeat_n(0.005, r - coarse));
+    sv.extend(std::iter::repeat_n(0.0005, (e.i + 2 * e.j) % 4));
+    sv.push(1e-6);
+    sv
 }
 
 /// Single-adapter accuracy of an edge (fraction), before seed noise.
@@ -333,7 +347,7 @@ fn task_data(task: usize) -> TaskData {
                 nuclear: 2.0 * r as f64 + (e.j % 2) as f64,
                 stable_rank: 1.0 + 0.05 * ((e.i + e.j) % 4) as f64,
                 effective_rank: 1.5 + 0.2 * r as f64,
-                singular_values: vec![1.0, 0.5],
+                singular_values: singular_values(e),
             }
         })
         .collect();
@@ -455,12 +469,12 @@ fn summary_and_csv_headers_match_golden_files() {
 }
 
 #[test]
-fn html_has_five_figure_slots_each_drawn_or_explained() {
+fn html_has_six_figure_slots_each_drawn_or_explained() {
     for tasks in [fixture(), vec![task_data(0)]] {
         let one = tasks.len() == 1;
         let files = build(tasks, "t").unwrap();
         let html = file(&files, "report.html");
-        for k in 1..=5 {
+        for k in 1..=6 {
             let start = html
                 .find(&format!("<figure class=\"figure\" id=\"figure-{k}\""))
                 .unwrap_or_else(|| panic!("figure {k} missing"));
@@ -525,7 +539,7 @@ fn analysis_counts_failed_runs_and_pools_random_draws() {
     let rank = alpha
         .correlations
         .iter()
-        .find(|c| c.score == "rank")
+        .find(|c| c.score == "rank@1e-3")
         .unwrap();
     let s = rank.spearman.unwrap();
     assert!(s.rho > 0.8 && s.p.unwrap() < 1e-3 && s.n == 25, "{s:?}");
@@ -549,8 +563,8 @@ fn missing_data_is_said_not_drawn() {
     let html = file(&files, "report.html");
     assert_eq!(
         html.matches("class=\"skipped\"").count(),
-        4,
-        "figures 1-4 skipped"
+        5,
+        "figures 1-4 and 6 skipped"
     );
     assert_eq!(files.figures_drawn, vec![5]);
 }
@@ -662,7 +676,10 @@ fn stage_runs_through_the_store_and_is_fresh_the_second_time() {
         assert!(art.file(name).exists(), "{name} missing");
     }
     let md = std::fs::read_to_string(art.file("summary.md")).unwrap();
-    assert!(md.contains("Gradient rank correlates positively"), "{md}");
+    assert!(
+        md.contains("Gradient rank at tolerance 1e-3 correlates positively"),
+        "{md}"
+    );
     let setup = std::fs::read_to_string(art.file("setup.csv")).unwrap();
     assert!(setup.contains("backend,flex,not recorded"), "{setup}");
     assert_eq!(
@@ -711,7 +728,7 @@ fn bad_parameters_are_rejected() {
 fn figure_panels_name_their_task_with_several_tasks() {
     let a = analyse(fixture());
     let figs = crate::figures::figures(&a).unwrap();
-    assert_eq!(figs.len(), 5);
+    assert_eq!(figs.len(), 6);
     match &figs[0].panels[1] {
         Panel::Svg { heading, svg } => {
             assert_eq!(heading.as_deref(), Some("task beta"));
@@ -779,7 +796,7 @@ fn report_renders_in_chromium() {
         "screenshot is not a page"
     );
     let dom = String::from_utf8_lossy(&run(&["--dump-dom".into()]).stdout).into_owned();
-    for k in 1..=5 {
+    for k in 1..=6 {
         assert!(
             dom.contains(&format!("id=\"figure-{k}\"")),
             "figure {k} not in the DOM"
@@ -1038,7 +1055,7 @@ fn correlations_use_the_sweep_only() {
     let rank = beta
         .correlations
         .iter()
-        .find(|c| c.score == "rank")
+        .find(|c| c.score == "rank@1e-3")
         .unwrap();
     let s = rank.spearman.unwrap();
     assert_eq!(s.n, 20);
@@ -1082,7 +1099,7 @@ fn without_a_sweep_the_correlation_is_not_measured() {
         md.contains("are not correlated with single-adapter accuracy (not measured): task alpha has no single-sweep proposal"),
         "{md}"
     );
-    assert!(!md.contains("Gradient rank correlates"), "{md}");
+    assert!(!md.contains("Gradient rank at tolerance"), "{md}");
     let html = file(&files, "report.html");
     let start = html.find("id=\"figure-2\"").unwrap();
     let end = start + html[start..].find("</figure>").unwrap();
@@ -1114,4 +1131,380 @@ fn heatmap_states_its_range_in_points() {
     let html = file(&files, "report.html");
     let svg = format!("range {lo:.1} to {hi:.1} % ({:.1} points)", hi - lo);
     assert!(html.contains(&svg), "{svg} not in figure 1");
+}
+
+/// Issue 9: the rank at each of the three tolerances comes from the stored singular values,
+/// and the correlations table gives ρ, p and n for every score. Five sweep edges, accuracy
+/// rising with k, and singular values built so that the ranks are, at 1e-2, 1..5 (ρ = 1), at
+/// 1e-3, 7 6 9 8 10 (two pairs swapped: Σd² = 4, ρ = 1 − 6·4/(5·24) = 0.8, p = 0.104) and at 1e-4,
+/// 20..16 (ρ = −1).
+#[test]
+fn ranks_at_three_tolerances_have_known_correlations() {
+    let mut t = task_data(0);
+    let edges = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 0)].map(|(i, j)| Edge::new(i, j));
+    t.proposals.retain(|p| {
+        p.heuristic != "single-sweep" || edges.iter().any(|e| p.edges == [EdgeRow::from(*e)])
+    });
+    // σ_max = 1, then a values above 1e-2, b between 1e-3 and 1e-2, c between 1e-4 and 1e-3.
+    let (a, b, c) = ([0, 1, 2, 3, 4], [6, 4, 6, 4, 5], [13, 13, 9, 9, 6]);
+    for (k, e) in edges.iter().enumerate() {
+        let acc = 0.50 + 0.01 * k as f64;
+        set_accuracy(
+            &mut t,
+            |p| p.heuristic == "single-sweep" && p.edges == [EdgeRow::from(*e)],
+            &[acc, acc, acc],
+        );
+        let row = t.probe.iter_mut().find(|r| r.edge() == *e).unwrap();
+        let mut sv = vec![1.0];
+        sv.extend(std::iter::repeat_n(0.5, a[k]));
+        sv.extend(std::iter::repeat_n(0.005, b[k]));
+        sv.extend(std::iter::repeat_n(0.0005, c[k]));
+        row.singular_values = sv;
+        row.frobenius = k as f64;
+        row.spectral = 1.0;
+    }
+    let a = analyse(vec![t.clone()]);
+    let alpha = &a.tasks[0];
+    assert_eq!(alpha.sweep.len(), 5);
+    let corr = |name: &str| {
+        alpha
+            .correlations
+            .iter()
+            .find(|c| c.score == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    // Each score's value on the five edges, in the order of `edges` (rising accuracy).
+    let ranks = |name: &str| {
+        let c = corr(name);
+        edges
+            .iter()
+            .map(|e| c.points.iter().find(|p| p.2 == *e).unwrap().0)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ranks("rank@1e-2"), [1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(ranks("rank@1e-3"), [7.0, 6.0, 9.0, 8.0, 10.0]);
+    assert_eq!(ranks("rank@1e-4"), [20.0, 19.0, 18.0, 17.0, 16.0]);
+    let s = |name: &str| corr(name).spearman.unwrap();
+    assert_eq!(
+        (s("rank@1e-2").rho, s("rank@1e-2").p, s("rank@1e-2").n),
+        (1.0, Some(0.0), 5)
+    );
+    assert_eq!((s("rank@1e-4").rho, s("rank@1e-4").p), (-1.0, Some(0.0)));
+    let mid = s("rank@1e-3");
+    assert!((mid.rho - 0.8).abs() < 1e-12, "{mid:?}");
+    // t = ρ √(3 / (1 − ρ²)) with 3 degrees of freedom, whose CDF has a closed form:
+    // F(t) = 1/2 + (x / (1 + x²) + atan x) / π, x = t / √3.
+    let x = 0.8 * (3.0_f64 / 0.36).sqrt() / 3.0_f64.sqrt();
+    let p = 2.0 * (0.5 - (x / (1.0 + x * x) + x.atan()) / std::f64::consts::PI);
+    assert!((mid.p.unwrap() - p).abs() < 1e-9, "{mid:?} vs p = {p}");
+    assert!((p - 0.104_088).abs() < 1e-6, "{p}");
+    assert_eq!(s("frobenius").rho, 1.0);
+    assert!(
+        corr("spectral").spearman.is_none(),
+        "a constant score has no ρ"
+    );
+
+    // The table has all eight scores in order, each with ρ, p and n.
+    let tabs = crate::report::tables(&a);
+    let csv = tabs
+        .iter()
+        .find(|t| t.file == "correlations.csv")
+        .unwrap()
+        .to_csv();
+    let names: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(names, crate::analysis::SCORES);
+    assert!(
+        csv.lines().any(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            f[1] == "rank@1e-3"
+                && (f[2].parse::<f64>().unwrap() - 0.8).abs() < 1e-12
+                && (f[3].parse::<f64>().unwrap() - p).abs() < 1e-9
+                && f[4] == "5"
+        }),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("alpha,spectral,,,5,single-sweep (5 edges)"),
+        "{csv}"
+    );
+    // The single-adapter table carries the three ranks of each edge.
+    let single = tabs
+        .iter()
+        .find(|t| t.file == "single_adapter.csv")
+        .unwrap()
+        .to_csv();
+    assert!(
+        single
+            .lines()
+            .any(|l| l.starts_with("alpha,2,3,parallel,") && l.ends_with(",yes,3,9,18")),
+        "{single}"
+    );
+    // Figure 6 draws the three panels, titled with their ρ.
+    let files = build(vec![t], "t").unwrap();
+    let html = file(&files, "report.html");
+    let start = html.find("id=\"figure-6\"").expect("figure 6");
+    let end = start + html[start..].find("</figure>").unwrap();
+    let fig = &html[start..end];
+    assert!(fig.contains("gradient rank, tol 1e-2: ρ = 1.00"), "{fig}");
+    assert!(fig.contains("gradient rank, tol 1e-4: ρ = -1.00"), "{fig}");
+}
+
+/// Task alpha with every baseline the bands compare, at healthy accuracies (fractions per
+/// seed 0, 1, 2): linear probe 20-22 %, full 45-47 %, parallel-all 35-37 %, random-init
+/// 10-12 %.
+fn healthy_baselines() -> TaskData {
+    let mut t = task_data(0);
+    let pa: Vec<RunRow> = t.runs.iter().filter(|r| r.adapters == 4).cloned().collect();
+    for mut r in pa {
+        r.placement_id = format!("random-init-{}", r.placement_id);
+        r.method = Method::AdaptersRandomInit;
+        t.runs.push(r);
+    }
+    t.proposals.push(ProposalRow {
+        placement_id: t
+            .runs
+            .iter()
+            .find(|r| r.method == Method::AdaptersRandomInit)
+            .unwrap()
+            .placement_id
+            .clone(),
+        heuristic: "baseline".into(),
+        label: "adapters-random-init".into(),
+        method: Method::AdaptersRandomInit,
+        ..t.proposals
+            .iter()
+            .find(|p| p.heuristic == "parallel-all")
+            .unwrap()
+            .clone()
+    });
+    set_accuracy(
+        &mut t,
+        |p| p.method == Method::LinearProbe,
+        &[0.20, 0.21, 0.22],
+    );
+    set_accuracy(&mut t, |p| p.method == Method::Full, &[0.45, 0.46, 0.47]);
+    set_accuracy(&mut t, is_parallel_all, &[0.35, 0.36, 0.37]);
+    set_accuracy(
+        &mut t,
+        |p| p.method == Method::AdaptersRandomInit,
+        &[0.10, 0.11, 0.12],
+    );
+    t
+}
+
+const TEST_BANDS: &str = r#"
+pipeline = "ci"
+probe = "probe"
+finetune = "finetune"
+[[above]]
+name = "full above linear probe"
+a = "full"
+b = "linear-probe"
+margin = 10.0
+[[above]]
+name = "parallel-all above linear probe"
+a = "parallel-all"
+b = "linear-probe"
+margin = 5.0
+[[above]]
+name = "pretrained above random-init"
+a = "parallel-all"
+b = "random-init"
+margin = 10.0
+[ranks]
+name = "probe ranks within [1, d]"
+"#;
+
+fn band_outcomes(t: TaskData) -> Vec<crate::bands::Outcome> {
+    let bands = crate::bands::Bands::parse(TEST_BANDS).unwrap();
+    crate::bands::check(&bands, &crate::analysis::analyse_task(t))
+}
+
+fn outcome<'a>(o: &'a [crate::bands::Outcome], name: &str) -> &'a crate::bands::Outcome {
+    o.iter()
+        .find(|o| o.name == name)
+        .unwrap_or_else(|| panic!("no band {name}: {o:#?}"))
+}
+
+/// Issue 9: healthy tables hold every band, and say the numbers they compared.
+#[test]
+fn healthy_tables_hold_every_band() {
+    let o = band_outcomes(healthy_baselines());
+    assert_eq!(o.len(), 4);
+    assert!(o.iter().all(|o| o.held), "{o:#?}");
+    let full = outcome(&o, "full above linear probe").to_string();
+    assert_eq!(
+        full,
+        "held    full above linear probe: full fine-tuning 46.0 % (seed 0: 45.0, seed 1: 46.0, \
+         seed 2: 47.0) − linear probe 21.0 % (seed 0: 20.0, seed 1: 21.0, seed 2: 22.0) = \
+         +25.0 points, at least +10.0 required"
+    );
+    let ranks = outcome(&o, "probe ranks within [1, d]").to_string();
+    assert!(ranks.contains("25 edges, rank 1 to 11"), "{ranks}");
+}
+
+/// Issue 9: full fine-tuning whose backbone did not move (at the linear probe's level) and
+/// adapters that learnt nothing cross their bands, naming the numbers.
+#[test]
+fn a_frozen_backbone_and_idle_adapters_cross_their_bands() {
+    let mut t = healthy_baselines();
+    set_accuracy(&mut t, |p| p.method == Method::Full, &[0.21, 0.20, 0.22]);
+    set_accuracy(&mut t, is_parallel_all, &[0.11, 0.12, 0.10]);
+    let o = band_outcomes(t);
+    let full = outcome(&o, "full above linear probe");
+    assert!(!full.held);
+    assert_eq!(
+        full.to_string(),
+        "CROSSED full above linear probe: full fine-tuning 21.0 % (seed 0: 21.0, seed 1: 20.0, \
+         seed 2: 22.0) − linear probe 21.0 % (seed 0: 20.0, seed 1: 21.0, seed 2: 22.0) = \
+         +0.0 points, below the band's +10.0 by 10.0 points"
+    );
+    assert!(!outcome(&o, "parallel-all above linear probe").held);
+    let pre = outcome(&o, "pretrained above random-init");
+    assert!(!pre.held && pre.detail.contains("= +0.0 points"), "{pre:?}");
+    assert!(outcome(&o, "probe ranks within [1, d]").held);
+}
+
+/// Issue 9: a probe table with a rank of 0 (a gradient that vanished) or above d crosses the
+/// rank band, naming the edge; so does one that lacks an edge.
+#[test]
+fn a_rank_outside_one_to_d_crosses_the_rank_band() {
+    let mut t = healthy_baselines();
+    let row = t.probe.iter_mut().find(|r| (r.i, r.j) == (2, 3)).unwrap();
+    row.rank = 0;
+    row.singular_values = vec![0.0; 4];
+    let o = band_outcomes(t.clone());
+    let r = outcome(&o, "probe ranks within [1, d]");
+    assert!(!r.held);
+    assert!(
+        r.detail
+            .starts_with("4 rank value(s) outside [1, 64]: (2, 3) rank = 0, (2, 3) rank@1e-2 = 0"),
+        "{r:?}"
+    );
+    assert!(o.iter().filter(|o| !o.held).count() == 1, "{o:#?}");
+
+    let mut wide = t.clone();
+    let row = wide
+        .probe
+        .iter_mut()
+        .find(|r| (r.i, r.j) == (2, 3))
+        .unwrap();
+    row.rank = 65;
+    row.singular_values = vec![1.0; 65];
+    let o = band_outcomes(wide);
+    let r = outcome(&o, "probe ranks within [1, d]");
+    assert!(!r.held && r.detail.contains("(2, 3) rank = 65"), "{r:?}");
+
+    t.probe.retain(|r| (r.i, r.j) != (2, 3));
+    let o = band_outcomes(t);
+    let r = outcome(&o, "probe ranks within [1, d]");
+    assert!(
+        !r.held && r.detail.contains("24 rows over 24 distinct edges"),
+        "{r:?}"
+    );
+}
+
+/// A diverged run of a compared baseline crosses the band (a regression in training), and a
+/// baseline that was not trained is named.
+#[test]
+fn unfinished_or_missing_baselines_cross_their_bands() {
+    let mut t = healthy_baselines();
+    let r = t
+        .runs
+        .iter_mut()
+        .find(|r| r.method == Method::Full && r.seed == 1)
+        .unwrap();
+    r.status = RunStatus::Diverged;
+    r.error = Some("loss is NaN at epoch 3".into());
+    r.test_accuracy = None;
+    let o = band_outcomes(t.clone());
+    let full = outcome(&o, "full above linear probe");
+    assert!(!full.held);
+    assert_eq!(
+        full.detail,
+        "full fine-tuning has runs that did not finish (seed 1 diverged: loss is NaN at epoch 3)"
+    );
+    t.runs.retain(|r| r.method != Method::AdaptersRandomInit);
+    let o = band_outcomes(t);
+    let pre = outcome(&o, "pretrained above random-init");
+    assert_eq!(
+        pre.detail,
+        "no finished run of parallel-all on a random-init backbone in the fine-tune stage's runs \
+         table"
+    );
+}
+
+/// A bands file is refused with the field named: unknown fields, a baseline that does not
+/// exist, a margin that is not finite, a repeated name, a baseline against itself.
+#[test]
+fn bad_bands_files_are_refused_naming_the_field() {
+    use crate::bands::Bands;
+    let head = "pipeline = \"ci\"\nprobe = \"probe\"\nfinetune = \"finetune\"\n";
+    let band = |body: &str| format!("{head}[[above]]\nname = \"x\"\n{body}");
+    let cases = [
+        (format!("{head}colour = 1\n"), "unknown field `colour`"),
+        (
+            band("a = \"full\"\nb = \"lp\"\nmargin = 1.0\n"),
+            "above[0].b: unknown variant `lp`",
+        ),
+        (
+            band("a = \"full\"\nb = \"linear-probe\"\nmargin = nan\n"),
+            "above[0].margin = NaN must be a finite number of points",
+        ),
+        (
+            band("a = \"full\"\nb = \"full\"\nmargin = 1.0\n"),
+            "above[0]: a and b are both \"full fine-tuning\"",
+        ),
+        (
+            band("a = \"full\"\nb = \"linear-probe\"\nmargin = 1.0\n") + "[ranks]\nname = \"x\"\n",
+            "ranks.name \"x\" is used twice",
+        ),
+        (
+            band("a = \"full\"\nb = \"linear-probe\"\n"),
+            "above[0]: missing field `margin`",
+        ),
+        (
+            "pipeline = \"\"\nprobe = \"p\"\nfinetune = \"f\"\n".to_owned(),
+            "pipeline must not be empty",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = Bands::parse(&text).unwrap_err();
+        assert!(err.contains(want), "{text}\n=> {err}\nwant {want}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.toml");
+    std::fs::write(&path, head.to_owned() + "[ranks]\n").unwrap();
+    let err = Bands::read(&path).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&path.display().to_string()) && err.contains("ranks: missing field `name`"),
+        "{err}"
+    );
+}
+
+/// The bands `.ci/run` checks parse, and name stages the CI pipeline has, of the kinds the
+/// check reads.
+#[test]
+fn the_ci_bands_file_names_stages_of_the_ci_pipeline() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+    let bands = crate::bands::Bands::read(&root.join("ci.bands.toml")).unwrap();
+    assert_eq!(bands.pipeline, "ci");
+    let pipeline: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("ci.toml")).unwrap()).unwrap();
+    let kind = |stage: &str| {
+        pipeline["stages"][stage]["kind"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(kind(&bands.probe), "probe");
+    assert_eq!(kind(&bands.finetune), "finetune");
+    assert_eq!(bands.above.len(), 3);
+    assert!(bands.ranks.is_some());
+    // Each band is at least the plain order: a above b.
+    assert!(bands.above.iter().all(|b| b.margin >= 0.0), "{bands:?}");
 }

@@ -15,6 +15,7 @@
 mod cost;
 mod dataset;
 mod json;
+mod rank;
 mod summary;
 
 pub use cost::ProbeCost;
@@ -23,6 +24,7 @@ pub use dataset::{
     read_split, split_file, split_schema, write_split,
 };
 pub use json::{from_json_text, from_json_value, json_text, read_json, write_json};
+pub use rank::{RANK_TOLERANCES, relative_rank};
 pub use summary::{FinetuneSummary, TrainSettings};
 
 use std::collections::BTreeMap;
@@ -187,6 +189,12 @@ impl ProbeRow {
             j: self.j,
         }
         .edge()
+    }
+
+    /// The numerical rank at relative tolerance `tol` from the stored singular values
+    /// ([`relative_rank`], the rule the probe's `rank` column was written with).
+    pub fn rank_at(&self, tol: f64) -> usize {
+        relative_rank(&self.singular_values, tol)
     }
 }
 

@@ -12,7 +12,7 @@ use graft_graph::EdgeKind;
 use graft_tables::Method;
 
 use super::tables::{fmt_acc, fmt_count, train};
-use crate::analysis::{Analysis, Series, TaskAnalysis};
+use crate::analysis::{Analysis, Series, TaskAnalysis, is_rank, rank_tolerance};
 use crate::figures::p_is;
 use crate::stats::{Comparison, MeanStd, compare_means};
 
@@ -347,13 +347,17 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
              {why}."
         ));
     } else {
-        if let Some(rank) = t.correlations.iter().find(|c| c.score == "rank") {
-            out.push(correlation_sentence("gradient rank", rank));
+        for c in t.correlations.iter().filter(|c| is_rank(c.score)) {
+            let name = format!(
+                "gradient rank at tolerance {}",
+                rank_tolerance(c.score).unwrap_or("?")
+            );
+            out.push(correlation_sentence(&name, c));
         }
         let abs_rho = |c: &crate::analysis::ScoreCorrelation| {
             c.spearman.filter(|s| s.p.is_some()).map(|s| s.rho.abs())
         };
-        // The first score with the largest |ρ|, so that rank wins a tie.
+        // The first score with the largest |ρ|, so that a rank wins a tie.
         let mut strongest: Option<&crate::analysis::ScoreCorrelation> = None;
         for c in &t.correlations {
             if let Some(r) = abs_rho(c)
@@ -363,11 +367,12 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
             }
         }
         if let Some(c) = strongest
-            && c.score != "rank"
+            && !is_rank(c.score)
             && let Some(s) = c.spearman
         {
             out.push(format!(
-                "of the six probe scores, {} has the strongest correlation (ρ = {:.2}, {}).",
+                "of the {} probe scores, {} has the strongest correlation (ρ = {:.2}, {}).",
+                t.correlations.len(),
                 c.score.replace('_', " "),
                 s.rho,
                 s.p.map_or("p n/a".into(), p_is)

@@ -6,6 +6,7 @@ use super::findings::protocol_text;
 use crate::analysis::{Analysis, Reference, SWEEP, TaskAnalysis};
 use crate::fmt_num;
 use crate::stats::{MeanStd, ci95_half_width};
+use graft_tables::RANK_TOLERANCES;
 
 const NOT_RECORDED: &str = "not recorded";
 
@@ -270,7 +271,8 @@ fn single_table(a: &Analysis) -> TableData {
     let mut rows = Vec::new();
     for t in &a.tasks {
         for (e, m) in t.best_single(usize::MAX) {
-            rows.push(vec![
+            let probe = t.data.probe.iter().find(|r| r.edge() == e);
+            let mut row = vec![
                 Cell::text(&t.task),
                 Cell::Int(Some(e.i as i64)),
                 Cell::Int(Some(e.j as i64)),
@@ -282,7 +284,13 @@ fn single_table(a: &Analysis) -> TableData {
                 } else {
                     "no"
                 }),
-            ]);
+            ];
+            row.extend(
+                RANK_TOLERANCES
+                    .iter()
+                    .map(|(_, tol)| Cell::Int(probe.map(|r| r.rank_at(*tol) as i64))),
+            );
+            rows.push(row);
         }
     }
     let shown = (a.tasks.len() == 1).then_some(10);
@@ -291,15 +299,18 @@ fn single_table(a: &Analysis) -> TableData {
         title: "Single adapters, best first".into(),
         note: if shown.is_some() && rows.len() > 10 {
             format!(
-                "The best 10 of {} edges trained alone; all of them (the data of figure 1) are \
-                 in single_adapter.csv. in_sweep: proposed by the single-sweep (the set the \
-                 probe's scores are correlated with).",
+                "The best 10 of {} edges trained alone; all of them (the data of figures 1 and \
+                 6) are in single_adapter.csv. in_sweep: proposed by the single-sweep (the set \
+                 the probe's scores are correlated with). rank@tol: the gradient's numerical \
+                 rank at that relative tolerance, from the probe's singular values.",
                 rows.len()
             )
         } else {
-            "Every edge trained alone, best first per task: the data of figure 1. in_sweep: \
-             proposed by the single-sweep (the set the probe's scores are correlated with); \
-             the others are budget-1 placements of other heuristics."
+            "Every edge trained alone, best first per task: the data of figures 1 and 6. \
+             in_sweep: proposed by the single-sweep (the set the probe's scores are correlated \
+             with); the others are budget-1 placements of other heuristics. rank@tol: the \
+             gradient's numerical rank at that relative tolerance, from the probe's singular \
+             values."
                 .into()
         },
         columns: cols(&[
@@ -310,6 +321,9 @@ fn single_table(a: &Analysis) -> TableData {
             "test_accuracy",
             "seeds_finished",
             "in_sweep",
+            RANK_TOLERANCES[0].0,
+            RANK_TOLERANCES[1].0,
+            RANK_TOLERANCES[2].0,
         ]),
         rows,
         shown,
@@ -417,7 +431,9 @@ fn correlations_table(a: &Analysis) -> TableData {
         file: "correlations.csv".into(),
         title: "Probe scores against single-adapter accuracy (Spearman)".into(),
         note: "Spearman's ρ (average ranks for ties) of each probe score against the mean test \
-               accuracy of the edge trained alone, over the edges of the single-sweep only \
+               accuracy of the edge trained alone (rank@tol: the gradient's numerical rank at \
+               that relative tolerance, recomputed from the probe's singular values; the data \
+               of figures 2 and 6), over the edges of the single-sweep only \
                (chosen independently of the probe; the budget-1 placements of gga and top-k \
                were chosen by its score and are left out); two-sided p from Student's t with \
                n − 2 degrees of freedom. Empty: undefined (fewer than 3 edges or a constant \
