@@ -317,7 +317,13 @@ fn run_in_worker(
                 }
                 Some("result") => {
                     let rest = line.trim_start().trim_start_matches("result").trim();
-                    result = serde_json::from_str(rest).ok();
+                    // The wall time lives in the manifest, not in run.json's text.
+                    result = serde_json::from_str::<RunResult>(rest)
+                        .ok()
+                        .map(|r| RunResult {
+                            wall_seconds: started.elapsed().as_secs_f64(),
+                            ..r
+                        });
                 }
                 Some("artifact") => artifact = parts.next().and_then(|s| ArtifactId::parse(s).ok()),
                 Some("warning") => {
