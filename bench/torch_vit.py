@@ -22,6 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 PRESETS = {
     "vit-cpu-tiny": (16, 4, 64, 2, 2),
     "vit-cpu-small": (32, 4, 192, 6, 3),
+    "vit-cpu-p8": (32, 8, 64, 4, 2),
     "vit-ti16": (224, 16, 192, 12, 3),
     "vit-s16": (224, 16, 384, 12, 6),
     "vit-b16": (224, 16, 768, 12, 12),

@@ -25,12 +25,13 @@ pub struct VitConfig {
     pub norm_eps: f64,
 }
 
-/// Named presets: the timm ViTs and two small CPU models.
+/// Named presets: the timm ViTs and three small CPU models.
 pub const PRESETS: &[&str] = &[
     "vit-b16",
     "vit-s16",
     "vit-ti16",
     "vit-cpu-small",
+    "vit-cpu-p8",
     "vit-cpu-tiny",
 ];
 
@@ -43,6 +44,7 @@ impl VitConfig {
     /// | vit-s16 | 224 | 16 | 384 | 12 | 6 |
     /// | vit-ti16 | 224 | 16 | 192 | 12 | 3 |
     /// | vit-cpu-small | 32 | 4 | 192 | 6 | 3 |
+    /// | vit-cpu-p8 | 32 | 8 | 64 | 4 | 2 |
     /// | vit-cpu-tiny | 16 | 4 | 64 | 2 | 2 |
     pub fn preset(name: &str, classes: usize) -> Option<VitConfig> {
         let (image, patch, dim, depth, heads) = match name {
@@ -50,6 +52,7 @@ impl VitConfig {
             "vit-s16" => (224, 16, 384, 12, 6),
             "vit-ti16" => (224, 16, 192, 12, 3),
             "vit-cpu-small" => (32, 4, 192, 6, 3),
+            "vit-cpu-p8" => (32, 8, 64, 4, 2),
             "vit-cpu-tiny" => (16, 4, 64, 2, 2),
             _ => return None,
         };
@@ -115,4 +118,29 @@ pub enum Trainable {
     Full,
     /// The head only (linear probe).
     HeadOnly,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_preset_exists_and_no_other() {
+        for name in PRESETS {
+            let c = VitConfig::preset(name, 7).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(c.image_size % c.patch_size, 0, "{name}");
+            assert_eq!(c.dim % c.heads, 0, "{name}");
+            assert_eq!(c.classes, 7);
+        }
+        assert!(VitConfig::preset("vit-cpu", 7).is_none());
+    }
+
+    /// The embedded default's backbone: 4 x 4 patches of 8 px, 9 nodes, 8 parallel edges.
+    #[test]
+    fn cpu_p8_shape() {
+        let c = VitConfig::preset("vit-cpu-p8", 12).unwrap();
+        assert_eq!(c.tokens(), 17);
+        assert_eq!(c.graph().nodes(), 9);
+        assert_eq!((c.dim, c.heads, c.mlp_dim()), (64, 2, 256));
+    }
 }

@@ -33,10 +33,10 @@ fn plan_in(dir: &Path) -> Plan {
                             task: "source/test".into(),
                             seed: 0,
                             index: 0,
-                            pattern: procedural::Pattern::Stripes {
+                            look: procedural::Look::Texture(procedural::Pattern::Stripes {
                                 angle: 0.0,
                                 freq: 1.0,
-                            },
+                            }),
                             render_size: 8,
                         },
                         origin: None,

@@ -323,11 +323,11 @@ fn load(pixels: &Pixels, size: u32, interpolation: Interpolation) -> Result<Vec<
             task,
             seed,
             index,
-            pattern,
+            look,
             render_size,
         } => {
             let mut rng = procedural::image_rng(task, "", *seed, *index);
-            procedural::render(*pattern, *render_size, &mut rng)
+            procedural::render(*look, *render_size, &mut rng)
         }
     };
     let resized = if img.width() == size && img.height() == size {

@@ -47,7 +47,7 @@ impl Interpolation {
 #[serde(deny_unknown_fields)]
 pub struct PrepParams {
     pub source: SourceKind,
-    /// Procedural: which generated task (`source`, `textures`); VTAB-1k: the task folder
+    /// Procedural: which generated task (`source`, `textures`, `colours`); VTAB-1k: the task folder
     /// (`dtd`, `cifar`, ...), which enters the key only through the content read from it.
     #[serde(default)]
     pub task: Option<String>,

@@ -1,11 +1,20 @@
-//! Procedural texture data sets: a source task to pretrain a small model on and a target
-//! texture task whose classes differ from it. Every image is drawn from its own RNG, seeded
-//! by (task, split, seed, index), so the same seed gives byte-identical tables whatever the
-//! thread count.
+//! Procedural data sets: a source task to pretrain a small model on and two target tasks
+//! whose classes differ from it. Every image is drawn from its own RNG, seeded by (task,
+//! split, seed, index), so the same seed gives byte-identical tables whatever the thread
+//! count.
 //!
 //! Jitter per image, shared by all classes so it carries no label information: phase,
 //! scale (0.85 to 1.15 of the class frequency), orientation (±6°), foreground and
 //! background colour, contrast and additive Gaussian noise.
+//!
+//! The two targets ask for different things. `textures` is pattern geometry the source
+//! does not have (new families, in-between angles): mid- and high-level features. `colours`
+//! is the one thing the source task taught the network to ignore: its class is an
+//! unordered pair of colours from a palette of five, drawn on a texture chosen per image,
+//! uniformly, from the source task's sixteen (so the texture carries no label information),
+//! which of the two is the foreground decided by a coin, each channel of each colour moved
+//! by up to ±0.07. The source's colour jitter is replaced by the class's colours there; every
+//! other part of the jitter is the same.
 
 use std::f32::consts::PI;
 
@@ -27,15 +36,36 @@ pub enum Pattern {
     Plaid { angle: f32, freq: f32 },
 }
 
+/// An RGB colour, each channel in [0, 1].
+pub type Colour = [f32; 3];
+
+/// What defines a class: a texture drawn in random colours, or an unordered pair of
+/// colours drawn on a random texture.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Look {
+    Texture(Pattern),
+    Colours(Colour, Colour),
+}
+
 /// One class of a procedural task.
 #[derive(Debug, Clone, Copy)]
 pub struct Class {
     pub name: &'static str,
-    pub pattern: Pattern,
+    pub look: Look,
 }
 
 const fn c(name: &'static str, pattern: Pattern) -> Class {
-    Class { name, pattern }
+    Class {
+        name,
+        look: Look::Texture(pattern),
+    }
+}
+
+const fn pair(name: &'static str, a: Colour, b: Colour) -> Class {
+    Class {
+        name,
+        look: Look::Colours(a, b),
+    }
 }
 
 use Pattern::*;
@@ -247,13 +277,56 @@ pub const TEXTURES: &[Class] = &[
     ),
 ];
 
+const RED: Colour = [0.85, 0.15, 0.15];
+const YELLOW: Colour = [0.9, 0.8, 0.15];
+const GREEN: Colour = [0.15, 0.65, 0.25];
+const BLUE: Colour = [0.15, 0.3, 0.85];
+const MAGENTA: Colour = [0.8, 0.2, 0.75];
+
+/// Largest change of one channel of a class colour, per image.
+const COLOUR_JITTER: f32 = 0.07;
+
+/// The colour task: every unordered pair of five colours, on a texture of [`SOURCE`] drawn
+/// per image.
+pub const COLOURS: &[Class] = &[
+    pair("red-yellow", RED, YELLOW),
+    pair("red-green", RED, GREEN),
+    pair("red-blue", RED, BLUE),
+    pair("red-magenta", RED, MAGENTA),
+    pair("yellow-green", YELLOW, GREEN),
+    pair("yellow-blue", YELLOW, BLUE),
+    pair("yellow-magenta", YELLOW, MAGENTA),
+    pair("green-blue", GREEN, BLUE),
+    pair("green-magenta", GREEN, MAGENTA),
+    pair("blue-magenta", BLUE, MAGENTA),
+];
+
+/// The patterns of [`SOURCE`], from which the colour task draws its textures (checked when
+/// compiling: a source class that is not a texture does not build).
+const SOURCE_TEXTURES: [Pattern; SOURCE.len()] = {
+    let mut out = [Stripes {
+        angle: 0.0,
+        freq: 0.0,
+    }; SOURCE.len()];
+    let mut i = 0;
+    while i < SOURCE.len() {
+        out[i] = match SOURCE[i].look {
+            Look::Texture(p) => p,
+            Look::Colours(..) => panic!("the source task's classes are textures"),
+        };
+        i += 1;
+    }
+    out
+};
+
 /// Names of the procedural tasks.
-pub const TASKS: &[&str] = &["source", "textures"];
+pub const TASKS: &[&str] = &["source", "textures", "colours"];
 
 pub fn task(name: &str) -> Option<&'static [Class]> {
     match name {
         "source" => Some(SOURCE),
         "textures" => Some(TEXTURES),
+        "colours" => Some(COLOURS),
         _ => None,
     }
 }
@@ -273,8 +346,34 @@ pub fn image_rng(task: &str, split: &str, seed: u64, index: usize) -> ChaCha8Rng
     ChaCha8Rng::from_seed(seed_bytes)
 }
 
-/// Draws one image of `pattern` at `size` x `size` with fresh jitter from `rng`.
-pub fn render(pattern: Pattern, size: u32, rng: &mut ChaCha8Rng) -> RgbImage {
+/// Draws one image of `look` at `size` x `size` with fresh jitter from `rng`.
+pub fn render(look: Look, size: u32, rng: &mut ChaCha8Rng) -> RgbImage {
+    match look {
+        Look::Texture(pattern) => draw(pattern, size, rng, |rng| {
+            let fg = random_colour(rng);
+            let mut bg = random_colour(rng);
+            while dist(fg, bg) < 0.35 {
+                bg = random_colour(rng);
+            }
+            (fg, bg)
+        }),
+        Look::Colours(a, b) => {
+            let pattern = SOURCE_TEXTURES[rng.random_range(0..SOURCE_TEXTURES.len())];
+            draw(pattern, size, rng, |rng| {
+                let (fg, bg) = if rng.random::<bool>() { (a, b) } else { (b, a) };
+                (jitter_colour(fg, rng), jitter_colour(bg, rng))
+            })
+        }
+    }
+}
+
+/// Draws `pattern` with fresh jitter from `rng`, in the colours `colours` draws.
+fn draw(
+    pattern: Pattern,
+    size: u32,
+    rng: &mut ChaCha8Rng,
+    colours: impl FnOnce(&mut ChaCha8Rng) -> (Colour, Colour),
+) -> RgbImage {
     let scale = rng.random_range(0.85f32..1.15);
     let tilt = rng.random_range(-6.0f32..6.0);
     let phase = [
@@ -282,11 +381,7 @@ pub fn render(pattern: Pattern, size: u32, rng: &mut ChaCha8Rng) -> RgbImage {
         rng.random::<f32>(),
         rng.random::<f32>(),
     ];
-    let fg = random_colour(rng);
-    let mut bg = random_colour(rng);
-    while dist(fg, bg) < 0.35 {
-        bg = random_colour(rng);
-    }
+    let (fg, bg) = colours(rng);
     let contrast = rng.random_range(0.6f32..1.0);
     let sigma = rng.random_range(0.0f32..0.06);
     let field = Field::new(pattern, scale, tilt, phase, rng);
@@ -308,8 +403,12 @@ pub fn render(pattern: Pattern, size: u32, rng: &mut ChaCha8Rng) -> RgbImage {
     img
 }
 
-fn random_colour(rng: &mut ChaCha8Rng) -> [f32; 3] {
+fn random_colour(rng: &mut ChaCha8Rng) -> Colour {
     [rng.random(), rng.random(), rng.random()]
+}
+
+fn jitter_colour(c: Colour, rng: &mut ChaCha8Rng) -> Colour {
+    c.map(|x| (x + rng.random_range(-COLOUR_JITTER..COLOUR_JITTER)).clamp(0.0, 1.0))
 }
 
 fn dist(a: [f32; 3], b: [f32; 3]) -> f32 {
@@ -483,42 +582,58 @@ mod tests {
 
     #[test]
     fn source_and_target_classes_differ() {
-        for t in TEXTURES {
+        for t in TEXTURES.iter().chain(COLOURS) {
             assert!(
-                SOURCE
-                    .iter()
-                    .all(|s| s.pattern != t.pattern && s.name != t.name),
+                SOURCE.iter().all(|s| s.look != t.look && s.name != t.name),
                 "{}",
                 t.name
             );
+        }
+        for (k, a) in COLOURS.iter().enumerate() {
+            for b in &COLOURS[k + 1..] {
+                assert_ne!(a.name, b.name);
+                let (Look::Colours(a0, a1), Look::Colours(b0, b1)) = (a.look, b.look) else {
+                    panic!("{} or {} is not a colour pair", a.name, b.name)
+                };
+                assert!(
+                    (a0, a1) != (b0, b1) && (a0, a1) != (b1, b0),
+                    "{} and {} are the same pair",
+                    a.name,
+                    b.name
+                );
+            }
         }
     }
 
     #[test]
     fn same_rng_same_image_and_jitter_varies() {
-        let a = render(
-            SOURCE[0].pattern,
-            24,
-            &mut image_rng("source", "train", 0, 3),
-        );
-        let b = render(
-            SOURCE[0].pattern,
-            24,
-            &mut image_rng("source", "train", 0, 3),
-        );
-        let c = render(
-            SOURCE[0].pattern,
-            24,
-            &mut image_rng("source", "train", 0, 4),
-        );
-        assert_eq!(a, b);
-        assert_ne!(a, c);
+        for look in [SOURCE[0].look, COLOURS[0].look] {
+            let a = render(look, 24, &mut image_rng("source", "train", 0, 3));
+            let b = render(look, 24, &mut image_rng("source", "train", 0, 3));
+            let c = render(look, 24, &mut image_rng("source", "train", 0, 4));
+            assert_eq!(a, b);
+            assert_ne!(a, c);
+        }
     }
+
+    /// The source and texture tasks' pixels, pinned: the colour task came with a change to
+    /// `render`, which must draw them exactly as before (the prep stage's key holds no
+    /// pixels, so a change here would need a stage version bump).
+    #[test]
+    fn texture_images_are_pinned() {
+        let mut h = blake3::Hasher::new();
+        for (k, class) in SOURCE.iter().chain(TEXTURES).enumerate() {
+            h.update(&render(class.look, 16, &mut image_rng("t", "train", 1, k)).into_raw());
+        }
+        assert_eq!(h.finalize().to_hex().as_str(), TEXTURE_PIXELS);
+    }
+
+    const TEXTURE_PIXELS: &str = "8ad439a0533367ffacf66e4829eb55803bf650df2d4ada79e2399b0c6f072dc8";
 
     #[test]
     fn every_pattern_has_contrast() {
         for class in SOURCE.iter().chain(TEXTURES) {
-            let img = render(class.pattern, 32, &mut image_rng("t", "train", 1, 0));
+            let img = render(class.look, 32, &mut image_rng("t", "train", 1, 0));
             let lum: Vec<f32> = img
                 .pixels()
                 .map(|p| p.0.iter().map(|&c| c as f32).sum::<f32>())
@@ -526,6 +641,83 @@ mod tests {
             let mean = lum.iter().sum::<f32>() / lum.len() as f32;
             let var = lum.iter().map(|l| (l - mean).powi(2)).sum::<f32>() / lum.len() as f32;
             assert!(var.sqrt() > 5.0, "{} is flat", class.name);
+        }
+    }
+
+    /// Every image of a colour class shows its two colours, in either role: the image's
+    /// mean lies near the segment between them (the share of each depends on the texture),
+    /// and it has colour contrast (two of its pairs differ little in brightness).
+    #[test]
+    fn colour_images_show_their_pair() {
+        for class in COLOURS {
+            let Look::Colours(a, b) = class.look else {
+                panic!("{} is not a colour pair", class.name)
+            };
+            for index in 0..40 {
+                let img = render(class.look, 32, &mut image_rng("t", "train", 1, index));
+                let n = (img.width() * img.height()) as f32;
+                let px: Vec<[f32; 3]> = img
+                    .pixels()
+                    .map(|p| p.0.map(|c| f32::from(c) / 255.0))
+                    .collect();
+                let mean: [f32; 3] =
+                    std::array::from_fn(|ch| px.iter().map(|p| p[ch]).sum::<f32>() / n);
+                let var: f32 = (0..3)
+                    .map(|ch| px.iter().map(|p| (p[ch] - mean[ch]).powi(2)).sum::<f32>() / n)
+                    .sum();
+                assert!(var.sqrt() > 0.05, "{} image {index} is flat", class.name);
+                // Distance from the mean to the segment a-b.
+                let ab: [f32; 3] = std::array::from_fn(|ch| b[ch] - a[ch]);
+                let am: [f32; 3] = std::array::from_fn(|ch| mean[ch] - a[ch]);
+                let dot = |x: [f32; 3], y: [f32; 3]| (0..3).map(|ch| x[ch] * y[ch]).sum::<f32>();
+                let t = (dot(am, ab) / dot(ab, ab)).clamp(0.0, 1.0);
+                let off = (0..3)
+                    .map(|ch| (am[ch] - t * ab[ch]).powi(2))
+                    .sum::<f32>()
+                    .sqrt();
+                assert!(
+                    off < COLOUR_JITTER * 3f32.sqrt() + 0.03,
+                    "{} image {index}: mean {mean:?} is {off} from its pair",
+                    class.name
+                );
+            }
+        }
+    }
+
+    /// The class of a colour image changes its two colours and nothing else: the same RNG
+    /// under two pairs draws the same texture with the same jitter, so the pixels' position
+    /// along each pair's colour axis is the same picture.
+    #[test]
+    fn colour_classes_share_their_textures() {
+        let along = |img: &RgbImage, a: Colour, b: Colour| -> Vec<f32> {
+            img.pixels()
+                .map(|p| (0..3).map(|ch| f32::from(p.0[ch]) * (a[ch] - b[ch])).sum())
+                .collect()
+        };
+        let corr = |x: &[f32], y: &[f32]| {
+            let n = x.len() as f32;
+            let (mx, my) = (x.iter().sum::<f32>() / n, y.iter().sum::<f32>() / n);
+            let cov: f32 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+            let vx: f32 = x.iter().map(|a| (a - mx).powi(2)).sum();
+            let vy: f32 = y.iter().map(|b| (b - my).powi(2)).sum();
+            cov / (vx * vy).sqrt()
+        };
+        for index in 0..20 {
+            let rng = || image_rng("t", "train", 1, index);
+            let pairs: Vec<(Colour, Colour, RgbImage)> = COLOURS
+                .iter()
+                .map(|class| {
+                    let Look::Colours(a, b) = class.look else {
+                        panic!("{} is not a colour pair", class.name)
+                    };
+                    (a, b, render(class.look, 32, &mut rng()))
+                })
+                .collect();
+            let (a0, b0, img0) = &pairs[0];
+            for (a, b, img) in &pairs[1..] {
+                let r = corr(&along(img0, *a0, *b0), &along(img, *a, *b));
+                assert!(r > 0.5, "image {index}: r = {r}");
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::PrepError;
-use crate::procedural::Pattern;
+use crate::procedural::Look;
 
 /// Where one sample's pixels come from.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub enum Pixels {
         task: String,
         seed: u64,
         index: usize,
-        pattern: Pattern,
+        look: Look,
         render_size: u32,
     },
 }
@@ -87,7 +87,7 @@ pub fn procedural(task: &str, seed: u64, counts: [usize; 3], render_size: u32) -
                             task: format!("{task}/{name}"),
                             seed,
                             index,
-                            pattern: classes[label].pattern,
+                            look: classes[label].look,
                             render_size,
                         },
                         origin: None,
