@@ -26,9 +26,10 @@ CARGO     ?= cargo
 TASK      ?=
 ARGS      ?=
 
-# Environment for building and running against LibTorch from the venv's torch.
+# Environment for building and running against LibTorch from the venv's torch (found
+# without importing it, which takes seconds).
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
-	LD_LIBRARY_PATH="$$($(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$$LD_LIBRARY_PATH"
+	LD_LIBRARY_PATH="$$($(PY) -c 'import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec("torch").origin), "lib"))'):$$LD_LIBRARY_PATH"
 
 .PHONY: pipeline status gc test test-flex test-tch bench bench-sweep bench-cache venv clean-venv chromium slurm-up slurm-down gpu-binaries
 
@@ -68,7 +69,8 @@ venv:
 endif
 
 # Stage binaries without tensors, and those with (built with the backend feature).
-# graft-front (flex) answers the tensor stages' checks and fresh runs without LibTorch.
+# graft-front (flex) answers the tensor stages' checks and fresh runs without LibTorch; it
+# defers to a stage binary newer than itself, so the plain binaries are built last.
 PLAIN_BINS  := graft-runner graft-prep graft-propose graft-report graft-command graft-front
 TENSOR_BINS := graft-pretrain graft-probe graft-finetune
 
@@ -82,11 +84,11 @@ pipeline:
 		echo "PyTorch $(TORCH) could not be installed into $(VENV): falling back to the flex backend (about 3x slower)"; \
 		backend=flex; \
 	fi; \
-	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS)) || exit 1; \
 	if [ -n "$(strip $(TENSOR_BINS))" ]; then \
 		if [ $$backend = tch ]; then $(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch || exit 1; \
 		else $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) || exit 1; fi; \
 	fi; \
+	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS)) || exit 1; \
 	if [ $$backend = tch ]; then export $(TCH_ENV); fi; \
 	target/release/graft --store $(STORE) run $(TASK) $(ARGS)
 
@@ -136,15 +138,15 @@ bench: venv
 # A whole fine-tune sweep, graft (tch) against PyTorch + timm on the same runs; TASK=ci
 # unless given (the embedded default's sweep takes much longer).
 bench-sweep: venv
-	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
 	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
+	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
 	$(TCH_ENV) bash bench/sweep.sh $(or $(TASK),ci)
 
 # The fine-tune stage with and without the activation cache, and 1 worker x all cores
 # against 1 worker per core, on the same upstream artifacts (TASK=ci unless given).
 bench-cache: venv
-	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
 	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
+	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
 	$(TCH_ENV) bash bench/cache.sh $(or $(TASK),ci)
 
 clean-venv:

@@ -41,7 +41,7 @@ for name, st in doc["stages"].items():
         out.append(f"{k} = {val(v)}")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 PY
-target/release/graft --store "$base/store" run "$base/upstream.toml" >/dev/null
+target/release/graft --store "$base/store" run "$base/upstream.toml" >/dev/null 2>&1
 for v in "${variants[@]}"; do
   rm -rf "$base/run"
   cp -a "$base/store" "$base/run"
@@ -52,23 +52,27 @@ for v in "${variants[@]}"; do
     done
   done
   start=$(date +%s.%N)
-  target/release/graft --store "$base/run" run "$file" "${sets[@]}" >/dev/null
+  target/release/graft --store "$base/run" run "$file" "${sets[@]}" >/dev/null 2>&1
   end=$(date +%s.%N)
   .venv/bin/python - "$base/run" "$v" "$start" "$end" <<'PY'
 import json, os, sys
 store, what, start, end = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 stages, runs, peak, cache = 0.0, 0, 0, 0
+per_method = {}
 for i in os.listdir(os.path.join(store, "objects")):
     m = json.load(open(os.path.join(store, "objects", i, "manifest.json")))
     if m["stage"] == "finetune":
         stages += m["wall_seconds"]
     if m["stage"] == "finetune-run":
         runs += 1
+        per_method.setdefault(m["params"]["method"], []).append(m["wall_seconds"])
         peak = max(peak, m["extra"].get("peak_memory_bytes") or 0)
         c = m["extra"].get("activation_cache") or {}
         cache = max(cache, (c.get("worker_bytes") or 0) + (c.get("bytes") or 0))
 print(f"{what}: fine-tune stages {stages:.1f} s for {runs} runs ({stages / max(runs, 1):.2f} s per run); "
       f"whole run {end - start:.1f} s; peak memory per run {peak / 2**20:.0f} MiB; "
       f"largest cache of a worker {cache / 2**20:.0f} MiB")
+print("  seconds per run (worker wall time), mean by method: " + ", ".join(
+    f"{k} {sum(v) / len(v):.2f} ({len(v)})" for k, v in sorted(per_method.items())))
 PY
 done
