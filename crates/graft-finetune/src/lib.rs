@@ -383,8 +383,19 @@ impl Stage for Finetune {
             .iter()
             .filter(|r| r.status == RunStatus::Diverged)
             .count();
+        // The most memory a worker's activation caches held, by what each run recorded
+        // (runs found in the store count with the figures of the worker that trained them).
+        let cache_bytes = dispatched
+            .found
+            .iter()
+            .flatten()
+            .filter_map(|a| run::read_result(a).ok()?.activation_cache)
+            .map(|c| c.worker_bytes + c.bytes)
+            .max()
+            .unwrap_or(0);
         Ok([
             ("runs".to_owned(), json!(specs.len())),
+            ("activation_cache_bytes".to_owned(), json!(cache_bytes)),
             ("trained".to_owned(), json!(dispatched.trained)),
             ("cached".to_owned(), json!(dispatched.cached)),
             ("diverged".to_owned(), json!(diverged)),
