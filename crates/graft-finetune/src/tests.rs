@@ -442,10 +442,22 @@ fn the_activation_cache_trains_the_same_runs_as_the_whole_network() {
             if method == Method::LinearProbe { 1 } else { 17 }
         );
         assert_eq!(used.splits, ["train", "val", "test"], "{what}");
-        assert_eq!(plain.0.test_accuracy, cached.0.test_accuracy, "{what}");
+        // Within float rounding: the prefix is computed in other batch shapes, so a
+        // prediction at a near-tie may flip; at most one of the 48 val or test images.
+        let one_row = 1.0 / 48.0 + 1e-9;
+        let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() <= one_row,
+            (a, b) => a == b,
+        };
+        assert!(
+            close(plain.0.test_accuracy, cached.0.test_accuracy),
+            "{what}: {:?} {:?}",
+            plain.0.test_accuracy,
+            cached.0.test_accuracy
+        );
         assert_eq!(plain.0.best_epoch, cached.0.best_epoch, "{what}");
         for (a, b) in plain.1.iter().zip(&cached.1) {
-            assert_eq!(a.val_accuracy, b.val_accuracy, "{what}");
+            assert!(close(a.val_accuracy, b.val_accuracy), "{what}: {a:?} {b:?}");
             assert!(
                 (a.train_loss - b.train_loss).abs() < 1e-4,
                 "{what}: {a:?} {b:?}"
