@@ -13,7 +13,7 @@ fn task(split: &str, n: usize) -> Split {
     for i in 0..n {
         let c = i % classes.len();
         images.extend_from_slice(
-            render(classes[c].pattern, 16, &mut image_rng("test", split, 0, i)).as_raw(),
+            render(classes[c].look, 16, &mut image_rng("test", split, 0, i)).as_raw(),
         );
         labels.push(c as i64);
     }
