@@ -1,4 +1,4 @@
-//! Issue 9: the CI pipeline's regression bands (`pipelines/ci.bands.toml`, checked by
+//! Issue 9: the CI pipeline's regression bands (`pipelines/bands/ci.toml`, checked by
 //! `graft-bands` in `.ci/run`) catch a broken setup. The CI pipeline itself, with full
 //! fine-tuning at a learning rate so small that nothing moves, crosses "full above linear
 //! probe", and the check names the band and the numbers. (The healthy run is `.ci/run`'s own
@@ -17,7 +17,7 @@ fn bands(store: &Path) -> Command {
     let mut c = Command::new(bin_dir().join("graft-bands"));
     c.arg("--store")
         .arg(store)
-        .arg(root().join("pipelines").join("ci.bands.toml"))
+        .arg(root().join("pipelines").join("bands").join("ci.toml"))
         .env_remove("GRAFT_STORE");
     c
 }

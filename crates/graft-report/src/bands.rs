@@ -1,6 +1,6 @@
 //! Regression bands: checks of one pipeline's results that a healthy run passes and a
 //! regression in training, a heuristic's inputs or the probe fails. `.ci/run` checks
-//! `pipelines/ci.toml` against `pipelines/ci.bands.toml` with the `graft-bands` binary.
+//! `pipelines/ci.toml` against `pipelines/bands/ci.toml` with the `graft-bands` binary.
 //!
 //! A bands file names the pipeline and the stages whose last artifacts (the store's slots
 //! `<pipeline>/<stage>`) are checked, then the bands:

@@ -1,5 +1,5 @@
 //! `graft-bands`: checks a pipeline's last results in a store against a bands file
-//! (`pipelines/ci.bands.toml`); one line per band, exit status 1 when any band is crossed.
+//! (`pipelines/bands/ci.toml`); one line per band, exit status 1 when any band is crossed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +15,7 @@ struct Cli {
     /// The artifact store the pipeline ran on.
     #[arg(long, env = "GRAFT_STORE", default_value = "artifacts")]
     store: PathBuf,
-    /// The bands file (`pipelines/ci.bands.toml`).
+    /// The bands file (`pipelines/bands/ci.toml`).
     bands: PathBuf,
 }
 

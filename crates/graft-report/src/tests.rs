@@ -1491,7 +1491,7 @@ fn bad_bands_files_are_refused_naming_the_field() {
 #[test]
 fn the_ci_bands_file_names_stages_of_the_ci_pipeline() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
-    let bands = crate::bands::Bands::read(&root.join("ci.bands.toml")).unwrap();
+    let bands = crate::bands::Bands::read(&root.join("bands").join("ci.toml")).unwrap();
     assert_eq!(bands.pipeline, "ci");
     let pipeline: toml::Table =
         toml::from_str(&std::fs::read_to_string(root.join("ci.toml")).unwrap()).unwrap();
