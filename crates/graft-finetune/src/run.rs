@@ -293,6 +293,9 @@ pub fn ensure_run(
     Ok((ensured.artifact, warnings))
 }
 
+/// A dataset's splits, in the order a run's caches are kept.
+const SPLITS: [&str; 3] = ["train", "val", "test"];
+
 /// Trains one run into `dir` (`epochs.parquet`, and the adapter weights when it has them),
 /// with a workbench of its own. Divergence is a result (`status = "diverged"`), not an
 /// error.
@@ -357,9 +360,8 @@ pub fn train_run_with(
     };
     let worker_bytes = bench.cache_bytes();
     let mut caches = Vec::new();
-    let mut used = Vec::new();
-    for name in ["train", "val", "test"] {
-        let cache = match entry {
+    for name in SPLITS {
+        caches.push(match entry {
             Some((node, cls)) => bench.node_cache(
                 &backbone,
                 &spec.dataset_dir,
@@ -372,37 +374,35 @@ pub fn train_run_with(
                 &device,
             )?,
             None => None,
-        };
-        if cache.is_some() {
-            used.push(name.to_owned());
-        }
-        caches.push(cache);
+        });
     }
-    let rows = |k: usize, split: &'static str| match &caches[k] {
+    // Split k's rows: its cache, or its images.
+    let rows = |k: usize| match &caches[k] {
         Some(c) => Rows::Node(c),
         None => Rows::Images {
-            split: data.split(split),
+            split: data.split(SPLITS[k]),
             pre,
         },
     };
+    let used: Vec<String> = SPLITS
+        .iter()
+        .zip(&caches)
+        .filter(|(_, c)| c.is_some())
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
     let activation_cache = entry
         .filter(|_| !used.is_empty())
         .map(|(node, cls)| CacheUse {
             node,
             tokens: if cls { 1 } else { config.tokens() },
-            splits: used.clone(),
+            splits: used,
             bytes: caches.iter().flatten().map(|c| c.bytes()).sum(),
             worker_bytes,
         });
     let fitted = match p.kind {
-        ProtocolKind::Select => graft_train::fit_rows(
-            model,
-            rows(0, "train"),
-            Some(rows(1, "val")),
-            &tc,
-            &device,
-            on_progress,
-        ),
+        ProtocolKind::Select => {
+            graft_train::fit_rows(model, rows(0), Some(rows(1)), &tc, &device, on_progress)
+        }
         ProtocolKind::Final => {
             // Train + val as one split: from the images, or the two caches joined.
             let joined_cache = match (&caches[0], &caches[1]) {
@@ -435,8 +435,7 @@ pub fn train_run_with(
         }
         Err(e) => return Err(e.into()),
     };
-    let test_accuracy =
-        graft_train::evaluate_rows(&fit.model, rows(2, "test"), &device, p.train.batch);
+    let test_accuracy = graft_train::evaluate_rows(&fit.model, rows(2), &device, p.train.batch);
     let rows: Vec<EpochRow> = fit
         .history
         .iter()

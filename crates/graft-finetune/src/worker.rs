@@ -134,11 +134,7 @@ pub fn cache_order(specs: &[RunSpec]) -> Vec<usize> {
         let node = match s.method {
             crate::run::Method::Full => usize::MAX,
             crate::run::Method::LinearProbe => usize::MAX - 1,
-            _ => s
-                .edges
-                .iter()
-                .map(|e| e.i.min(e.j))
-                .min()
+            _ => graft_graph::Edge::first_touched_node(s.edges.iter().copied())
                 .unwrap_or(usize::MAX - 1),
         };
         let random = s.method == crate::run::Method::AdaptersRandomInit;

@@ -71,6 +71,18 @@ impl Edge {
         Edge { i, j }
     }
 
+    /// The smaller of the node it reads and the node it writes.
+    pub fn lower_node(self) -> usize {
+        self.i.min(self.j)
+    }
+
+    /// The smallest node any of `edges` reads or writes (recurrent ones included), or
+    /// `None` for none: below it, and at it before adapters add, the network is the plain
+    /// one (the fine-tune stage's activation cache starts there).
+    pub fn first_touched_node(edges: impl IntoIterator<Item = Edge>) -> Option<usize> {
+        edges.into_iter().map(Edge::lower_node).min()
+    }
+
     pub fn kind(self) -> EdgeKind {
         if self.j == self.i + 1 {
             EdgeKind::Parallel

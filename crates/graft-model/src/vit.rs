@@ -359,7 +359,7 @@ impl Vit {
     /// activation cache keeps. (A recurrent edge (i, j) writes j < i, so its second pass
     /// starts at or above this node too.)
     pub fn first_touched_node(&self) -> Option<usize> {
-        self.adapters.iter().map(|a| a.src.min(a.dst)).min()
+        Edge::first_touched_node(self.adapters.iter().map(Adapter::edge))
     }
 
     /// The plain network's value at `node` (no adapter taken into account): the embedding,
