@@ -141,7 +141,7 @@ pub fn summary(
         preprocessing: info.preprocessing.clone(),
         backend: graft_backend::backend_name().into(),
         device: p.device.clone(),
-        seeds: p.seeds.clone(),
+        seeds: crate::plan::all_seeds(p),
         program_version: graft_store::PROGRAM_VERSION.into(),
         base: base.to_string(),
         preset: preset.to_owned(),

@@ -54,11 +54,22 @@ pub fn dispatch(
             if workers == 1 { "" } else { "s" }
         ),
     };
+    let seeds = match &p.sweep_seeds {
+        None => format!("{} seeds", p.seeds.len()),
+        Some(s) => format!(
+            "{} seeds, {} for the sweep{}",
+            p.seeds.len(),
+            s.len(),
+            match p.sweep_repeats {
+                0 => String::new(),
+                k => format!(" but {k} repeated edges"),
+            }
+        ),
+    };
     eprintln!(
-        "finetune: {} runs ({} placements x {} seeds): {cached} cached, {} to train {how} on {}",
+        "finetune: {} runs ({} placements, {seeds}): {cached} cached, {} to train {how} on {}",
         specs.len(),
         placements,
-        p.seeds.len(),
         todo.len(),
         p.device
     );

@@ -104,6 +104,18 @@ pub struct FinetuneParams {
     pub baselines: Vec<String>,
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
+    /// Seeds of the placements that only the `single-sweep` heuristic proposes (a sweep at
+    /// one seed is cheaper than at all of `seeds`); `seeds` when unset. Every other placement
+    /// (baselines, budgeted heuristics, manual, and sweep edges another heuristic also
+    /// chose) trains at `seeds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_seeds: Option<Vec<u64>>,
+    /// How many of those sweep-only placements train at every seed of `seeds` as well,
+    /// taken in the sweep's order one edge kind after another (parallel, sequential,
+    /// long-range, recurrent, then again): the repeated edges whose seed-to-seed spread the
+    /// report sets beside the one-seed sweep. Needs `sweep_seeds`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sweep_repeats: usize,
     /// A timm ViT safetensors file to use as the base instead of a `base` input artifact.
     #[serde(default)]
     pub checkpoint: Option<String>,
@@ -181,6 +193,9 @@ fn default_baselines() -> Vec<String> {
 fn default_seeds() -> Vec<u64> {
     vec![0]
 }
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
 fn default_full_lr() -> f64 {
     1e-4
 }
@@ -241,6 +256,20 @@ impl Stage for Finetune {
         }
         if p.seeds.is_empty() {
             return Err("seeds must list at least one seed".into());
+        }
+        match &p.sweep_seeds {
+            Some(s) if s.is_empty() => {
+                return Err("sweep_seeds must list at least one seed (or be left out)".into());
+            }
+            None if p.sweep_repeats > 0 => {
+                return Err(format!(
+                    "sweep_repeats = {} needs sweep_seeds: without it every sweep edge trains \
+                     at all of seeds already",
+                    p.sweep_repeats
+                )
+                .into());
+            }
+            _ => {}
         }
         if p.train.epochs == 0 || p.train.batch == 0 || p.jobs == 0 || p.bottleneck == 0 {
             return Err("epochs, batch, jobs and bottleneck must be at least 1".into());

@@ -3,13 +3,13 @@
 //! the rows times the seeds become one [`RunSpec`] per distinct placement id and seed
 //! ([`run_specs`]). Pure: no store, no tensors, no files.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use graft_graph::{Dims, Graph, Placement};
+use graft_graph::{Dims, EdgeKind, Graph, Placement};
 use graft_stage::BoxError;
 use graft_store::ArtifactId;
-use graft_tables::{ProposalRow, edge_rows};
+use graft_tables::{ProposalRow, SWEEP_HEURISTIC, edge_rows};
 use graft_train::TrainProtocol;
 
 use crate::FinetuneParams;
@@ -110,8 +110,81 @@ pub struct RunPlan {
     pub placements: usize,
 }
 
-/// One [`RunSpec`] per distinct placement id of `rows` and seed of `p.seeds`; `full` runs at
-/// `p.full_lr`, the others at `p.train.lr`. An unknown method is an error naming the placement.
+/// The seeds each distinct placement id of `rows` trains at: `p.seeds`, except for the
+/// placements that only [`SWEEP_HEURISTIC`] rows propose when `p.sweep_seeds` is set. Those
+/// take `sweep_seeds`, and `p.sweep_repeats` of them take the union of both lists: chosen in
+/// row order, one edge kind after another (parallel, sequential, long-range, recurrent,
+/// then round again), so the repeated edges cover the kinds the sweep has.
+pub fn placement_seeds(p: &FinetuneParams, rows: &[ProposalRow]) -> BTreeMap<String, Vec<u64>> {
+    let mut sweep_only: Vec<&ProposalRow> = Vec::new();
+    let mut others = BTreeSet::new();
+    for row in rows {
+        if row.heuristic != SWEEP_HEURISTIC {
+            others.insert(row.placement_id.as_str());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for row in rows {
+        if row.heuristic == SWEEP_HEURISTIC
+            && !others.contains(row.placement_id.as_str())
+            && seen.insert(row.placement_id.as_str())
+        {
+            sweep_only.push(row);
+        }
+    }
+    let mut out: BTreeMap<String, Vec<u64>> = rows
+        .iter()
+        .map(|r| (r.placement_id.clone(), p.seeds.clone()))
+        .collect();
+    let Some(sweep_seeds) = &p.sweep_seeds else {
+        return out;
+    };
+    for row in &sweep_only {
+        out.insert(row.placement_id.clone(), sweep_seeds.clone());
+    }
+    // Round-robin over kinds in the sweep's order.
+    let mut queues: Vec<Vec<&ProposalRow>> = EdgeKind::ALL
+        .iter()
+        .map(|&k| {
+            sweep_only
+                .iter()
+                .copied()
+                .filter(|r| r.edges.first().map(|e| e.edge().kind()) == Some(k))
+                .rev()
+                .collect()
+        })
+        .collect();
+    let mut left = p.sweep_repeats;
+    while left > 0 && queues.iter().any(|q| !q.is_empty()) {
+        for q in &mut queues {
+            if left == 0 {
+                break;
+            }
+            if let Some(row) = q.pop() {
+                let mut seeds = sweep_seeds.clone();
+                for s in &p.seeds {
+                    if !seeds.contains(s) {
+                        seeds.push(*s);
+                    }
+                }
+                out.insert(row.placement_id.clone(), seeds);
+                left -= 1;
+            }
+        }
+    }
+    out
+}
+
+/// Every seed any run of the stage uses, sorted.
+pub fn all_seeds(p: &FinetuneParams) -> Vec<u64> {
+    let mut v: BTreeSet<u64> = p.seeds.iter().copied().collect();
+    v.extend(p.sweep_seeds.iter().flatten().copied());
+    v.into_iter().collect()
+}
+
+/// One [`RunSpec`] per distinct placement id of `rows` and each of its seeds
+/// ([`placement_seeds`]); `full` runs at `p.full_lr`, the others at `p.train.lr`. An unknown
+/// method is an error naming the placement.
 pub fn run_specs(
     p: &FinetuneParams,
     rows: &[ProposalRow],
@@ -127,6 +200,7 @@ pub fn run_specs(
         adapter_act: p.adapter_act,
         adapter_scale: p.adapter_scale,
     };
+    let seeds = placement_seeds(p, rows);
     let mut seen = BTreeSet::new();
     let mut specs = Vec::new();
     for row in rows {
@@ -139,7 +213,7 @@ pub fn run_specs(
         } else {
             p.train.lr
         };
-        for &seed in &p.seeds {
+        for &seed in &seeds[&row.placement_id] {
             specs.push(RunSpec {
                 placement_id: row.placement_id.clone(),
                 method,
@@ -281,6 +355,96 @@ mod tests {
         };
         let again = run_specs(&p, &rows, &moved).unwrap();
         assert_eq!(again.specs[0].key(), plan.specs[0].key());
+    }
+
+    /// A one-seed sweep: sweep-only edges at `sweep_seeds`, `sweep_repeats` of them at every
+    /// seed too (one edge kind after another), and a sweep edge another heuristic also chose
+    /// at `seeds` like every other placement.
+    #[test]
+    fn a_sweep_at_its_own_seeds_repeats_edges_round_the_kinds() {
+        let (graph, dims) = graph_dims();
+        let p = params(serde_json::json!({
+            "proposals": true,
+            "baselines": ["linear-probe"],
+            "seeds": [0, 1, 2],
+            "sweep_seeds": [0],
+            "sweep_repeats": 3,
+        }));
+        let single = |i: usize, j: usize, heuristic: &str| {
+            let pl = Placement::new(graph, [Edge::new(i, j)]).unwrap();
+            ProposalRow {
+                placement_id: pl.id(),
+                heuristic: heuristic.into(),
+                score: None,
+                label: heuristic.into(),
+                params: "{}".into(),
+                budgeted: false,
+                budget: 1,
+                draw: 0,
+                method: Method::Adapters,
+                edges: edge_rows(&pl),
+                adapters: 1,
+                trainable_params: 1,
+                forward_flops: 2,
+            }
+        };
+        let proposals = vec![
+            single(0, 1, "gga"),
+            single(0, 1, SWEEP_HEURISTIC),
+            single(1, 2, SWEEP_HEURISTIC),
+            single(2, 3, SWEEP_HEURISTIC),
+            single(0, 3, SWEEP_HEURISTIC),
+            single(3, 0, SWEEP_HEURISTIC),
+            single(2, 2, SWEEP_HEURISTIC),
+            single(4, 1, SWEEP_HEURISTIC),
+        ];
+        let rows =
+            rows_to_train(&p, graph, &dims, Some((Path::new("p.parquet"), proposals))).unwrap();
+        let plan = run_specs(&p, &rows, &ctx()).unwrap();
+        let seeds_of = |i: usize, j: usize| -> Vec<u64> {
+            let id = Placement::new(graph, [Edge::new(i, j)]).unwrap().id();
+            plan.specs
+                .iter()
+                .filter(|s| s.placement_id == id)
+                .map(|s| s.seed)
+                .collect()
+        };
+        // (0,1) is also gga's: all seeds. Repeats: the first parallel sweep-only edge (1,2),
+        // the first sequential (2,2), the first long-range (0,3); none left for recurrent.
+        assert_eq!(seeds_of(0, 1), [0, 1, 2]);
+        assert_eq!(seeds_of(1, 2), [0, 1, 2]);
+        assert_eq!(seeds_of(2, 2), [0, 1, 2]);
+        assert_eq!(seeds_of(0, 3), [0, 1, 2]);
+        assert_eq!(seeds_of(2, 3), [0]);
+        assert_eq!(seeds_of(3, 0), [0]);
+        assert_eq!(seeds_of(4, 1), [0]);
+        let lp: Vec<u64> = plan
+            .specs
+            .iter()
+            .filter(|s| s.placement_id == "linear-probe")
+            .map(|s| s.seed)
+            .collect();
+        assert_eq!(lp, [0, 1, 2]);
+        assert_eq!(plan.placements, 8);
+        assert_eq!(plan.specs.len(), 5 * 3 + 3);
+        assert_eq!(all_seeds(&p), [0, 1, 2]);
+
+        // More repeats than sweep-only edges: every one of them at every seed.
+        let all = FinetuneParams {
+            sweep_repeats: 99,
+            ..p.clone()
+        };
+        assert!(placement_seeds(&all, &rows).values().all(|s| s.len() == 3));
+        // Without sweep_seeds the sweep trains at `seeds`, and the key-relevant JSON of
+        // params without the new fields is what it was (existing keys unchanged).
+        let plain = params(serde_json::json!({ "proposals": true, "seeds": [0, 1] }));
+        assert!(
+            placement_seeds(&plain, &rows)
+                .values()
+                .all(|s| s == &[0, 1])
+        );
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("sweep_seeds").is_none() && json.get("sweep_repeats").is_none());
     }
 
     #[test]

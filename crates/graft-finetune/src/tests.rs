@@ -251,6 +251,14 @@ fn bad_parameters_name_the_field() {
     assert!(e.contains("bogus"), "{e}");
     let e = parse(json!({"executor": "pbs"})).unwrap_err();
     assert!(e.contains("executor") && e.contains("slurm"), "{e}");
+    let e = parse(json!({"sweep_seeds": []})).unwrap_err();
+    assert!(e.contains("sweep_seeds"), "{e}");
+    let e = parse(json!({"sweep_repeats": 4})).unwrap_err();
+    assert!(
+        e.contains("sweep_repeats") && e.contains("sweep_seeds"),
+        "{e}"
+    );
+    assert!(parse(json!({"sweep_seeds": [0], "sweep_repeats": 4})).is_ok());
     assert!(parse(json!({})).is_ok());
     assert!(parse(json!({"executor": "slurm", "slurm_max_parallel": 4})).is_ok());
 }
@@ -516,8 +524,12 @@ fn a_workbench_reuses_and_advances_its_caches() {
     assert_eq!(worker(1), one_node);
     assert_eq!(worker(2), one_node);
     assert_eq!(bench.cache_bytes(), 2 * one_node);
+    // The same runs: within one of the 48 test images (a shared cache was advanced from
+    // another node, in other batch shapes, so a near-tie may flip; seen once with the
+    // tests of three crates running side by side).
     for (fresh, shared) in &fresh_and_shared {
-        assert_eq!(fresh.test_accuracy, shared.test_accuracy);
+        let (a, b) = (fresh.test_accuracy.unwrap(), shared.test_accuracy.unwrap());
+        assert!((a - b).abs() <= 1.0 / 48.0 + 1e-9, "{a} {b}");
     }
 }
 

@@ -198,6 +198,11 @@ impl ProbeRow {
     }
 }
 
+/// The `heuristic` of the rows the single-adapter sweep proposes: edges chosen independently
+/// of the probe, the only set the report correlates the probe's scores with, and the rows the
+/// fine-tune stage may train at fewer seeds (its `sweep_seeds`).
+pub const SWEEP_HEURISTIC: &str = "single-sweep";
+
 /// One proposed placement. The same `placement_id` may appear in several rows (two
 /// heuristics, two budgets); it is trained once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ use super::Entry;
 use crate::heuristic::{Context, Description, Fields, Heuristic, ParamError};
 
 pub const ENTRY: Entry = Entry {
-    name: "single-sweep",
+    name: graft_tables::SWEEP_HEURISTIC,
     about: "one single-adapter placement per edge: every parallel edge, and per_kind seeded draws of each other kind",
     build,
     example: r#"{ name = "single-sweep", kinds = ["parallel", "long-range", "recurrent"], per_kind = 2, seed = 1 }"#,
