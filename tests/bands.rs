@@ -2,7 +2,8 @@
 //! `graft-bands` in `.ci/run`) catch a broken setup. The CI pipeline itself, with full
 //! fine-tuning at a learning rate so small that nothing moves, crosses "full above linear
 //! probe", and the check names the band and the numbers. (The healthy run is `.ci/run`'s own
-//! check; the band logic on doctored tables is tested in graft-report.)
+//! check; the band logic on doctored tables, a heuristic that stops following its score
+//! among them, is tested in graft-report.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,10 +37,11 @@ fn a_frozen_full_fine_tuning_crosses_the_ci_band() {
         stderr(&o)
     );
 
-    // The CI pipeline with its baselines only (the propose stage proposes parallel-all
-    // alone, no placements by hand: the sweep is not what is tested here), full fine-tuning at
-    // lr 1e-9: its weights (backbone and head) stay where they started. Every other run is
-    // the healthy CI pipeline's, seed for seed.
+    // The CI pipeline with its baselines and the two heuristics the picks bands check (the
+    // propose stage proposes parallel-all, gga and top-k, no placements by hand: the sweep
+    // is not what is tested here), full fine-tuning at lr 1e-9: its weights (backbone and
+    // head) stay where they started. Every other run is the healthy CI pipeline's, seed for
+    // seed.
     let ci = root().join("pipelines").join("ci.toml");
     let out = ok(graft(&store).current_dir(root()).args([
         "run",
@@ -47,7 +49,7 @@ fn a_frozen_full_fine_tuning_crosses_the_ci_band() {
         "-S",
         "finetune.full_lr=1e-9",
         "-S",
-        r#"propose.heuristics=[{ name = "parallel-all" }]"#,
+        r#"propose.heuristics=[{ name = "gga", score = "rank", gamma = 0.6 }, { name = "top-k", score = "rank" }, { name = "parallel-all" }]"#,
         "-S",
         "finetune.placements=[]",
     ]));
@@ -69,16 +71,19 @@ fn a_frozen_full_fine_tuning_crosses_the_ci_band() {
     ] {
         assert!(line.contains(part), "{part:?} not in {line}");
     }
-    // Only that band: the adapters and the probe were not broken, their bands hold.
+    // Only that band: the adapters, the probe and the heuristics were not broken, their
+    // bands hold.
     for held in [
         "held    parallel-all above linear probe: ",
         "held    pretrained above random-init: ",
         "held    probe ranks within [1, d]: 25 edges",
+        "held    gga picks high-rank edges: ",
+        "held    top-k picks high-rank edges: ",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(held)),
             "{held:?} not in\n{text}"
         );
     }
-    assert!(text.contains("bands: 1 of 4 crossed"), "{text}");
+    assert!(text.contains("bands: 1 of 6 crossed"), "{text}");
 }

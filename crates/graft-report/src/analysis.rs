@@ -28,7 +28,7 @@ use crate::inputs::TaskData;
 use crate::stats::{MeanStd, Spearman, mean_std, spearman};
 
 /// The heuristic whose single-adapter placements are chosen independently of the probe.
-pub const SWEEP: &str = "single-sweep";
+pub const SWEEP: &str = graft_tables::SWEEP_HEURISTIC;
 
 /// The probe scores correlated with single-adapter accuracy, in the report's order: the
 /// numerical rank at three relative tolerances, recomputed from the stored singular values
@@ -256,6 +256,22 @@ impl TaskAnalysis {
         v
     }
 
+    /// The single-sweep's spread against its seed noise; `None` without a sweep.
+    pub fn sweep_noise(&self) -> Option<SweepNoise> {
+        let means: Vec<f64> = self.sweep.values().map(|m| m.mean).collect();
+        let lo = means.iter().copied().reduce(f64::min)?;
+        let hi = means.iter().copied().reduce(f64::max)?;
+        let stds: Vec<f64> = self.sweep.values().filter_map(|m| m.std).collect();
+        Some(SweepNoise {
+            edges: means.len(),
+            lo,
+            hi,
+            repeated: stds.len(),
+            mean_std: (!stds.is_empty()).then(|| stds.iter().sum::<f64>() / stds.len() as f64),
+            max_std: stds.iter().copied().reduce(f64::max),
+        })
+    }
+
     /// Seeds per placement: the largest number of finished runs of any placement.
     pub fn max_seeds_per_placement(&self) -> usize {
         self.placements
@@ -263,6 +279,27 @@ impl TaskAnalysis {
             .filter_map(|p| p.test.map(|t| t.n))
             .max()
             .unwrap_or(0)
+    }
+}
+
+/// How far the single-sweep's edges spread (mean test accuracy over seeds, in points) and
+/// how much the same edge moves from seed to seed, on the sweep edges trained at two or more
+/// seeds (all of them for a sweep at every seed; the repeated edges of a one-seed sweep).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SweepNoise {
+    pub edges: usize,
+    pub lo: f64,
+    pub hi: f64,
+    /// Sweep edges with a standard deviation (two or more finished seeds).
+    pub repeated: usize,
+    /// Mean and largest of their standard deviations.
+    pub mean_std: Option<f64>,
+    pub max_std: Option<f64>,
+}
+
+impl SweepNoise {
+    pub fn spread(&self) -> f64 {
+        self.hi - self.lo
     }
 }
 

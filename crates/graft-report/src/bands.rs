@@ -10,7 +10,11 @@
 //!   `margin` points of mean test accuracy over the seeds, every run of both finished;
 //! - `[ranks]`: every edge of the probe table present once, with its numerical rank (the
 //!   `rank` column, and the rank at each of [`graft_tables::RANK_TOLERANCES`] from the
-//!   singular values) within [1, d], d the probed model's width.
+//!   singular values) within [1, d], d the probed model's width;
+//! - `[[picks]]`: the edges a score-driven heuristic proposed (every budget, every draw) sit
+//!   high among all n² edges by the probe score it names in its rows: their mean percentile
+//!   is at least `min_percentile`. A heuristic that stops following its score, or a probe
+//!   whose scores stop telling edges apart, crosses it.
 //!
 //! The margins are the file's to set, from measured seed-to-seed variation (its comments
 //! say which measurement each comes from); this module only compares. [`check`] is pure:
@@ -63,6 +67,22 @@ pub struct Bands {
     /// The probe's ranks within [1, d].
     #[serde(default)]
     pub ranks: Option<RankBand>,
+    /// Score-driven heuristics pick edges their score ranks high.
+    #[serde(default)]
+    pub picks: Vec<Picks>,
+}
+
+/// The band "`heuristic` picks edges its probe score ranks high".
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Picks {
+    pub name: String,
+    /// The `heuristic` of its proposal rows (`gga`, `top-k`); they must name a `score`.
+    pub heuristic: String,
+    /// Least mean percentile, in [0, 1], of its distinct edges among all n² edges by that
+    /// score (0: the lowest score, 1: the highest; ties at their mid-rank). Edges drawn at
+    /// random average 0.5.
+    pub min_percentile: f64,
 }
 
 /// One band of the form "a above b by at least `margin` points".
@@ -168,7 +188,14 @@ impl Bands {
             .iter()
             .enumerate()
             .map(|(k, b)| (format!("above[{k}]"), &b.name))
-            .chain(bands.ranks.iter().map(|r| ("ranks".to_owned(), &r.name)));
+            .chain(bands.ranks.iter().map(|r| ("ranks".to_owned(), &r.name)))
+            .chain(
+                bands
+                    .picks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, b)| (format!("picks[{k}]"), &b.name)),
+            );
         for (at, name) in all {
             if name.trim().is_empty() {
                 return Err(format!("{at}.name must not be empty"));
@@ -189,6 +216,17 @@ impl Bands {
                     "above[{k}]: a and b are both {:?}: a band compares two baselines",
                     b.a.name()
                 ));
+            }
+        }
+        for (k, b) in bands.picks.iter().enumerate() {
+            if !(0.0..=1.0).contains(&b.min_percentile) {
+                return Err(format!(
+                    "picks[{k}].min_percentile = {} must be within [0, 1]",
+                    b.min_percentile
+                ));
+            }
+            if b.heuristic.trim().is_empty() {
+                return Err(format!("picks[{k}].heuristic must not be empty"));
             }
         }
         Ok(bands)
@@ -230,13 +268,110 @@ impl std::fmt::Display for Outcome {
 }
 
 /// Checks every band against one analysed task, in file order (the `above` bands, then the
-/// ranks).
+/// ranks, then the picks).
 pub fn check(bands: &Bands, t: &TaskAnalysis) -> Vec<Outcome> {
     let mut out: Vec<Outcome> = bands.above.iter().map(|b| check_above(b, t)).collect();
     if let Some(r) = &bands.ranks {
         out.push(check_ranks(r, t));
     }
+    out.extend(bands.picks.iter().map(|b| check_picks(b, t)));
     out
+}
+
+/// Percentile of `x` among `all` (ties at their mid-rank), in [0, 1]; 0.5 for one value.
+fn percentile(x: f64, all: &[f64]) -> f64 {
+    if all.len() < 2 {
+        return 0.5;
+    }
+    let below = all.iter().filter(|v| **v < x).count() as f64;
+    let equal = all.iter().filter(|v| **v == x).count() as f64;
+    (below + 0.5 * (equal - 1.0)) / (all.len() as f64 - 1.0)
+}
+
+fn check_picks(band: &Picks, t: &TaskAnalysis) -> Outcome {
+    let outcome = |held: bool, detail: String| Outcome {
+        name: band.name.clone(),
+        held,
+        detail,
+    };
+    let rows: Vec<&graft_tables::ProposalRow> = t
+        .data
+        .proposals
+        .iter()
+        .filter(|p| p.heuristic == band.heuristic && p.method == Method::Adapters)
+        .collect();
+    if rows.is_empty() {
+        return outcome(
+            false,
+            format!(
+                "the fine-tune stage's proposals have no {:?} row",
+                band.heuristic
+            ),
+        );
+    }
+    let scores: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|p| p.score.as_deref()).collect();
+    let [score] = scores.into_iter().collect::<Vec<_>>()[..] else {
+        return outcome(
+            false,
+            format!(
+                "{:?} rows must name one probe score (score column) to check its picks against",
+                band.heuristic
+            ),
+        );
+    };
+    let by_edge: std::collections::BTreeMap<graft_graph::Edge, f64> = t
+        .data
+        .probe
+        .iter()
+        .filter_map(|r| Some((r.edge(), crate::analysis::score_of(r, score)?)))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    let all: Vec<f64> = by_edge.values().copied().collect();
+    let edges: std::collections::BTreeSet<graft_graph::Edge> = rows
+        .iter()
+        .flat_map(|p| p.edges.iter().map(|e| e.edge()))
+        .collect();
+    let mut missing = Vec::new();
+    let mut pcts = Vec::new();
+    for e in &edges {
+        match by_edge.get(e) {
+            Some(v) => pcts.push(percentile(*v, &all)),
+            None => missing.push(e.to_string()),
+        }
+    }
+    if !missing.is_empty() || pcts.is_empty() {
+        return outcome(
+            false,
+            format!(
+                "the probe table has no finite {score} for the picked edge(s) {}",
+                missing.join(", ")
+            ),
+        );
+    }
+    let mean = pcts.iter().sum::<f64>() / pcts.len() as f64;
+    let numbers = format!(
+        "{} distinct edge(s) over {} placement(s) of {}, mean percentile by {score} among {} \
+         edges {mean:.2}",
+        edges.len(),
+        rows.len(),
+        band.heuristic,
+        all.len()
+    );
+    if mean >= band.min_percentile {
+        outcome(
+            true,
+            format!("{numbers}, at least {:.2} required", band.min_percentile),
+        )
+    } else {
+        outcome(
+            false,
+            format!(
+                "{numbers}, below the band's {:.2} (edges drawn at random average 0.50)",
+                band.min_percentile
+            ),
+        )
+    }
 }
 
 /// `45.2 % (seed 0: 44.8, seed 1: 45.6)`.

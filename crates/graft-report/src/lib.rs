@@ -90,7 +90,8 @@ impl Stage for Report {
     // 3: correlations on the single-sweep only; comparisons from 95 % intervals over seeds;
     //    a baselines table and interval columns; the heat map states its range in points.
     // 4: ranks at 1e-2, 1e-3 and 1e-4 from the singular values, figure 6, eight scores.
-    const VERSION: u32 = 4;
+    // 5: the sweep's spread beside the seed noise of its edges trained at several seeds.
+    const VERSION: u32 = 5;
     type Params = ReportParams;
 
     fn input_names(p: &ReportParams) -> Vec<String> {

@@ -896,6 +896,77 @@ fn is_parallel_all(p: &ProposalRow) -> bool {
     p.heuristic == "parallel-all"
 }
 
+/// The sweep finding of task alpha.
+fn sweep_sentence(t: TaskData) -> String {
+    let a = analyse(vec![t]);
+    let f = crate::report::findings(&a);
+    f.into_iter()
+        .map(|(_, s)| s)
+        .find(|s| s.contains("single-sweep edges span"))
+        .expect("a sentence on the sweep's spread")
+}
+
+/// Issue 9 item 4: the sweep's spread is set beside the seed-to-seed standard deviation of
+/// its edges trained at several seeds (every edge of a sweep at every seed, the repeated
+/// edges of a one-seed sweep), and says so when none was repeated.
+#[test]
+fn the_sweep_spread_is_set_beside_its_seed_noise() {
+    let t = task_data(0);
+    let a = analyse(vec![t.clone()]);
+    let n = a.tasks[0].sweep_noise().unwrap();
+    assert_eq!(n.repeated, n.edges);
+    let s = sweep_sentence(t.clone());
+    assert!(
+        s.starts_with(&format!(
+            "The {} single-sweep edges span {:.1} points of test accuracy",
+            n.edges,
+            n.spread()
+        )) && s.contains(&format!(
+            "on the {} of them trained at two or more seeds",
+            n.edges
+        )) && s.contains(&format!(
+            "{:.1} times the average",
+            n.spread() / n.mean_std.unwrap()
+        )),
+        "{s}"
+    );
+    // A one-seed sweep with two edges repeated: their noise alone.
+    let sweep_only: Vec<String> = {
+        let others: std::collections::BTreeSet<&str> = t
+            .proposals
+            .iter()
+            .filter(|p| p.heuristic != crate::analysis::SWEEP)
+            .map(|p| p.placement_id.as_str())
+            .collect();
+        let mut v: Vec<String> = t
+            .proposals
+            .iter()
+            .filter(|p| {
+                p.heuristic == crate::analysis::SWEEP && !others.contains(p.placement_id.as_str())
+            })
+            .map(|p| p.placement_id.clone())
+            .collect();
+        v.dedup();
+        v
+    };
+    assert!(sweep_only.len() > 3);
+    let mut one = t.clone();
+    one.runs
+        .retain(|r| r.seed == 0 || !sweep_only[2..].contains(&r.placement_id));
+    let n1 = analyse(vec![one.clone()]).tasks[0].sweep_noise().unwrap();
+    assert_eq!(n1.edges, n.edges);
+    assert_eq!(n1.repeated, n.edges - (sweep_only.len() - 2));
+    assert!(sweep_sentence(one).contains(&format!("on the {} of them", n1.repeated)));
+    // No repeats: not measured, and said so.
+    let mut bare = t;
+    bare.runs.retain(|r| r.seed == 0);
+    let s = sweep_sentence(bare);
+    assert!(
+        s.contains("seed noise is not measured") && s.contains("sweep_repeats"),
+        "{s}"
+    );
+}
+
 /// Issue 9: gga within seed noise of parallel-all is "cannot tell", with the interval.
 #[test]
 fn gga_within_seed_noise_of_parallel_all_cannot_be_told_apart() {
@@ -1438,6 +1509,58 @@ fn unfinished_or_missing_baselines_cross_their_bands() {
     );
 }
 
+/// Issue 9 item 6: a heuristic that follows its score holds its picks band; the same
+/// heuristic picking the edges its score ranks lowest (a broken heuristic) crosses it, and a
+/// heuristic without a score or without rows cannot be checked and says why.
+#[test]
+fn a_heuristic_that_stops_following_its_score_crosses_its_picks_band() {
+    let bands = |heuristic: &str| {
+        crate::bands::Bands::parse(&format!(
+            "pipeline = \"ci\"\nprobe = \"p\"\nfinetune = \"f\"\n[[picks]]\nname = \"picks\"\n\
+             heuristic = \"{heuristic}\"\nmin_percentile = 0.75\n"
+        ))
+        .unwrap()
+    };
+    let check = |t: &TaskData, heuristic: &str| {
+        let o = crate::bands::check(&bands(heuristic), &crate::analysis::analyse_task(t.clone()));
+        assert_eq!(o.len(), 1);
+        o[0].clone()
+    };
+    let mut t = task_data(0);
+    // The edges by rank, highest first (ties by edge).
+    let mut by_rank: Vec<(i64, Edge)> = t.probe.iter().map(|r| (r.rank, r.edge())).collect();
+    by_rank.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let set_topk = |t: &mut TaskData, edges: &[Edge]| {
+        let mut k = 0;
+        for p in t.proposals.iter_mut().filter(|p| p.heuristic == "top-k") {
+            let n = p.edges.len();
+            let pl = Placement::new(Graph::new(2), edges[..n].iter().copied()).unwrap();
+            p.edges = edge_rows(&pl);
+            k += 1;
+        }
+        assert!(k > 0);
+    };
+    let top: Vec<Edge> = by_rank.iter().take(3).map(|x| x.1).collect();
+    set_topk(&mut t, &top);
+    let o = check(&t, "top-k");
+    assert!(o.held, "{o}");
+    assert!(
+        o.detail.contains("3 distinct edge(s)") && o.detail.contains("by rank among 25 edges"),
+        "{o}"
+    );
+    let bottom: Vec<Edge> = by_rank.iter().rev().take(3).map(|x| x.1).collect();
+    set_topk(&mut t, &bottom);
+    let o = check(&t, "top-k");
+    assert!(!o.held && o.detail.contains("below the band's 0.75"), "{o}");
+    let o = check(&t, "first-k");
+    assert!(
+        !o.held && o.detail.contains("must name one probe score"),
+        "{o}"
+    );
+    let o = check(&t, "greedy");
+    assert!(!o.held && o.detail.contains("no \"greedy\" row"), "{o}");
+}
+
 /// A bands file is refused with the field named: unknown fields, a baseline that does not
 /// exist, a margin that is not finite, a repeated name, a baseline against itself.
 #[test]
@@ -1470,6 +1593,10 @@ fn bad_bands_files_are_refused_naming_the_field() {
         (
             "pipeline = \"\"\nprobe = \"p\"\nfinetune = \"f\"\n".to_owned(),
             "pipeline must not be empty",
+        ),
+        (
+            format!("{head}[[picks]]\nname = \"g\"\nheuristic = \"gga\"\nmin_percentile = 1.5\n"),
+            "picks[0].min_percentile = 1.5 must be within [0, 1]",
         ),
     ];
     for (text, want) in cases {
@@ -1505,6 +1632,13 @@ fn the_ci_bands_file_names_stages_of_the_ci_pipeline() {
     assert_eq!(kind(&bands.finetune), "finetune");
     assert_eq!(bands.above.len(), 3);
     assert!(bands.ranks.is_some());
+    let picks: Vec<&str> = bands.picks.iter().map(|p| p.heuristic.as_str()).collect();
+    assert_eq!(picks, ["gga", "top-k"]);
+    // Above what edges drawn at random average.
+    assert!(
+        bands.picks.iter().all(|p| p.min_percentile > 0.5),
+        "{bands:?}"
+    );
     // Each band is at least the plain order: a above b.
     assert!(bands.above.iter().all(|b| b.margin >= 0.0), "{bands:?}");
 }

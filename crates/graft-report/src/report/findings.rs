@@ -164,6 +164,37 @@ fn baseline_sentences(t: &TaskAnalysis) -> Vec<String> {
     out
 }
 
+/// The sweep's spread in points beside the seed-to-seed standard deviation of its edges
+/// trained at several seeds: a spread within a few standard deviations is mostly noise.
+fn sweep_noise_sentence(n: &crate::analysis::SweepNoise) -> String {
+    let span = format!(
+        "the {} single-sweep edges span {:.1} points of test accuracy ({:.1} % to {:.1} %)",
+        n.edges,
+        n.spread(),
+        n.lo,
+        n.hi
+    );
+    match (n.mean_std, n.max_std) {
+        (Some(mean), Some(max)) => {
+            let times = if mean > 0.0 {
+                format!(", {:.1} times the average", n.spread() / mean)
+            } else {
+                String::new()
+            };
+            format!(
+                "{span}; on the {} of them trained at two or more seeds the seed-to-seed \
+                 standard deviation is {mean:.2} points on average and {max:.2} at most{times}.",
+                n.repeated
+            )
+        }
+        _ => format!(
+            "{span}; none of them finished at more than one seed, so the sweep's seed noise is \
+             not measured (the fine-tune stage's sweep_repeats trains some sweep edges at every \
+             seed)."
+        ),
+    }
+}
+
 fn correlation_sentence(name: &str, c: &crate::analysis::ScoreCorrelation) -> String {
     let set = "single-sweep edges, chosen independently of the probe";
     match &c.spearman {
@@ -347,6 +378,9 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
              {why}."
         ));
     } else {
+        if let Some(n) = t.sweep_noise() {
+            out.push(sweep_noise_sentence(&n));
+        }
         for c in t.correlations.iter().filter(|c| is_rank(c.score)) {
             let name = format!(
                 "gradient rank at tolerance {}",
