@@ -135,8 +135,9 @@ bench: venv
 	bash bench/finetune_speed.sh vit-cpu-small 64 full
 	$(CARGO) run -q --release -p graft-probe --example svd_bench --features bench-linalg
 
-# A whole fine-tune sweep, graft (tch) against PyTorch + timm on the same runs; TASK=ci
-# unless given (the embedded default's sweep takes much longer).
+# A whole fine-tune sweep, graft (tch) against PyTorch + timm on the same runs, every
+# fine-tune stage of the pipeline; TASK=ci unless given (the embedded default's takes about
+# 25 minutes). BENCH_STORE=<store> reuses a store the pipeline already ran into.
 bench-sweep: venv
 	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))

@@ -123,26 +123,36 @@ def main():
             torch.cuda.synchronize()
         return g
 
-    def step():
-        if a.mode == "probe":
-            probe_step()
-            return
-        optim.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        optim.step()
+    def sync():
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    def step():
+        """Seconds of the forward (to the loss), the backward and the optimiser step."""
+        if a.mode == "probe":
+            t = time.perf_counter()
+            probe_step()
+            return time.perf_counter() - t, 0.0, 0.0
+        t0 = time.perf_counter()
+        optim.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.item()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        optim.step()
+        sync()
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
     for _ in range(a.warmup):
         step()
-    times = []
-    for _ in range(a.steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    s = statistics.median(times)
+    parts = [step() for _ in range(a.steps)]
+    s = statistics.median(sum(p) for p in parts)
+    fwd, bwd, opt = (statistics.median(p[k] for p in parts) for k in range(3))
     print(json.dumps({"impl": "pytorch+timm", "torch": torch.__version__, "model": a.model, "batch": a.batch,
                       "device": a.device, "threads": torch.get_num_threads(), "step_s": round(s, 5),
+                      "forward_s": round(fwd, 5), "backward_s": round(bwd, 5), "optim_s": round(opt, 5),
                       "images_per_s": round(a.batch / s, 1)}))
 
 
