@@ -154,6 +154,13 @@ pub fn placement_seeds(p: &FinetuneParams, rows: &[ProposalRow]) -> BTreeMap<Str
                 .collect()
         })
         .collect();
+    // A repeated edge's seeds: the sweep's, then the rest of `seeds`.
+    let mut repeated = sweep_seeds.clone();
+    for s in &p.seeds {
+        if !repeated.contains(s) {
+            repeated.push(*s);
+        }
+    }
     let mut left = p.sweep_repeats;
     while left > 0 && queues.iter().any(|q| !q.is_empty()) {
         for q in &mut queues {
@@ -161,13 +168,7 @@ pub fn placement_seeds(p: &FinetuneParams, rows: &[ProposalRow]) -> BTreeMap<Str
                 break;
             }
             if let Some(row) = q.pop() {
-                let mut seeds = sweep_seeds.clone();
-                for s in &p.seeds {
-                    if !seeds.contains(s) {
-                        seeds.push(*s);
-                    }
-                }
-                out.insert(row.placement_id.clone(), seeds);
+                out.insert(row.placement_id.clone(), repeated.clone());
                 left -= 1;
             }
         }

@@ -20,6 +20,7 @@
 //! say which measurement each comes from); this module only compares. [`check`] is pure:
 //! [`load`] reads the artifacts, [`Bands::read`] the file.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use graft_store::Store;
@@ -182,7 +183,7 @@ impl Bands {
                 return Err(format!("{field} must not be empty"));
             }
         }
-        let mut names = std::collections::BTreeSet::new();
+        let mut names = BTreeSet::new();
         let all = bands
             .above
             .iter()
@@ -309,8 +310,7 @@ fn check_picks(band: &Picks, t: &TaskAnalysis) -> Outcome {
             ),
         );
     }
-    let scores: std::collections::BTreeSet<&str> =
-        rows.iter().filter_map(|p| p.score.as_deref()).collect();
+    let scores: BTreeSet<&str> = rows.iter().filter_map(|p| p.score.as_deref()).collect();
     let [score] = scores.into_iter().collect::<Vec<_>>()[..] else {
         return outcome(
             false,
@@ -320,7 +320,7 @@ fn check_picks(band: &Picks, t: &TaskAnalysis) -> Outcome {
             ),
         );
     };
-    let by_edge: std::collections::BTreeMap<graft_graph::Edge, f64> = t
+    let by_edge: BTreeMap<graft_graph::Edge, f64> = t
         .data
         .probe
         .iter()
@@ -328,7 +328,7 @@ fn check_picks(band: &Picks, t: &TaskAnalysis) -> Outcome {
         .filter(|(_, v)| v.is_finite())
         .collect();
     let all: Vec<f64> = by_edge.values().copied().collect();
-    let edges: std::collections::BTreeSet<graft_graph::Edge> = rows
+    let edges: BTreeSet<graft_graph::Edge> = rows
         .iter()
         .flat_map(|p| p.edges.iter().map(|e| e.edge()))
         .collect();
