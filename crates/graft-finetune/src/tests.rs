@@ -19,8 +19,8 @@ fn dataset(dir: &Path) {
     graft_prep::write_dataset(&plan, &params, dir).unwrap();
 }
 
-/// A random vit-cpu-tiny base checkpoint (timm names).
-fn base(path: &Path) {
+/// A random vit-cpu-tiny base checkpoint (timm names), drawn under the caller's [`rng_lock`].
+fn base(_rng: &RngGuard, path: &Path) {
     let dev = graft_backend::device("cpu").unwrap();
     dev.seed(7);
     let vit = VitConfig::preset("vit-cpu-tiny", 16).unwrap().init(&dev);
@@ -60,27 +60,33 @@ fn spec(dir: &Path, method: Method, edges: Vec<Edge>, lr: f64) -> RunSpec {
 
 /// The backend's random state is global: every test here that trains holds this lock, so
 /// two trainings with one seed draw the same weights whatever runs beside them.
+/// A helper that draws (a random base, a model initialised before loading weights) takes
+/// the guard as an argument, so a draw outside the lock does not compile: one such draw,
+/// a model initialised to read trained weights back after the lock was released, changed
+/// another test's training draws and failed CI.
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+type RngGuard = std::sync::MutexGuard<'static, ()>;
+
+fn rng_lock() -> RngGuard {
     RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A dataset and a random base; it draws from the backend's global random state, so a
 /// caller holds [`rng_lock`] (a base drawn beside another test's training changed that
 /// training's draws on tch, where the state is LibTorch's, one per process).
-fn setup() -> tempfile::TempDir {
+fn setup(rng: &RngGuard) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     dataset(&dir.path().join("data"));
-    base(&dir.path().join("base.safetensors"));
+    base(rng, &dir.path().join("base.safetensors"));
     dir
 }
 
 #[test]
 fn adapter_only_files_reload_to_the_same_accuracy() {
-    let _rng = rng_lock();
-    let dir = setup();
+    let rng = rng_lock();
+    let dir = setup(&rng);
     let s = spec(
         dir.path(),
         Method::Adapters,
@@ -113,8 +119,8 @@ fn adapter_only_files_reload_to_the_same_accuracy() {
 
 #[test]
 fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
-    let _rng = rng_lock();
-    let dir = setup();
+    let rng = rng_lock();
+    let dir = setup(&rng);
     let mut s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
     s.protocol.kind = ProtocolKind::Final;
     s.protocol.train.epochs = 3;
@@ -159,8 +165,8 @@ fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
 
 #[test]
 fn a_linear_probe_trains_the_head_alone_and_saves_it() {
-    let _rng = rng_lock();
-    let dir = setup();
+    let rng = rng_lock();
+    let dir = setup(&rng);
     let s = spec(dir.path(), Method::LinearProbe, vec![], 1e-2);
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
@@ -175,8 +181,8 @@ fn a_linear_probe_trains_the_head_alone_and_saves_it() {
 
 #[test]
 fn a_diverging_run_is_a_result_not_an_error() {
-    let _rng = rng_lock();
-    let dir = setup();
+    let rng = rng_lock();
+    let dir = setup(&rng);
     let s = spec(dir.path(), Method::Full, vec![], 1e9);
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
@@ -293,8 +299,8 @@ fn the_tch_binary_trains_a_run_with_an_empty_environment() {
     );
     // The base is drawn from the global random state: under the lock.
     let dir = {
-        let _rng = rng_lock();
-        setup()
+        let rng = rng_lock();
+        setup(&rng)
     };
     let s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
     let spec_file = dir.path().join("spec.json");
@@ -329,8 +335,8 @@ fn the_tch_binary_trains_a_run_with_an_empty_environment() {
 /// processes: tests in one process share the backend's global seed.)
 #[test]
 fn a_runs_timings_live_in_its_manifest_not_its_files() {
-    let _rng = rng_lock();
-    let dir = setup();
+    let rng = rng_lock();
+    let dir = setup(&rng);
     let s = spec(dir.path(), Method::Adapters, vec![Edge::new(0, 1)], 3e-3);
     let store = graft_store::Store::open(dir.path().join("store")).unwrap();
     let (a, _) = ensure_run(&store, &s, &mut workbench::Workbench::new(s.cache), |_| {}).unwrap();
@@ -355,7 +361,9 @@ fn a_runs_timings_live_in_its_manifest_not_its_files() {
 }
 
 /// Every trained parameter of a run's artifact (adapters and head), flattened in order.
-fn trained_weights(s: &RunSpec, out: &Path) -> Vec<f32> {
+/// The adapters' and head's trained weights; the model they load into is initialised from
+/// the global random state first, so under the caller's [`rng_lock`].
+fn trained_weights(_rng: &RngGuard, s: &RunSpec, out: &Path) -> Vec<f32> {
     let dev = graft_backend::device("cpu").unwrap();
     let info = DatasetInfo::read(&s.dataset_dir).unwrap();
     let vit = VitConfig::preset("vit-cpu-tiny", info.classes.len())
@@ -387,8 +395,8 @@ fn trained_weights(s: &RunSpec, out: &Path) -> Vec<f32> {
 fn the_activation_cache_trains_the_same_runs_as_the_whole_network() {
     // The base is drawn from the global random state: under the lock.
     let dir = {
-        let _rng = rng_lock();
-        setup()
+        let rng = rng_lock();
+        setup(&rng)
     };
     let cases: Vec<(Method, Vec<Edge>, ProtocolKind, usize)> = vec![
         // (method, edges, protocol, the node it trains from)
@@ -439,13 +447,14 @@ fn the_activation_cache_trains_the_same_runs_as_the_whole_network() {
             s.cache.enabled = enabled;
             let out = dir.path().join(format!("run-{k}-{enabled}"));
             std::fs::create_dir_all(&out).unwrap();
-            let r = {
-                let _rng = rng_lock();
-                train_run(&s, &out, |_| {}).unwrap()
+            let (r, weights) = {
+                let rng = rng_lock();
+                let r = train_run(&s, &out, |_| {}).unwrap();
+                (r, trained_weights(&rng, &s, &out))
             };
             assert_eq!(r.status, RunStatus::Ok, "{method:?} {edges:?}");
             let epochs = EpochRow::read(&out.join(EpochRow::FILE)).unwrap();
-            results.push((r, epochs, trained_weights(&s, &out)));
+            results.push((r, epochs, weights));
         }
         let (plain, cached) = (&results[0], &results[1]);
         let what = format!("{method:?} {edges:?} {kind:?}");
@@ -499,8 +508,8 @@ fn the_activation_cache_trains_the_same_runs_as_the_whole_network() {
 fn a_workbench_reuses_and_advances_its_caches() {
     // The base is drawn from the global random state: under the lock.
     let dir = {
-        let _rng = rng_lock();
-        setup()
+        let rng = rng_lock();
+        setup(&rng)
     };
     let mut bench = workbench::Workbench::new(Default::default());
     let mut fresh_and_shared = Vec::new();
@@ -549,8 +558,8 @@ fn a_workbench_reuses_and_advances_its_caches() {
 fn a_split_over_the_cache_budget_is_not_cached() {
     // The base is drawn from the global random state: under the lock.
     let dir = {
-        let _rng = rng_lock();
-        setup()
+        let rng = rng_lock();
+        setup(&rng)
     };
     let mut s = spec(dir.path(), Method::Adapters, vec![Edge::new(2, 3)], 3e-3);
     s.cache.memory_mib = 0;
