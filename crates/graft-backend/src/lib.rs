@@ -15,6 +15,8 @@
 
 pub use burn::tensor::Device;
 
+pub mod fused;
+
 /// Errors of device selection; each names the `device` parameter and what was found.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -2,8 +2,9 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::Gradients;
-use burn::tensor::activation::{gelu, relu, softmax};
+use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{Device, Tensor};
+use graft_backend::fused::softmax;
 use graft_graph::{Edge, EdgeKind, Placement};
 
 use crate::{AdapterAct, AdapterConfig, ModelError, Trainable, VitConfig};
@@ -298,9 +299,9 @@ impl Vit {
     pub fn sublayer(&self, k: usize, x: Tensor<3>) -> Tensor<3> {
         let block = &self.blocks[(k - 1) / 2];
         let f = if k % 2 == 1 {
-            block.attn.forward(block.norm1.forward(x.clone()))
+            block.attn.forward(self.layer_norm(&block.norm1, x.clone()))
         } else {
-            block.mlp.forward(block.norm2.forward(x.clone()))
+            block.mlp.forward(self.layer_norm(&block.norm2, x.clone()))
         };
         x + f
     }
@@ -422,7 +423,26 @@ impl Vit {
     /// last node `[batch, tokens, dim]` -> `[batch, dim]`
     pub fn pool(&self, last: Tensor<3>) -> Tensor<2> {
         let [b, _, d] = last.dims();
-        self.norm.forward(last).narrow(1, 0, 1).reshape([b, d])
+        self.layer_norm(&self.norm, last)
+            .narrow(1, 0, 1)
+            .reshape([b, d])
+    }
+
+    /// One of the model's LayerNorms as a single operation with its own backward step
+    /// ([`graft_backend::fused::layer_norm`]); burn's module composes it from nine.
+    ///
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    fn layer_norm(&self, norm: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
+        match &norm.beta {
+            Some(beta) => graft_backend::fused::layer_norm(
+                x,
+                norm.gamma.val(),
+                beta.val(),
+                self.config.norm_eps,
+            ),
+            None => norm.forward(x),
+        }
     }
 
     /// # Shapes
