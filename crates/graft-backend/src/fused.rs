@@ -111,15 +111,20 @@ fn affine<B: Backend>(
     gamma: FloatTensor<B>,
     beta: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    let shape = xhat.shape();
-    let rank = shape.num_dims();
-    let d = shape[rank - 1];
-    let b: Vec<usize> = (0..rank)
-        .map(|k| if k == rank - 1 { d } else { 1 })
-        .collect();
-    let gamma = B::float_reshape(gamma, Shape::from(b.clone()));
-    let beta = B::float_reshape(beta, Shape::from(b));
+    let rank = xhat.shape().num_dims();
+    let gamma = along_last::<B>(gamma, rank);
+    let beta = along_last::<B>(beta, rank);
     B::float_add(B::float_mul(xhat, gamma), beta)
+}
+
+/// A `[d]` vector as a tensor of `rank` axes that broadcasts over all but the last.
+///
+/// # Shapes
+/// `[d]` -> `[1, ..., 1, d]` (`rank` axes)
+fn along_last<B: Backend>(v: FloatTensor<B>, rank: usize) -> FloatTensor<B> {
+    let mut dims = vec![1; rank];
+    dims[rank - 1] = v.shape()[0];
+    B::float_reshape(v, Shape::from(dims))
 }
 
 /// The sum over every axis but the last, as a `[d]` vector.
@@ -238,13 +243,8 @@ impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 }
                 if let Some(node) = x_node {
                     // dx = rstd * (gγ - mean(gγ) - x̂ mean(gγ x̂)), means along the last axis.
-                    let shape = xhat.shape();
-                    let rank = shape.num_dims();
-                    let d = shape[rank - 1];
-                    let b: Vec<usize> = (0..rank)
-                        .map(|k| if k == rank - 1 { d } else { 1 })
-                        .collect();
-                    let gg = B::float_mul(g, B::float_reshape(gamma, Shape::from(b)));
+                    let rank = xhat.shape().num_dims();
+                    let gg = B::float_mul(g, along_last::<B>(gamma, rank));
                     let m1 = B::float_mean_dim(gg.clone(), rank - 1);
                     let m2 = B::float_mean_dim(B::float_mul(gg.clone(), xhat.clone()), rank - 1);
                     let dx = B::float_sub(B::float_sub(gg, m1), B::float_mul(xhat, m2));
