@@ -15,7 +15,7 @@ use graft_graph::{Edge, Placement};
 use graft_model::{AdapterAct, AdapterConfig, Trainable, VitConfig};
 use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, StageKey, Store};
 use graft_tables::{EpochRow, RunStatus, Table};
-use graft_train::{Progress, Rows, TrainConfig, TrainError, TrainProtocol};
+use graft_train::{CachedNodes, Progress, Rows, TrainConfig, TrainError, TrainProtocol};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -202,6 +202,9 @@ pub struct RunResult {
 pub struct CacheUse {
     /// The node the run trained from.
     pub node: usize,
+    /// The nodes whose cached values the run read beside it ([`graft_graph::PlainStart`]).
+    #[serde(default)]
+    pub reads: Vec<usize>,
     /// Tokens kept per row (1: the class token alone, for the linear probe).
     pub tokens: usize,
     /// The splits served from the cache (a split too big for the budget is not).
@@ -345,13 +348,14 @@ pub fn train_run_with(
         ..RunResult::untrained(RunStatus::Ok, None, &spec.device)
     };
 
-    // The frozen prefix: every node below the first one the placement touches (the last
-    // node's class token for the linear probe). Full fine-tuning trains it all.
+    // The frozen prefix: the plain values at the first node the placement writes and at the
+    // nodes its adapters read without computing them (the last node's class token for the
+    // linear probe). Full fine-tuning trains it all.
     let entry = match spec.method {
         Method::Full => None,
-        _ => Some(match model.first_touched_node() {
-            Some(m) => (m, false),
-            None => (2 * config.depth, true),
+        _ => Some(match model.plain_start() {
+            Some(p) => (p.entry, p.reads, false),
+            None => (2 * config.depth, Vec::new(), true),
         }),
     };
     let backbone = match spec.method {
@@ -361,18 +365,35 @@ pub fn train_run_with(
     let worker_bytes = bench.cache_bytes();
     let mut caches = Vec::new();
     for name in SPLITS {
-        caches.push(match entry {
-            Some((node, cls)) => bench.node_cache(
-                &backbone,
-                &spec.dataset_dir,
-                name,
-                data.split(name),
-                pre,
-                node,
-                cls,
-                &model,
-                &device,
-            )?,
+        caches.push(match &entry {
+            Some((node, reads, cls)) => {
+                let mut at = |node: usize, cls: bool| {
+                    bench.node_cache(
+                        &backbone,
+                        &spec.dataset_dir,
+                        name,
+                        data.split(name),
+                        pre,
+                        node,
+                        cls,
+                        &model,
+                        &device,
+                    )
+                };
+                // In node order, so that each advances from the one below it.
+                let mut order: Vec<usize> = reads.iter().copied().chain([*node]).collect();
+                order.sort_unstable();
+                let mut got = BTreeMap::new();
+                for k in order {
+                    got.insert(k, at(k, *cls && k == *node)?);
+                }
+                // All of a split's nodes, or none (it then goes through the whole network).
+                let read: Option<Vec<_>> = reads.iter().map(|r| got[r].clone()).collect();
+                got[node]
+                    .clone()
+                    .zip(read)
+                    .map(|(e, r)| CachedNodes::new(e, r))
+            }
             None => None,
         });
     }
@@ -392,8 +413,9 @@ pub fn train_run_with(
         .collect();
     let activation_cache = entry
         .filter(|_| !used.is_empty())
-        .map(|(node, cls)| CacheUse {
+        .map(|(node, reads, cls)| CacheUse {
             node,
+            reads,
             tokens: if cls { 1 } else { config.tokens() },
             splits: used,
             bytes: caches.iter().flatten().map(|c| c.bytes()).sum(),

@@ -398,48 +398,72 @@ fn the_activation_cache_trains_the_same_runs_as_the_whole_network() {
         let rng = rng_lock();
         setup(&rng)
     };
-    let cases: Vec<(Method, Vec<Edge>, ProtocolKind, usize)> = vec![
-        // (method, edges, protocol, the node it trains from)
+    type Case = (Method, Vec<Edge>, ProtocolKind, usize, Vec<usize>);
+    let cases: Vec<Case> = vec![
+        // (method, edges, protocol, the node it trains from, the nodes it reads beside it)
         (
             Method::Adapters,
             vec![Edge::new(2, 3)],
             ProtocolKind::Select,
-            2,
+            3,
+            vec![2],
         ),
         (
             Method::Adapters,
             vec![Edge::new(3, 3)],
             ProtocolKind::Select,
             3,
+            vec![],
         ),
         (
             Method::Adapters,
             vec![Edge::new(1, 4)],
             ProtocolKind::Select,
-            1,
+            4,
+            vec![1],
         ),
-        // Recurrent (4, 1): reads node 4 of pass 1, so pass 2 starts at node 1.
+        // Recurrent (4, 1) beside (2, 3): pass 1 changes node 3 before the recurrent edge
+        // reads node 4, so pass 1 is computed from node 1, where pass 2 starts too.
         (
             Method::Adapters,
             vec![Edge::new(4, 1), Edge::new(2, 3)],
             ProtocolKind::Select,
             1,
+            vec![],
         ),
-        (Method::LinearProbe, vec![], ProtocolKind::Select, 4),
+        // Recurrent (4, 1) alone: pass 1 is the plain network, read at node 4 from the cache.
+        (
+            Method::Adapters,
+            vec![Edge::new(4, 1)],
+            ProtocolKind::Select,
+            1,
+            vec![4],
+        ),
+        // Pass 1 skipped (its node 3 is plain), and a long-range source below the entry.
+        (
+            Method::Adapters,
+            vec![Edge::new(3, 2), Edge::new(0, 4)],
+            ProtocolKind::Select,
+            2,
+            vec![0, 3],
+        ),
+        (Method::LinearProbe, vec![], ProtocolKind::Select, 4, vec![]),
         (
             Method::AdaptersRandomInit,
             vec![Edge::new(2, 3)],
             ProtocolKind::Select,
-            2,
+            3,
+            vec![2],
         ),
         (
             Method::Adapters,
-            vec![Edge::new(3, 4)],
+            vec![Edge::new(1, 4)],
             ProtocolKind::Final,
-            3,
+            4,
+            vec![1],
         ),
     ];
-    for (k, (method, edges, kind, node)) in cases.into_iter().enumerate() {
+    for (k, (method, edges, kind, node, reads)) in cases.into_iter().enumerate() {
         let mut s = spec(dir.path(), method, edges.clone(), 3e-3);
         s.protocol.kind = kind;
         let mut results = Vec::new();
@@ -464,7 +488,7 @@ fn the_activation_cache_trains_the_same_runs_as_the_whole_network() {
             .activation_cache
             .as_ref()
             .expect("the cached run used it");
-        assert_eq!(used.node, node, "{what}");
+        assert_eq!((used.node, &used.reads), (node, &reads), "{what}");
         assert_eq!(
             used.tokens,
             if method == Method::LinearProbe { 1 } else { 17 }
@@ -513,7 +537,7 @@ fn a_workbench_reuses_and_advances_its_caches() {
     };
     let mut bench = workbench::Workbench::new(Default::default());
     let mut fresh_and_shared = Vec::new();
-    for (k, e) in [Edge::new(1, 2), Edge::new(1, 1), Edge::new(3, 4)]
+    for (k, e) in [Edge::new(1, 1), Edge::new(1, 2), Edge::new(3, 3)]
         .into_iter()
         .enumerate()
     {
@@ -537,17 +561,16 @@ fn a_workbench_reuses_and_advances_its_caches() {
             .unwrap()
             .worker_bytes
     };
-    // Run 0 found nothing; run 1 (same node) found run 0's caches; run 2 added node 3's.
+    // Run 0 (node 1) found nothing; run 1 (node 2, reading node 1) found run 0's cache and
+    // added node 2's; run 2 (node 3) advanced node 2's to node 3.
     assert_eq!(worker(0), 0);
-    let one_node = fresh_and_shared[0]
-        .1
-        .activation_cache
-        .as_ref()
-        .unwrap()
-        .bytes;
+    let used = |k: usize| fresh_and_shared[k].1.activation_cache.clone().unwrap();
+    let one_node = used(0).bytes;
+    assert_eq!((used(1).node, used(1).reads.as_slice()), (2, &[1][..]));
+    assert_eq!(used(1).bytes, 2 * one_node);
     assert_eq!(worker(1), one_node);
-    assert_eq!(worker(2), one_node);
-    assert_eq!(bench.cache_bytes(), 2 * one_node);
+    assert_eq!(worker(2), 2 * one_node);
+    assert_eq!(bench.cache_bytes(), 3 * one_node);
     for (fresh, shared) in &fresh_and_shared {
         assert_eq!(fresh.test_accuracy, shared.test_accuracy);
     }

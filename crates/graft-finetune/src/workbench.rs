@@ -2,9 +2,10 @@
 //! frozen-prefix activation caches ([`graft_train::NodeCache`], issue 10).
 //!
 //! A run that leaves the backbone frozen (adapters, the linear probe, random-init
-//! adapters) trains from node m = its smallest touched node on; the plain network's value
-//! there, for every row of train, val and test, is computed once in inference mode and
-//! kept. Runs on the same backbone and dataset share it, and a cache at a lower node is
+//! adapters) trains from the first node its placement writes on, with the plain values of
+//! the nodes its adapters read there beside it ([`graft_graph::PlainStart`]); the plain
+//! network's value at each of those nodes, for every row of train, val and test, is
+//! computed once in inference mode and kept. Runs on the same backbone and dataset share it, and a cache at a lower node is
 //! advanced to a higher one instead of starting from the images. The linear probe keeps
 //! only the class token of the last node. Caches are held up to a memory budget per worker
 //! (least recently used dropped first); a split whose cache would not fit is not cached,

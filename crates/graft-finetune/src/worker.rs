@@ -125,8 +125,8 @@ pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<
 }
 
 /// The order runs are handed to workers: those sharing a dataset and backbone together,
-/// by the first node they touch (a worker advances its activation cache from a lower node
-/// to a higher one), full fine-tuning last; the input order within that.
+/// by the lowest node whose cached value they need (a worker advances its activation cache
+/// from a lower node to a higher one), full fine-tuning last; the input order within that.
 pub fn cache_order(specs: &[RunSpec]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..specs.len()).collect();
     order.sort_by_key(|&k| {
@@ -134,8 +134,8 @@ pub fn cache_order(specs: &[RunSpec]) -> Vec<usize> {
         let node = match s.method {
             crate::run::Method::Full => usize::MAX,
             crate::run::Method::LinearProbe => usize::MAX - 1,
-            _ => graft_graph::Edge::first_touched_node(s.edges.iter().copied())
-                .unwrap_or(usize::MAX - 1),
+            _ => graft_graph::PlainStart::of(s.edges.iter().copied())
+                .map_or(usize::MAX - 1, |p| p.lowest()),
         };
         let random = s.method == crate::run::Method::AdaptersRandomInit;
         (

@@ -71,18 +71,6 @@ impl Edge {
         Edge { i, j }
     }
 
-    /// The smaller of the node it reads and the node it writes.
-    pub fn lower_node(self) -> usize {
-        self.i.min(self.j)
-    }
-
-    /// The smallest node any of `edges` reads or writes (recurrent ones included), or
-    /// `None` for none: below it, and at it before adapters add, the network is the plain
-    /// one (the fine-tune stage's activation cache starts there).
-    pub fn first_touched_node(edges: impl IntoIterator<Item = Edge>) -> Option<usize> {
-        edges.into_iter().map(Edge::lower_node).min()
-    }
-
     pub fn kind(self) -> EdgeKind {
         if self.j == self.i + 1 {
             EdgeKind::Parallel
@@ -233,6 +221,79 @@ impl Placement {
     }
 }
 
+/// Where a forward pass with a set of adapters on a frozen backbone can start from the plain
+/// (adapter-free) network's values, which the fine-tune stage's activation cache keeps.
+///
+/// Only the node an adapter writes changes the network: every node below the smallest such
+/// node (`entry`), and `entry`'s own value before the adapters add to it, is the plain
+/// network's. What an adapter reads from below `entry` is a plain value too, and so is what
+/// a recurrent edge (i, j) reads from pass 1 when i lies below every node a non-recurrent
+/// edge writes: pass 1 is then the plain network at every node it is read, and need not be
+/// computed. So a pass starts at `entry` from cached plain values at `entry` and at `reads`,
+/// not at the smallest node any adapter touches: a long-range edge (i, j) trains from j with
+/// x_i beside it, a single recurrent edge (i, j) from j with x_i as pass 1's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlainStart {
+    /// The smallest node any adapter writes (a recurrent edge (i, j) writes j).
+    pub entry: usize,
+    /// The nodes, other than `entry`, whose plain values the pass reads without computing
+    /// them: the sources below `entry` of parallel and long-range edges, and with
+    /// `skip_first_pass` the sources of the recurrent edges. Sorted, distinct.
+    pub reads: Vec<usize>,
+    /// Whether pass 1 is skipped: there are recurrent edges, and each reads a node below
+    /// every node a non-recurrent edge writes.
+    pub skip_first_pass: bool,
+}
+
+impl PlainStart {
+    /// The start for `edges` (any set: duplicates and order do not matter), `None` without
+    /// edges.
+    pub fn of(edges: impl IntoIterator<Item = Edge>) -> Option<PlainStart> {
+        let edges: BTreeSet<Edge> = edges.into_iter().collect();
+        let entry = edges.iter().map(|e| e.j).min()?;
+        let first_written = first_forward_write(&edges);
+        let recurrent: Vec<&Edge> = edges
+            .iter()
+            .filter(|e| e.kind() == EdgeKind::Recurrent)
+            .collect();
+        let skip_first_pass =
+            !recurrent.is_empty() && recurrent.iter().all(|e| e.i < first_written);
+        let mut reads: BTreeSet<usize> = edges
+            .iter()
+            .filter(|e| matches!(e.kind(), EdgeKind::Parallel | EdgeKind::LongRange))
+            .filter(|e| e.i < entry)
+            .map(|e| e.i)
+            .collect();
+        if skip_first_pass {
+            reads.extend(recurrent.iter().map(|e| e.i));
+        }
+        Some(PlainStart {
+            entry,
+            reads: reads.into_iter().collect(),
+            skip_first_pass,
+        })
+    }
+
+    /// The lowest node whose plain value the pass needs: where a cache of this start is
+    /// computed from, and the order a worker takes runs in.
+    pub fn lowest(&self) -> usize {
+        self.reads
+            .first()
+            .map_or(self.entry, |&r| r.min(self.entry))
+    }
+}
+
+/// The first node pass 1 changes, the smallest node a non-recurrent edge writes
+/// (`usize::MAX` for none): below it pass 1 is the plain network.
+fn first_forward_write<'a>(edges: impl IntoIterator<Item = &'a Edge>) -> usize {
+    edges
+        .into_iter()
+        .filter(|e| e.kind() != EdgeKind::Recurrent)
+        .map(|e| e.j)
+        .min()
+        .unwrap_or(usize::MAX)
+}
+
 /// The shapes that decide a ViT's cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dims {
@@ -360,6 +421,62 @@ mod tests {
         assert_eq!(Edge::parse("(3, 5)").unwrap(), Edge::new(3, 5));
         assert_eq!(Edge::parse("3-5").unwrap(), Edge::new(3, 5));
         assert!(Edge::parse("3").is_err());
+    }
+
+    #[test]
+    fn plain_start_of_each_edge_kind() {
+        let start = |edges: &[(usize, usize)]| {
+            PlainStart::of(edges.iter().map(|&(i, j)| Edge::new(i, j))).unwrap()
+        };
+        let s = |entry, reads: &[usize], skip| PlainStart {
+            entry,
+            reads: reads.to_vec(),
+            skip_first_pass: skip,
+        };
+        assert_eq!(PlainStart::of([]), None);
+        assert_eq!(start(&[(2, 3)]), s(3, &[2], false));
+        assert_eq!(start(&[(3, 3)]), s(3, &[], false));
+        assert_eq!(start(&[(1, 6)]), s(6, &[1], false));
+        // A single recurrent edge: pass 2 from node 1, pass 1's node 4 is plain.
+        assert_eq!(start(&[(4, 1)]), s(1, &[4], true));
+        // Pass 1 changes node 3 before the recurrent edge reads node 4: computed.
+        assert_eq!(start(&[(4, 1), (2, 3)]), s(1, &[], false));
+        assert_eq!(start(&[(4, 2), (1, 3)]), s(2, &[1], false));
+        // Pass 1 changes node 4 only after the recurrent edge's node 3: skipped.
+        assert_eq!(start(&[(3, 2), (0, 4)]), s(2, &[0, 3], true));
+        // A source at the entry itself is computed in the pass.
+        assert_eq!(start(&[(3, 3), (3, 5)]), s(3, &[], false));
+        assert_eq!(start(&[(0, 1), (1, 2), (2, 3)]), s(1, &[0], false));
+        assert_eq!(s(3, &[1], false).lowest(), 1);
+        assert_eq!(s(1, &[4], true).lowest(), 1);
+    }
+
+    proptest::proptest! {
+        /// Every node below the entry is written by no adapter; each read is below the entry
+        /// or a recurrent source; the entry is written.
+        #[test]
+        fn plain_start_reads_only_plain_nodes(
+            edges in proptest::collection::vec((0usize..9, 0usize..9), 1..6)
+        ) {
+            let edges: Vec<Edge> = edges.into_iter().map(|(i, j)| Edge::new(i, j)).collect();
+            let p = PlainStart::of(edges.iter().copied()).unwrap();
+            proptest::prop_assert!(edges.iter().all(|e| e.j >= p.entry));
+            proptest::prop_assert!(edges.iter().any(|e| e.j == p.entry));
+            let first_written = first_forward_write(&edges);
+            for &r in &p.reads {
+                proptest::prop_assert!(r < p.entry || (p.skip_first_pass && r < first_written));
+                proptest::prop_assert!(edges.iter().any(|e| e.i == r));
+            }
+            for e in &edges {
+                let forward = matches!(e.kind(), EdgeKind::Parallel | EdgeKind::LongRange);
+                if forward && e.i < p.entry {
+                    proptest::prop_assert!(p.reads.contains(&e.i));
+                }
+                if e.kind() == EdgeKind::Recurrent && p.skip_first_pass {
+                    proptest::prop_assert!(p.reads.contains(&e.i));
+                }
+            }
+        }
     }
 
     fn dims() -> Dims {

@@ -5,7 +5,7 @@ use burn::tensor::Gradients;
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{Device, Tensor};
 use graft_backend::fused::softmax;
-use graft_graph::{Edge, EdgeKind, Placement};
+use graft_graph::{Edge, EdgeKind, Placement, PlainStart};
 
 use crate::{AdapterAct, AdapterConfig, ModelError, Trainable, VitConfig};
 
@@ -200,15 +200,22 @@ impl VitConfig {
     }
 }
 
-/// Where a forward pass starts: images, or the plain network's value at a node (the
-/// fine-tune stage's activation cache; see [`Vit::first_touched_node`]).
+/// Where a forward pass starts: images, or the plain network's values at a node and at the
+/// nodes its adapters read there (the fine-tune stage's activation cache; see
+/// [`Vit::plain_start`]).
 #[derive(Debug, Clone)]
 pub enum ModelInput {
     /// `[batch, channels, height, width]`
     Images(Tensor<4>),
     /// The plain value of node `node`: `[batch, tokens, dim]`, or `[batch, 1, dim]` (the
-    /// class token alone) at the last node of a model without adapters.
-    Node { node: usize, value: Tensor<3> },
+    /// class token alone) at the last node of a model without adapters; and `reads`, the
+    /// plain values `[batch, tokens, dim]` of the nodes [`PlainStart::reads`] names (empty
+    /// when `node` is at or below every node the adapters touch).
+    Node {
+        node: usize,
+        value: Tensor<3>,
+        reads: Vec<(usize, Tensor<3>)>,
+    },
 }
 
 /// Every node of one forward pass with a zero "tap" added at each, so that one backward
@@ -308,8 +315,9 @@ impl Vit {
 
     /// One pass over nodes `start..=2L`: `nodes` holds the nodes below `start` on entry and
     /// all of them on return. Node `entry` is `x_entry` (the plain network's value there,
-    /// before any adapter adds to it) and the nodes below it are never read (see
-    /// [`Vit::first_touched_node`]); `first` (pass 1's nodes) feeds the recurrent edges.
+    /// before any adapter adds to it) and the nodes below it are read only where they hold
+    /// plain values (see [`Vit::plain_start`]); `first` (pass 1's nodes) feeds the recurrent
+    /// edges.
     fn pass(
         &self,
         entry: usize,
@@ -350,17 +358,16 @@ impl Vit {
     /// # Shapes
     /// images `[batch, channels, height, width]` -> n nodes `[batch, tokens, dim]`
     pub fn nodes(&self, images: Tensor<4>) -> Vec<Tensor<3>> {
-        self.nodes_from(0, self.embed(images))
+        self.nodes_from(0, self.embed(images), Vec::new())
     }
 
-    /// The smallest node any adapter reads or writes (recurrent edges included), or `None`
-    /// without adapters. Every node below it, and its own value before the adapters add to
-    /// it, is the plain network's: with frozen backbone weights it is the same in every
-    /// epoch and every run on the same base, which is what the fine-tune stage's
-    /// activation cache keeps. (A recurrent edge (i, j) writes j < i, so its second pass
-    /// starts at or above this node too.)
-    pub fn first_touched_node(&self) -> Option<usize> {
-        Edge::first_touched_node(self.adapters.iter().map(Adapter::edge))
+    /// Where a forward pass with these adapters can start from the plain network's values
+    /// ([`PlainStart`]), or `None` without adapters: the smallest node an adapter writes,
+    /// and the plain nodes its adapters read without the pass computing them. With frozen
+    /// backbone weights those values are the same in every epoch and every run on the same
+    /// base, which is what the fine-tune stage's activation cache keeps.
+    pub fn plain_start(&self) -> Option<PlainStart> {
+        PlainStart::of(self.adapters.iter().map(Adapter::edge))
     }
 
     /// The plain network's value at `node` (no adapter taken into account): the embedding,
@@ -381,21 +388,62 @@ impl Vit {
     }
 
     /// The nodes of the forward pass from node `entry` on, given the plain network's value
-    /// there ([`Vit::plain_node`]); `entry` must not exceed [`Vit::first_touched_node`].
-    /// The returned vector is indexed by node; the entries below `entry` are placeholders
-    /// (`x_entry`), never computed.
+    /// there ([`Vit::plain_node`]) and at the nodes in `reads`. `entry` must not exceed
+    /// [`PlainStart::entry`], and `reads` must hold every node [`PlainStart::reads`] names
+    /// below `entry` (none at all when `entry` is at or below every node an adapter
+    /// touches). When `reads` holds the recurrent edges' sources too (a start with
+    /// [`PlainStart::skip_first_pass`]), pass 1 is not computed: those are its values where
+    /// it is read. The returned vector is indexed by node; the entries below `entry` are
+    /// placeholders (`x_entry`, or the given plain values), never computed.
     ///
     /// # Shapes
-    /// x_entry `[batch, tokens, dim]` -> n nodes `[batch, tokens, dim]` (`tokens` may be 1
-    /// at `entry = 2L` without adapters: the class token is all the head reads)
-    pub fn nodes_from(&self, entry: usize, x_entry: Tensor<3>) -> Vec<Tensor<3>> {
-        debug_assert!(self.first_touched_node().is_none_or(|m| entry <= m));
-        let mut first: Vec<Tensor<3>> = Vec::with_capacity(self.graph().nodes());
-        first.extend(std::iter::repeat_n(x_entry.clone(), entry));
-        self.pass(entry, &x_entry, &mut first, entry, None);
-        match self.placement().second_pass_start() {
-            None => first,
+    /// x_entry and reads `[batch, tokens, dim]` -> n nodes `[batch, tokens, dim]` (`tokens`
+    /// may be 1 at `entry = 2L` without adapters: the class token is all the head reads)
+    pub fn nodes_from(
+        &self,
+        entry: usize,
+        x_entry: Tensor<3>,
+        reads: Vec<(usize, Tensor<3>)>,
+    ) -> Vec<Tensor<3>> {
+        let plan = self.plain_start();
+        debug_assert!(plan.as_ref().is_none_or(|p| {
+            entry <= p.entry
+                && p.reads
+                    .iter()
+                    .filter(|&&r| r < entry)
+                    .all(|r| reads.iter().any(|(k, _)| k == r))
+        }));
+        let n = self.graph().nodes();
+        let mut plain: Vec<Tensor<3>> = vec![x_entry.clone(); n];
+        let mut given = vec![false; n];
+        for (k, v) in reads {
+            plain[k] = v;
+            given[k] = true;
+        }
+        let placement = self.placement();
+        let skip_first = placement.has_recurrent()
+            && placement
+                .edges()
+                .iter()
+                .filter(|e| e.kind() == EdgeKind::Recurrent)
+                .all(|e| given[e.i])
+            && plan.is_some_and(|p| p.skip_first_pass && p.entry == entry);
+        match placement.second_pass_start() {
+            None => {
+                plain.truncate(entry);
+                self.pass(entry, &x_entry, &mut plain, entry, None);
+                plain
+            }
+            Some(start) if skip_first => {
+                // Pass 1 is the plain network wherever the recurrent edges read it.
+                debug_assert_eq!(start, entry);
+                let mut second = plain[..start].to_vec();
+                self.pass(entry, &x_entry, &mut second, start, Some(&plain));
+                second
+            }
             Some(start) => {
+                let mut first = plain[..entry].to_vec();
+                self.pass(entry, &x_entry, &mut first, entry, None);
                 let mut second: Vec<Tensor<3>> = first[..start].to_vec();
                 self.pass(entry, &x_entry, &mut second, start, Some(&first));
                 second
@@ -410,8 +458,11 @@ impl Vit {
     pub fn forward_input(&self, input: ModelInput) -> Tensor<2> {
         match input {
             ModelInput::Images(images) => self.forward(images),
-            ModelInput::Node { node, value } => {
-                let last = self.nodes_from(node, value).pop().expect("n >= 1 nodes");
+            ModelInput::Node { node, value, reads } => {
+                let last = self
+                    .nodes_from(node, value, reads)
+                    .pop()
+                    .expect("n >= 1 nodes");
                 self.head.forward(self.pool(last))
             }
         }

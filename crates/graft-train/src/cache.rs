@@ -1,13 +1,16 @@
 //! The frozen-prefix activation cache (issue 10). With no data augmentation, every node of
-//! a frozen backbone below the first node a placement touches ([`Vit::first_touched_node`])
-//! has the same value in every epoch and every run on the same base and dataset. A
-//! [`NodeCache`] holds the plain network's value at one node for every row of a split,
-//! computed once in inference mode; a run then trains from that node on ([`Rows::Node`]),
-//! and the linear probe from the class token of the last node.
+//! a frozen backbone below the first node a placement writes, and every node its adapters
+//! read there ([`Vit::plain_start`]), has the same value in every epoch and every run on
+//! the same base and dataset. A [`NodeCache`] holds the plain network's value at one node
+//! for every row of a split, computed once in inference mode; a run then trains from its
+//! entry node on, with the nodes it reads beside it ([`CachedNodes`], [`Rows::Node`]), and
+//! the linear probe from the class token of the last node.
 //!
 //! The values are computed in fixed chunks of [`CACHE_CHUNK`] rows, in row order, whoever
 //! asks, so a cache (and a run trained from it) does not depend on which runs came before
 //! or on the training batch size.
+
+use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use graft_model::{ModelInput, Vit};
@@ -68,9 +71,7 @@ impl NodeCache {
         let rows: Vec<usize> = (0..self.len()).collect();
         let mut out = NodeCache::empty(to, model, class_token_only, self.labels.clone());
         for chunk in rows.chunks(CACHE_CHUNK) {
-            let ModelInput::Node { value, .. } = self.batch(chunk, device).0 else {
-                unreachable!("a node cache gives node inputs")
-            };
+            let value = self.gather(chunk, device);
             out.push(model.plain_node_from(self.node, value, to))?;
         }
         Ok(out)
@@ -140,26 +141,108 @@ impl NodeCache {
         rows * (tokens * dim * std::mem::size_of::<f32>() + 8)
     }
 
-    /// The rows `idx` as a node input and labels.
+    /// The rows `idx` as a node input (without reads) and labels.
     ///
     /// # Shapes
     /// -> node value `[batch, tokens, dim]`, labels `[batch]`
     pub fn batch(&self, idx: &[usize], device: &Device) -> (ModelInput, Tensor<1, Int>) {
+        (
+            ModelInput::Node {
+                node: self.node,
+                value: self.gather(idx, device),
+                reads: Vec::new(),
+            },
+            self.labels(idx, device),
+        )
+    }
+
+    /// The values of rows `idx`.
+    ///
+    /// # Shapes
+    /// -> `[batch, tokens, dim]`
+    pub fn gather(&self, idx: &[usize], device: &Device) -> Tensor<3> {
         let row = self.tokens * self.dim;
         let mut out = Vec::with_capacity(idx.len() * row);
         for &r in idx {
             out.extend_from_slice(&self.values[r * row..(r + 1) * row]);
         }
+        Tensor::from_data(
+            TensorData::new(out, [idx.len(), self.tokens, self.dim]),
+            device,
+        )
+    }
+
+    /// # Shapes
+    /// -> `[batch]`
+    fn labels(&self, idx: &[usize], device: &Device) -> Tensor<1, Int> {
         let labels: Vec<i64> = idx.iter().map(|&r| self.labels[r]).collect();
+        Tensor::from_data(TensorData::new(labels, [idx.len()]), device)
+    }
+}
+
+/// The cached plain values a run starts from, for the same rows of one split: its entry
+/// node and the nodes its adapters read without the pass computing them
+/// ([`graft_graph::PlainStart`]).
+#[derive(Debug, Clone)]
+pub struct CachedNodes {
+    pub entry: Arc<NodeCache>,
+    /// In the order of [`graft_graph::PlainStart::reads`].
+    pub reads: Vec<Arc<NodeCache>>,
+}
+
+impl CachedNodes {
+    /// `entry` and `reads`, caches of the same rows (same labels).
+    pub fn new(entry: Arc<NodeCache>, reads: Vec<Arc<NodeCache>>) -> CachedNodes {
+        assert!(
+            reads.iter().all(|r| r.labels == entry.labels),
+            "caches of one split"
+        );
+        CachedNodes { entry, reads }
+    }
+
+    /// `self`'s rows followed by `other`'s (train + val for the final protocol).
+    pub fn concat(&self, other: &CachedNodes) -> CachedNodes {
+        assert_eq!(self.reads.len(), other.reads.len(), "caches of one start");
+        CachedNodes {
+            entry: Arc::new(self.entry.concat(&other.entry)),
+            reads: self
+                .reads
+                .iter()
+                .zip(&other.reads)
+                .map(|(a, b)| Arc::new(a.concat(b)))
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entry.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entry.is_empty()
+    }
+
+    /// Host memory the values take.
+    pub fn bytes(&self) -> usize {
+        self.entry.bytes() + self.reads.iter().map(|r| r.bytes()).sum::<usize>()
+    }
+
+    /// The rows `idx` as a node input with its reads, and labels.
+    ///
+    /// # Shapes
+    /// -> entry value and reads `[batch, tokens, dim]`, labels `[batch]`
+    pub fn batch(&self, idx: &[usize], device: &Device) -> (ModelInput, Tensor<1, Int>) {
         (
             ModelInput::Node {
-                node: self.node,
-                value: Tensor::from_data(
-                    TensorData::new(out, [idx.len(), self.tokens, self.dim]),
-                    device,
-                ),
+                node: self.entry.node,
+                value: self.entry.gather(idx, device),
+                reads: self
+                    .reads
+                    .iter()
+                    .map(|r| (r.node, r.gather(idx, device)))
+                    .collect(),
             },
-            Tensor::from_data(TensorData::new(labels, [idx.len()]), device),
+            self.entry.labels(idx, device),
         )
     }
 }
@@ -171,7 +254,7 @@ pub enum Rows<'a> {
         split: &'a Split,
         pre: &'a Preprocessing,
     },
-    Node(&'a NodeCache),
+    Node(&'a CachedNodes),
 }
 
 impl Rows<'_> {

@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use base::{BaseModel, base_fingerprints, check_base_params, file_fingerprint, resolve_base};
-pub use cache::{NodeCache, Rows};
+pub use cache::{CachedNodes, NodeCache, Rows};
 pub use data::{DatasetInfo, Preprocessing, Split};
 pub use progress::Progress;
 
@@ -261,7 +261,7 @@ pub fn fit_final(
 
 /// [`fit`] (with `val`) or [`fit_final`] (without) on any [`Rows`]: images, or a node's
 /// cached values (the frozen-prefix activation cache), which must then be the model's
-/// plain value at a node at or below [`Vit::first_touched_node`].
+/// plain values at a [`Vit::plain_start`] (its entry and reads) or below its entry.
 pub fn fit_rows(
     model: Vit,
     train: Rows<'_>,
