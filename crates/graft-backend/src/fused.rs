@@ -1,16 +1,20 @@
-//! LayerNorm and softmax as single operations with their own backward pass (issue 10).
+//! LayerNorm, softmax and attention as single operations with their own backward pass
+//! (issue 10).
 //!
-//! burn-autodiff 0.22 has no LayerNorm or softmax of its own: both fall back to a chain of
-//! element-wise operations (nine for LayerNorm, five for softmax), each a node of the graph
-//! with saved state and a backward step of its own. Here each is one node: the forward is
-//! the backend's own kernel (LibTorch's `native_layer_norm` and `softmax`, burn-flex's
-//! softmax), and the backward is written out (LibTorch's `_softmax_backward_data` for
-//! softmax). Values agree with the composed versions to float rounding (tested below and
-//! against timm in graft-model).
+//! burn-autodiff 0.22 has no LayerNorm, softmax or attention of its own: each falls back to
+//! a chain of operations (nine for LayerNorm, five for softmax, two matrix products, a
+//! scale and a softmax for attention), each a node of the graph with saved state and a
+//! backward step of its own. Here each is one node: the forward is the backend's own kernel
+//! (LibTorch's `native_layer_norm`, `softmax` and the CPU flash attention that PyTorch's
+//! `scaled_dot_product_attention` runs; burn-flex's softmax), and the backward is written
+//! out (LibTorch's `_softmax_backward_data` and flash-attention backward). Values agree
+//! with the composed versions to float rounding (tested below and against timm in
+//! graft-model).
 //!
 //! The operations go through burn's backend-extension mechanism: [`FusedOps`] is
 //! implemented for each concrete backend this build has and for `Autodiff` over them, and
-//! the [`layer_norm`] and [`softmax`] functions route a [`Tensor`] to the right one.
+//! the [`layer_norm`], [`softmax`] and [`attention`] functions route a [`Tensor`] to the
+//! right one.
 
 // burn marks tch deprecated; it is our fastest backend here (as in `device`).
 #![allow(deprecated)]
@@ -44,6 +48,17 @@ pub trait FusedOps: Backend {
     /// # Shapes
     /// `[...]` -> `[...]`
     fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self>;
+
+    /// Scaled dot-product attention, `softmax(q kᵀ · scale) v`, without mask or dropout.
+    ///
+    /// # Shapes
+    /// q, k, v `[batch, heads, tokens, head_dim]` -> `[batch, heads, tokens, head_dim]`
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self>;
 }
 
 /// What a concrete backend contributes: forward passes that keep what the backward needs,
@@ -100,6 +115,89 @@ pub trait Kernels: Backend {
         let s = Self::float_sum_dim(gy.clone(), dim);
         Self::float_sub(gy, Self::float_mul(y, s))
     }
+
+    /// Attention's forward with what its backward needs: by default the attention weights
+    /// `p = softmax(q kᵀ · scale)`.
+    ///
+    /// # Shapes
+    /// q, k, v `[b, h, t, dh]` -> (out `[b, h, t, dh]`, saved: p `[b, h, t, t]`)
+    fn attention_saving(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_attention::<Self>(q, k, v, scale)
+    }
+
+    /// Attention's forward alone (inference, or untracked inputs).
+    ///
+    /// # Shapes
+    /// q, k, v `[b, h, t, dh]` -> `[b, h, t, dh]`
+    fn attention_plain(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        Self::attention_saving(q, k, v, scale).0
+    }
+
+    /// The gradients of q, k and v from the output's gradient `g` and what
+    /// [`Kernels::attention_saving`] returned: with p the attention weights,
+    /// `dv = pᵀ g`, `ds = softmax_backward(g vᵀ, p)`, `dq = ds k · scale`, `dk = dsᵀ q · scale`.
+    ///
+    /// # Shapes
+    /// q, k, v, out, g `[b, h, t, dh]`, saved `[b, h, t, t]` -> dq, dk, dv `[b, h, t, dh]`
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = out;
+        composed_attention_backward::<Self>(q, k, v, saved, g, scale)
+    }
+}
+
+/// Attention from its parts, keeping the weights p for the backward.
+///
+/// # Shapes
+/// q, k, v `[b, h, t, dh]` -> (out `[b, h, t, dh]`, p `[b, h, t, t]`)
+fn composed_attention<B: Kernels>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    scale: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let kt = B::float_swap_dims(k, 2, 3);
+    let scores = B::float_mul_scalar(B::float_matmul(q, kt), scale.into());
+    let p = B::softmax(scores, 3);
+    (B::float_matmul(p.clone(), v), p)
+}
+
+/// The backward of [`composed_attention`] from its weights p.
+///
+/// # Shapes
+/// q, k, v, g `[b, h, t, dh]`, p `[b, h, t, t]` -> dq, dk, dv `[b, h, t, dh]`
+fn composed_attention_backward<B: Kernels>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    p: FloatTensor<B>,
+    g: FloatTensor<B>,
+    scale: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let dv = B::float_matmul(B::float_swap_dims(p.clone(), 2, 3), g.clone());
+    let dp = B::float_matmul(g, B::float_swap_dims(v, 2, 3));
+    let ds = B::float_mul_scalar(B::softmax_backward(dp, p, 3), scale.into());
+    let dq = B::float_matmul(ds.clone(), k);
+    let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), q);
+    (dq, dk, dv)
 }
 
 /// `xhat * gamma + beta`, the parameters broadcast over the leading axes.
@@ -156,6 +254,15 @@ impl FusedOps for burn::backend::Flex {
     fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         Self::softmax(x, dim)
     }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        Self::attention_plain(q, k, v, scale)
+    }
 }
 
 #[cfg(feature = "tch")]
@@ -189,6 +296,58 @@ mod libtorch {
                 &g.tensor, &y.tensor, dim as i64, kind,
             ))
         }
+
+        /// On the CPU, LibTorch's flash attention (what PyTorch's
+        /// `scaled_dot_product_attention` runs there); it saves the log-sum-exp of each
+        /// row, `[b, h, t]`, not the weights. On a GPU, the composed attention.
+        fn attention_saving(
+            q: TchTensor,
+            k: TchTensor,
+            v: TchTensor,
+            scale: f64,
+        ) -> (TchTensor, TchTensor) {
+            if q.tensor.device() != tch::Device::Cpu {
+                return composed_attention::<Self>(q, k, v, scale);
+            }
+            let (out, lse) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
+                &q.tensor,
+                &k.tensor,
+                &v.tensor,
+                0.0,
+                false,
+                None::<tch::Tensor>,
+                scale,
+            );
+            (TchTensor::new(out), TchTensor::new(lse))
+        }
+
+        fn attention_backward(
+            q: TchTensor,
+            k: TchTensor,
+            v: TchTensor,
+            out: TchTensor,
+            saved: TchTensor,
+            g: TchTensor,
+            scale: f64,
+        ) -> (TchTensor, TchTensor, TchTensor) {
+            if q.tensor.device() != tch::Device::Cpu {
+                return composed_attention_backward::<Self>(q, k, v, saved, g, scale);
+            }
+            let (dq, dk, dv) =
+                tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
+                    &g.tensor,
+                    &q.tensor,
+                    &k.tensor,
+                    &v.tensor,
+                    &out.tensor,
+                    &saved.tensor,
+                    0.0,
+                    false,
+                    None::<tch::Tensor>,
+                    scale,
+                );
+            (TchTensor::new(dq), TchTensor::new(dk), TchTensor::new(dv))
+        }
     }
 
     impl FusedOps for LibTorch {
@@ -203,6 +362,10 @@ mod libtorch {
 
         fn fused_softmax(x: TchTensor, dim: usize) -> TchTensor {
             Self::softmax(x, dim)
+        }
+
+        fn fused_attention(q: TchTensor, k: TchTensor, v: TchTensor, scale: f64) -> TchTensor {
+            Self::attention_plain(q, k, v, scale)
         }
     }
 }
@@ -311,6 +474,67 @@ impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::softmax(x.primitive().clone(), dim)),
         }
     }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionStep;
+
+        impl<B: Kernels> Backward<B, 3> for AttentionStep {
+            // q, k, v, the output, what the forward saved, the scale.
+            type State = (
+                B::FloatTensorPrimitive,
+                B::FloatTensorPrimitive,
+                B::FloatTensorPrimitive,
+                B::FloatTensorPrimitive,
+                B::FloatTensorPrimitive,
+                f64,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [q_node, k_node, v_node] = ops.parents;
+                let g = grads.consume::<B>(&ops.node);
+                let (q, k, v, out, saved, scale) = ops.state;
+                let (dq, dk, dv) = B::attention_backward(q, k, v, out, saved, g, scale);
+                for (node, grad) in [(q_node, dq), (k_node, dk), (v_node, dv)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        match AttentionStep
+            .prepare::<C>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (q, k, v) = (
+                    q.primitive().clone(),
+                    k.primitive().clone(),
+                    v.primitive().clone(),
+                );
+                let (out, saved) = B::attention_saving(q.clone(), k.clone(), v.clone(), scale);
+                prep.finish((q, k, v, out.clone(), saved, scale), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::attention_plain(
+                q.primitive().clone(),
+                k.primitive().clone(),
+                v.primitive().clone(),
+                scale,
+            )),
+        }
+    }
 }
 
 /// LayerNorm over the last axis, one operation (and one backward step) on every backend.
@@ -339,6 +563,20 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(
         x.into_dispatch(),
         dim,
+    ))
+}
+
+/// Scaled dot-product attention `softmax(q kᵀ · scale) v`, one operation (and one
+/// backward step) on every backend.
+///
+/// # Shapes
+/// q, k, v `[batch, heads, tokens, head_dim]` -> `[batch, heads, tokens, head_dim]`
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        scale,
     ))
 }
 
@@ -419,6 +657,62 @@ mod tests {
         close(dx1, dx2, 1e-4);
         close1(dg1, dg2, 1e-4);
         close1(db1, db2, 1e-4);
+    }
+
+    /// Attention's output and the gradients of q, k and v agree with burn's composed
+    /// attention, on q, k and v laid out as the ViT makes them (a `[b, t, h, dh]` tensor
+    /// with its axes 1 and 2 swapped), and without autodiff; an untracked v gets none.
+    #[test]
+    fn fused_attention_matches_the_composed_one_with_its_gradients() {
+        let dev = crate::device("cpu").unwrap();
+        let ad = dev.clone().autodiff();
+        let (b, t, h, dh) = (3, 5, 2, 4);
+        let draw = || Tensor::<4>::random([b, t, h, dh], Distribution::Normal(0.0, 1.5), &dev);
+        let (q0, k0, v0) = (draw(), draw(), draw());
+        let w0 = Tensor::<4>::random([b, h, t, dh], Distribution::Normal(0.0, 1.0), &dev);
+        let scale = (dh as f64).powf(-0.5);
+        let composed = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
+            activation::softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3).matmul(v)
+        };
+        let heads = |x: &Tensor<4>| x.clone().swap_dims(1, 2);
+        let flat = |x: Tensor<4>| x.reshape([b * h, t, dh]);
+        close(
+            flat(attention(heads(&q0), heads(&k0), heads(&v0), scale)),
+            flat(composed(heads(&q0), heads(&k0), heads(&v0))),
+            1e-5,
+        );
+        let grads = |fused: bool, track_v: bool| {
+            let leaf = |x: &Tensor<4>| Tensor::<4>::from_data(x.to_data(), &ad).require_grad();
+            let (q, k) = (leaf(&q0), leaf(&k0));
+            let v = if track_v {
+                leaf(&v0)
+            } else {
+                Tensor::<4>::from_data(v0.to_data(), &ad)
+            };
+            let (qh, kh, vh) = (heads(&q), heads(&k), heads(&v));
+            let y = if fused {
+                attention(qh, kh, vh, scale)
+            } else {
+                composed(qh, kh, vh)
+            };
+            let w = Tensor::<4>::from_data(w0.to_data(), &ad);
+            let grads = (y.clone() * w).sum().backward();
+            (
+                flat(y),
+                flat(q.grad(&grads).unwrap()),
+                flat(k.grad(&grads).unwrap()),
+                v.grad(&grads).map(flat),
+            )
+        };
+        let (y1, dq1, dk1, dv1) = grads(true, true);
+        let (y2, dq2, dk2, dv2) = grads(false, true);
+        close(y1, y2, 1e-5);
+        close(dq1, dq2, 1e-4);
+        close(dk1, dk2, 1e-4);
+        close(dv1.unwrap(), dv2.unwrap(), 1e-4);
+        let (_, dq3, _, dv3) = grads(true, false);
+        assert!(dv3.is_none());
+        close(dq3, grads(false, false).1, 1e-4);
     }
 
     /// A frozen input and bias (no gradient required, as in a frozen backbone's LayerNorm

@@ -4,7 +4,7 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::Gradients;
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{Device, Tensor};
-use graft_backend::fused::softmax;
+use graft_backend::fused::attention;
 use graft_graph::{Edge, EdgeKind, Placement, PlainStart};
 
 use crate::{AdapterAct, AdapterConfig, ModelError, Trainable, VitConfig};
@@ -45,8 +45,8 @@ impl Attention {
         let v = split(parts.pop().expect("three chunks"));
         let k = split(parts.pop().expect("three chunks"));
         let q = split(parts.pop().expect("three chunks"));
-        let scores = q.matmul(k.swap_dims(2, 3)) * (dh as f64).powf(-0.5); // [b, heads, t, t]
-        let out = softmax(scores, 3).matmul(v); // [b, heads, t, dh]
+        // softmax(q kᵀ / sqrt(dh)) v as one operation (LibTorch's flash attention on tch).
+        let out = attention(q, k, v, (dh as f64).powf(-0.5)); // [b, heads, t, dh]
         self.proj.forward(out.swap_dims(1, 2).reshape([b, t, d]))
     }
 }
