@@ -420,15 +420,12 @@ impl Vit {
             plain[k] = v;
             given[k] = true;
         }
-        let placement = self.placement();
-        let skip_first = placement.has_recurrent()
-            && placement
-                .edges()
-                .iter()
-                .filter(|e| e.kind() == EdgeKind::Recurrent)
-                .all(|e| given[e.i])
-            && plan.is_some_and(|p| p.skip_first_pass && p.entry == entry);
-        match placement.second_pass_start() {
+        // Pass 1 is skipped when this is the plan's own start and every read it names (the
+        // recurrent sources among them) was given.
+        let skip_first = plan.as_ref().is_some_and(|p| {
+            p.skip_first_pass && p.entry == entry && p.reads.iter().all(|&r| given[r])
+        });
+        match self.placement().second_pass_start() {
             None => {
                 plain.truncate(entry);
                 self.pass(entry, &x_entry, &mut plain, entry, None);

@@ -141,21 +141,6 @@ impl NodeCache {
         rows * (tokens * dim * std::mem::size_of::<f32>() + 8)
     }
 
-    /// The rows `idx` as a node input (without reads) and labels.
-    ///
-    /// # Shapes
-    /// -> node value `[batch, tokens, dim]`, labels `[batch]`
-    pub fn batch(&self, idx: &[usize], device: &Device) -> (ModelInput, Tensor<1, Int>) {
-        (
-            ModelInput::Node {
-                node: self.node,
-                value: self.gather(idx, device),
-                reads: Vec::new(),
-            },
-            self.labels(idx, device),
-        )
-    }
-
     /// The values of rows `idx`.
     ///
     /// # Shapes
