@@ -31,7 +31,7 @@ ARGS      ?=
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	LD_LIBRARY_PATH="$$($(PY) -c 'import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec("torch").origin), "lib"))'):$$LD_LIBRARY_PATH"
 
-.PHONY: pipeline status gc test test-flex test-tch bench bench-sweep bench-cache venv clean-venv chromium slurm-up slurm-down gpu-binaries
+.PHONY: pipeline status gc test test-flex test-tch bench bench-step bench-sweep bench-cache venv clean-venv chromium slurm-up slurm-down gpu-binaries
 
 $(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
@@ -134,6 +134,11 @@ bench: venv
 	bash bench/finetune_speed.sh vit-cpu-small 64 adapters
 	bash bench/finetune_speed.sh vit-cpu-small 64 full
 	$(CARGO) run -q --release -p graft-probe --example svd_bench --features bench-linalg
+
+# The adapter fine-tuning step of the default's preset, graft (tch) against PyTorch + timm,
+# in alternating rounds (PRESET, BATCH and ROUNDS to change them).
+bench-step: venv
+	bash bench/step_pairs.sh $(or $(PRESET),vit-cpu-p8) $(or $(BATCH),64) $(or $(ROUNDS),10)
 
 # A whole fine-tune sweep, graft (tch) against PyTorch + timm on the same runs, every
 # fine-tune stage of the pipeline; TASK=ci unless given (the embedded default's takes about

@@ -1,20 +1,26 @@
-//! LayerNorm, softmax and attention as single operations with their own backward pass
-//! (issue 10).
+//! LayerNorm, softmax, attention and the biased linear map as single operations with their
+//! own backward pass (issue 10).
 //!
 //! burn-autodiff 0.22 has no LayerNorm, softmax or attention of its own: each falls back to
-//! a chain of operations (nine for LayerNorm, five for softmax, two matrix products, a
-//! scale and a softmax for attention), each a node of the graph with saved state and a
-//! backward step of its own. Here each is one node: the forward is the backend's own kernel
-//! (LibTorch's `native_layer_norm`, `softmax` and the CPU flash attention that PyTorch's
-//! `scaled_dot_product_attention` runs; burn-flex's softmax), and the backward is written
-//! out (LibTorch's `_softmax_backward_data` and flash-attention backward). Values agree
-//! with the composed versions to float rounding (tested below and against timm in
-//! graft-model).
+//! a chain of operations (nine for LayerNorm, five for softmax; for attention, three slices
+//! of the qkv projection, two matrix products, a scale and a softmax), each a node of the
+//! graph with saved state and a backward step of its own (a slice's backward fills a zero
+//! tensor of the whole projection's size and writes its part into it). Here each is one
+//! node: the forward is the backend's own kernel (LibTorch's `native_layer_norm`, `softmax`
+//! and the CPU flash attention that PyTorch's `scaled_dot_product_attention` runs, on q, k
+//! and v as views of the projection; burn-flex's softmax), and the backward is written out
+//! (LibTorch's `_softmax_backward_data` and flash-attention backward). Values agree with
+//! the composed versions to float rounding (tested below and against timm in graft-model).
+//!
+//! burn's linear map is a matrix product and then a separate bias addition; on tch the
+//! product writes (zeroes) its output and the addition reads and writes it again. PyTorch's
+//! `nn.Linear` is one `addmm`: the bias is laid into the output and the product adds onto
+//! it. [`linear`] is that `addmm` on tch.
 //!
 //! The operations go through burn's backend-extension mechanism: [`FusedOps`] is
 //! implemented for each concrete backend this build has and for `Autodiff` over them, and
-//! the [`layer_norm`], [`softmax`] and [`attention`] functions route a [`Tensor`] to the
-//! right one.
+//! the [`layer_norm`], [`softmax`], [`attention`] and [`linear`] functions route a
+//! [`Tensor`] to the right one.
 
 // burn marks tch deprecated; it is our fastest backend here (as in `device`).
 #![allow(deprecated)]
@@ -26,7 +32,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Dispatch, Shape, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, Dispatch, Shape, Slice, TensorMetadata, backend_extension};
 use burn::tensor::Tensor;
 
 /// The operations, one dispatch entry each.
@@ -49,15 +55,22 @@ pub trait FusedOps: Backend {
     /// `[...]` -> `[...]`
     fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self>;
 
-    /// Scaled dot-product attention, `softmax(q kᵀ · scale) v`, without mask or dropout.
+    /// Multi-head scaled dot-product attention `softmax(q kᵀ · scale) v`, without mask or
+    /// dropout, from timm's fused qkv projection: its last axis is laid out as (3, heads,
+    /// head_dim); the heads' outputs are concatenated along the last axis.
     ///
     /// # Shapes
-    /// q, k, v `[batch, heads, tokens, head_dim]` -> `[batch, heads, tokens, head_dim]`
-    fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
+    /// qkv `[batch, tokens, 3·heads·head_dim]` -> `[batch, tokens, heads·head_dim]`
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self>;
+
+    /// The biased linear map `x w + b`.
+    ///
+    /// # Shapes
+    /// x `[rows, in]`, w `[in, out]`, b `[out]` -> `[rows, out]`
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 }
 
@@ -116,88 +129,152 @@ pub trait Kernels: Backend {
         Self::float_sub(gy, Self::float_mul(y, s))
     }
 
-    /// Attention's forward with what its backward needs: by default the attention weights
-    /// `p = softmax(q kᵀ · scale)`.
+    /// Attention's forward ([`FusedOps::fused_attention`]) with what its backward needs:
+    /// by default the attention weights `p = softmax(q kᵀ · scale)`.
     ///
     /// # Shapes
-    /// q, k, v `[b, h, t, dh]` -> (out `[b, h, t, dh]`, saved: p `[b, h, t, t]`)
+    /// qkv `[b, t, 3·h·dh]` -> (out `[b, t, h·dh]`, saved: p `[b, h, t, t]`)
     fn attention_saving(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        qkv: FloatTensor<Self>,
+        heads: usize,
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed_attention::<Self>(q, k, v, scale)
+        composed_attention::<Self>(qkv, heads, scale)
     }
 
-    /// Attention's forward alone (inference, or untracked inputs).
+    /// Attention's forward alone (inference, or an untracked input).
     ///
     /// # Shapes
-    /// q, k, v `[b, h, t, dh]` -> `[b, h, t, dh]`
-    fn attention_plain(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
-    ) -> FloatTensor<Self> {
-        Self::attention_saving(q, k, v, scale).0
+    /// qkv `[b, t, 3·h·dh]` -> `[b, t, h·dh]`
+    fn attention_plain(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
+        Self::attention_saving(qkv, heads, scale).0
     }
 
-    /// The gradients of q, k and v from the output's gradient `g` and what
+    /// The gradient of qkv from the output's gradient `g` and what
     /// [`Kernels::attention_saving`] returned: with p the attention weights,
-    /// `dv = pᵀ g`, `ds = softmax_backward(g vᵀ, p)`, `dq = ds k · scale`, `dk = dsᵀ q · scale`.
+    /// `dv = pᵀ g`, `ds = softmax_backward(g vᵀ, p)`, `dq = ds k · scale`, `dk = dsᵀ q · scale`,
+    /// laid out as qkv.
     ///
     /// # Shapes
-    /// q, k, v, out, g `[b, h, t, dh]`, saved `[b, h, t, t]` -> dq, dk, dv `[b, h, t, dh]`
-    #[allow(clippy::too_many_arguments)]
+    /// qkv `[b, t, 3·h·dh]`, out, g `[b, t, h·dh]`, saved `[b, h, t, t]` -> `[b, t, 3·h·dh]`
     fn attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        qkv: FloatTensor<Self>,
         out: FloatTensor<Self>,
         saved: FloatTensor<Self>,
         g: FloatTensor<Self>,
+        heads: usize,
         scale: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> FloatTensor<Self> {
         let _ = out;
-        composed_attention_backward::<Self>(q, k, v, saved, g, scale)
+        composed_attention_backward::<Self>(qkv, saved, g, heads, scale)
     }
+
+    /// `x w + b`: by default the backend's linear map (a product, then the bias added).
+    ///
+    /// # Shapes
+    /// x `[rows, in]`, w `[in, out]`, b `[out]` -> `[rows, out]`
+    fn linear_forward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::linear(x, w, Some(b))
+    }
+}
+
+/// q, k and v, each `[b, h, t, dh]`, as views of timm's fused projection where the backend
+/// allows.
+///
+/// # Shapes
+/// qkv `[b, t, 3·h·dh]` -> 3 x `[b, h, t, dh]`
+fn split_qkv<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> [FloatTensor<B>; 3] {
+    let [b, t, e] = qkv.shape().dims();
+    let dh = e / (3 * heads);
+    let x = B::float_reshape(qkv, Shape::from(vec![b, t, 3, heads, dh]));
+    let x = B::float_permute(x, &[2, 0, 3, 1, 4]); // [3, b, h, t, dh]
+    [0, 1, 2].map(|i| {
+        let part = B::float_slice(
+            x.clone(),
+            &[
+                Slice::from(i..i + 1),
+                Slice::from(0..b),
+                Slice::from(0..heads),
+                Slice::from(0..t),
+                Slice::from(0..dh),
+            ],
+        );
+        B::float_reshape(part, Shape::from(vec![b, heads, t, dh]))
+    })
+}
+
+/// The inverse of [`split_qkv`]: the three heads-first parts laid out as the projection.
+///
+/// # Shapes
+/// 3 x `[b, h, t, dh]` -> `[b, t, 3·h·dh]`
+fn join_qkv<B: Backend>(parts: [FloatTensor<B>; 3]) -> FloatTensor<B> {
+    let [b, h, t, dh] = parts[0].shape().dims();
+    let parts = parts
+        .into_iter()
+        .map(|p| B::float_reshape(p, Shape::from(vec![1, b, h, t, dh])))
+        .collect();
+    let x = B::float_permute(B::float_cat(parts, 0), &[1, 3, 0, 2, 4]); // [b, t, 3, h, dh]
+    B::float_reshape(x, Shape::from(vec![b, t, 3 * h * dh]))
+}
+
+/// The heads' outputs side by side, as the projection after attention reads them.
+///
+/// # Shapes
+/// `[b, h, t, dh]` -> `[b, t, h·dh]`
+fn merge_heads<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let [b, h, t, dh] = x.shape().dims();
+    B::float_reshape(B::float_swap_dims(x, 1, 2), Shape::from(vec![b, t, h * dh]))
+}
+
+/// The inverse of [`merge_heads`].
+///
+/// # Shapes
+/// `[b, t, h·dh]` -> `[b, h, t, dh]`
+fn split_heads<B: Backend>(x: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
+    let [b, t, e] = x.shape().dims();
+    let x = B::float_reshape(x, Shape::from(vec![b, t, heads, e / heads]));
+    B::float_swap_dims(x, 1, 2)
 }
 
 /// Attention from its parts, keeping the weights p for the backward.
 ///
 /// # Shapes
-/// q, k, v `[b, h, t, dh]` -> (out `[b, h, t, dh]`, p `[b, h, t, t]`)
+/// qkv `[b, t, 3·h·dh]` -> (out `[b, t, h·dh]`, p `[b, h, t, t]`)
 fn composed_attention<B: Kernels>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
+    qkv: FloatTensor<B>,
+    heads: usize,
     scale: f64,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [q, k, v] = split_qkv::<B>(qkv, heads);
     let kt = B::float_swap_dims(k, 2, 3);
     let scores = B::float_mul_scalar(B::float_matmul(q, kt), scale.into());
     let p = B::softmax(scores, 3);
-    (B::float_matmul(p.clone(), v), p)
+    (merge_heads::<B>(B::float_matmul(p.clone(), v)), p)
 }
 
 /// The backward of [`composed_attention`] from its weights p.
 ///
 /// # Shapes
-/// q, k, v, g `[b, h, t, dh]`, p `[b, h, t, t]` -> dq, dk, dv `[b, h, t, dh]`
+/// qkv `[b, t, 3·h·dh]`, p `[b, h, t, t]`, g `[b, t, h·dh]` -> `[b, t, 3·h·dh]`
 fn composed_attention_backward<B: Kernels>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
+    qkv: FloatTensor<B>,
     p: FloatTensor<B>,
     g: FloatTensor<B>,
+    heads: usize,
     scale: f64,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+) -> FloatTensor<B> {
+    let [q, k, v] = split_qkv::<B>(qkv, heads);
+    let g = split_heads::<B>(g, heads);
     let dv = B::float_matmul(B::float_swap_dims(p.clone(), 2, 3), g.clone());
     let dp = B::float_matmul(g, B::float_swap_dims(v, 2, 3));
     let ds = B::float_mul_scalar(B::softmax_backward(dp, p, 3), scale.into());
     let dq = B::float_matmul(ds.clone(), k);
     let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), q);
-    (dq, dk, dv)
+    join_qkv::<B>([dq, dk, dv])
 }
 
 /// `xhat * gamma + beta`, the parameters broadcast over the leading axes.
@@ -255,13 +332,16 @@ impl FusedOps for burn::backend::Flex {
         Self::softmax(x, dim)
     }
 
-    fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
+        Self::attention_plain(qkv, heads, scale)
+    }
+
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        Self::attention_plain(q, k, v, scale)
+        Self::linear_forward(x, w, b)
     }
 }
 
@@ -298,56 +378,87 @@ mod libtorch {
         }
 
         /// On the CPU, LibTorch's flash attention (what PyTorch's
-        /// `scaled_dot_product_attention` runs there); it saves the log-sum-exp of each
-        /// row, `[b, h, t]`, not the weights. On a GPU, the composed attention.
-        fn attention_saving(
-            q: TchTensor,
-            k: TchTensor,
-            v: TchTensor,
-            scale: f64,
-        ) -> (TchTensor, TchTensor) {
-            if q.tensor.device() != tch::Device::Cpu {
-                return composed_attention::<Self>(q, k, v, scale);
+        /// `scaled_dot_product_attention` runs there) on q, k and v as views of the
+        /// projection, as timm makes them; it saves the log-sum-exp of each row, `[b, h, t]`,
+        /// not the weights. Its output is laid out `[b, t, h, dh]`, so merging the heads
+        /// copies nothing. On a GPU, the composed attention.
+        fn attention_saving(qkv: TchTensor, heads: usize, scale: f64) -> (TchTensor, TchTensor) {
+            if qkv.tensor.device() != tch::Device::Cpu {
+                return composed_attention::<Self>(qkv, heads, scale);
             }
+            let [q, k, v] = qkv_views(&qkv.tensor, heads);
             let (out, lse) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
-                &q.tensor,
-                &k.tensor,
-                &v.tensor,
+                &q,
+                &k,
+                &v,
                 0.0,
                 false,
                 None::<tch::Tensor>,
                 scale,
             );
+            let [b, h, t, dh] = dims4(&out);
+            let out = out.transpose(1, 2).reshape([b, t, h * dh]);
             (TchTensor::new(out), TchTensor::new(lse))
         }
 
+        /// The gradients of q, k and v from LibTorch's flash-attention backward, stacked
+        /// into the projection's layout (one copy).
         fn attention_backward(
-            q: TchTensor,
-            k: TchTensor,
-            v: TchTensor,
+            qkv: TchTensor,
             out: TchTensor,
             saved: TchTensor,
             g: TchTensor,
+            heads: usize,
             scale: f64,
-        ) -> (TchTensor, TchTensor, TchTensor) {
-            if q.tensor.device() != tch::Device::Cpu {
-                return composed_attention_backward::<Self>(q, k, v, saved, g, scale);
+        ) -> TchTensor {
+            if qkv.tensor.device() != tch::Device::Cpu {
+                return composed_attention_backward::<Self>(qkv, saved, g, heads, scale);
             }
+            let [q, k, v] = qkv_views(&qkv.tensor, heads);
+            let [b, h, t, dh] = dims4(&q);
+            let heads_first = |x: &tch::Tensor| x.reshape([b, t, h, dh]).transpose(1, 2);
             let (dq, dk, dv) =
                 tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
-                    &g.tensor,
-                    &q.tensor,
-                    &k.tensor,
-                    &v.tensor,
-                    &out.tensor,
+                    &heads_first(&g.tensor),
+                    &q,
+                    &k,
+                    &v,
+                    &heads_first(&out.tensor),
                     &saved.tensor,
                     0.0,
                     false,
                     None::<tch::Tensor>,
                     scale,
                 );
-            (TchTensor::new(dq), TchTensor::new(dk), TchTensor::new(dv))
+            let parts = [dq, dk, dv].map(|d| d.transpose(1, 2)); // [b, t, h, dh]
+            let dqkv = tch::Tensor::stack(&parts, 2); // [b, t, 3, h, dh]
+            TchTensor::new(dqkv.reshape([b, t, 3 * h * dh]))
         }
+
+        /// One `addmm`, as PyTorch's `nn.Linear`: the bias broadcast into the output, the
+        /// product added onto it.
+        fn linear_forward(x: TchTensor, w: TchTensor, b: TchTensor) -> TchTensor {
+            TchTensor::new(b.tensor.addmm(&x.tensor, &w.tensor))
+        }
+    }
+
+    /// q, k and v `[b, h, t, dh]` as views of the projection `[b, t, 3·h·dh]`.
+    fn qkv_views(qkv: &tch::Tensor, heads: usize) -> [tch::Tensor; 3] {
+        let [b, t, e] = qkv.size()[..] else {
+            panic!("qkv must have three axes, has {:?}", qkv.size())
+        };
+        let h = heads as i64;
+        let x = qkv
+            .reshape([b, t, 3, h, e / (3 * h)])
+            .permute([2, 0, 3, 1, 4]);
+        [0, 1, 2].map(|i| x.select(0, i))
+    }
+
+    fn dims4(x: &tch::Tensor) -> [i64; 4] {
+        let [a, b, c, d] = x.size()[..] else {
+            panic!("expected four axes, got {:?}", x.size())
+        };
+        [a, b, c, d]
     }
 
     impl FusedOps for LibTorch {
@@ -364,8 +475,12 @@ mod libtorch {
             Self::softmax(x, dim)
         }
 
-        fn fused_attention(q: TchTensor, k: TchTensor, v: TchTensor, scale: f64) -> TchTensor {
-            Self::attention_plain(q, k, v, scale)
+        fn fused_attention(qkv: TchTensor, heads: usize, scale: f64) -> TchTensor {
+            Self::attention_plain(qkv, heads, scale)
+        }
+
+        fn fused_linear(x: TchTensor, w: TchTensor, b: TchTensor) -> TchTensor {
+            Self::linear_forward(x, w, b)
         }
     }
 }
@@ -475,24 +590,65 @@ impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
-    fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
-    ) -> FloatTensor<Self> {
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AttentionStep;
 
-        impl<B: Kernels> Backward<B, 3> for AttentionStep {
-            // q, k, v, the output, what the forward saved, the scale.
+        impl<B: Kernels> Backward<B, 1> for AttentionStep {
+            // qkv, the output, what the forward saved, the heads, the scale.
             type State = (
                 B::FloatTensorPrimitive,
                 B::FloatTensorPrimitive,
                 B::FloatTensorPrimitive,
-                B::FloatTensorPrimitive,
-                B::FloatTensorPrimitive,
+                usize,
                 f64,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [qkv_node] = ops.parents;
+                let g = grads.consume::<B>(&ops.node);
+                let (qkv, out, saved, heads, scale) = ops.state;
+                if let Some(node) = qkv_node {
+                    let dqkv = B::attention_backward(qkv, out, saved, g, heads, scale);
+                    grads.register::<B>(node.id, dqkv);
+                }
+            }
+        }
+
+        match AttentionStep
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let qkv = qkv.primitive().clone();
+                let (out, saved) = B::attention_saving(qkv.clone(), heads, scale);
+                prep.finish((qkv, out.clone(), saved, heads, scale), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::attention_plain(qkv.primitive().clone(), heads, scale))
+            }
+        }
+    }
+
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LinearStep;
+
+        impl<B: Kernels> Backward<B, 3> for LinearStep {
+            // x when w's gradient is needed, w when x's is.
+            type State = (
+                Option<B::FloatTensorPrimitive>,
+                Option<B::FloatTensorPrimitive>,
             );
 
             fn backward(
@@ -501,37 +657,42 @@ impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let [q_node, k_node, v_node] = ops.parents;
+                let [x_node, w_node, b_node] = ops.parents;
                 let g = grads.consume::<B>(&ops.node);
-                let (q, k, v, out, saved, scale) = ops.state;
-                let (dq, dk, dv) = B::attention_backward(q, k, v, out, saved, g, scale);
-                for (node, grad) in [(q_node, dq), (k_node, dk), (v_node, dv)] {
-                    if let Some(node) = node {
-                        grads.register::<B>(node.id, grad);
-                    }
+                let (x, w) = ops.state;
+                if let (Some(node), Some(w)) = (x_node, w) {
+                    // dx = g wᵀ
+                    let dx = B::float_matmul(g.clone(), B::float_swap_dims(w, 0, 1));
+                    grads.register::<B>(node.id, dx);
+                }
+                if let (Some(node), Some(x)) = (w_node, x) {
+                    // dw = xᵀ g
+                    let dw = B::float_matmul(B::float_swap_dims(x, 0, 1), g.clone());
+                    grads.register::<B>(node.id, dw);
+                }
+                if let Some(node) = b_node {
+                    grads.register::<B>(node.id, sum_leading::<B>(g));
                 }
             }
         }
 
-        match AttentionStep
-            .prepare::<C>([q.node(), k.node(), v.node()])
+        let x_tracked = x.is_tracked();
+        let w_tracked = w.is_tracked();
+        match LinearStep
+            .prepare::<C>([x.node(), w.node(), b.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (q, k, v) = (
-                    q.primitive().clone(),
-                    k.primitive().clone(),
-                    v.primitive().clone(),
-                );
-                let (out, saved) = B::attention_saving(q.clone(), k.clone(), v.clone(), scale);
-                prep.finish((q, k, v, out.clone(), saved, scale), out)
+                let (xp, wp) = (x.primitive().clone(), w.primitive().clone());
+                let y = B::linear_forward(xp.clone(), wp.clone(), b.primitive().clone());
+                let state = (w_tracked.then_some(xp), x_tracked.then_some(wp));
+                prep.finish(state, y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::attention_plain(
-                q.primitive().clone(),
-                k.primitive().clone(),
-                v.primitive().clone(),
-                scale,
+            OpsKind::UnTracked(prep) => prep.finish(B::linear_forward(
+                x.primitive().clone(),
+                w.primitive().clone(),
+                b.primitive().clone(),
             )),
         }
     }
@@ -566,17 +727,30 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     ))
 }
 
-/// Scaled dot-product attention `softmax(q kᵀ · scale) v`, one operation (and one
-/// backward step) on every backend.
+/// Multi-head scaled dot-product attention `softmax(q kᵀ · scale) v` from timm's fused qkv
+/// projection (its last axis laid out as (3, heads, head_dim)), one operation (and one
+/// backward step) on every backend; the heads' outputs side by side.
 ///
 /// # Shapes
-/// q, k, v `[batch, heads, tokens, head_dim]` -> `[batch, heads, tokens, head_dim]`
-pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+/// qkv `[batch, tokens, 3·heads·head_dim]` -> `[batch, tokens, heads·head_dim]`
+pub fn attention(qkv: Tensor<3>, heads: usize, scale: f64) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
+        qkv.into_dispatch(),
+        heads,
         scale,
+    ))
+}
+
+/// The biased linear map `x w + b`, one operation (and one backward step) on every
+/// backend: on tch one `addmm`, as PyTorch's `nn.Linear`.
+///
+/// # Shapes
+/// x `[rows, in]`, w `[in, out]`, b `[out]` -> `[rows, out]`
+pub fn linear(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_linear(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        b.into_dispatch(),
     ))
 }
 
@@ -659,60 +833,113 @@ mod tests {
         close1(db1, db2, 1e-4);
     }
 
-    /// Attention's output and the gradients of q, k and v agree with burn's composed
-    /// attention, on q, k and v laid out as the ViT makes them (a `[b, t, h, dh]` tensor
-    /// with its axes 1 and 2 swapped), and without autodiff; an untracked v gets none.
+    /// Attention's output and the gradient of qkv agree with attention composed from burn's
+    /// tensor operations (timm's split of the projection into heads, two products, a
+    /// softmax), with autodiff and without; an untracked projection gets no gradient.
     #[test]
     fn fused_attention_matches_the_composed_one_with_its_gradients() {
         let dev = crate::device("cpu").unwrap();
         let ad = dev.clone().autodiff();
         let (b, t, h, dh) = (3, 5, 2, 4);
-        let draw = || Tensor::<4>::random([b, t, h, dh], Distribution::Normal(0.0, 1.5), &dev);
-        let (q0, k0, v0) = (draw(), draw(), draw());
-        let w0 = Tensor::<4>::random([b, h, t, dh], Distribution::Normal(0.0, 1.0), &dev);
+        let qkv0 = Tensor::<3>::random([b, t, 3 * h * dh], Distribution::Normal(0.0, 1.5), &dev);
+        let w0 = Tensor::<3>::random([b, t, h * dh], Distribution::Normal(0.0, 1.0), &dev);
         let scale = (dh as f64).powf(-0.5);
-        let composed = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
-            activation::softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3).matmul(v)
+        // timm: qkv.reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4); x.transpose(1, 2).reshape(B, N, C)
+        let composed = |qkv: Tensor<3>| {
+            let mut parts = qkv.chunk(3, 2);
+            let heads = |p: Tensor<3>| p.reshape([b, t, h, dh]).swap_dims(1, 2);
+            let v = heads(parts.pop().unwrap());
+            let k = heads(parts.pop().unwrap());
+            let q = heads(parts.pop().unwrap());
+            let p = activation::softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
+            p.matmul(v).swap_dims(1, 2).reshape([b, t, h * dh])
         };
-        let heads = |x: &Tensor<4>| x.clone().swap_dims(1, 2);
-        let flat = |x: Tensor<4>| x.reshape([b * h, t, dh]);
         close(
-            flat(attention(heads(&q0), heads(&k0), heads(&v0), scale)),
-            flat(composed(heads(&q0), heads(&k0), heads(&v0))),
+            attention(qkv0.clone(), h, scale),
+            composed(qkv0.clone()),
             1e-5,
         );
-        let grads = |fused: bool, track_v: bool| {
-            let leaf = |x: &Tensor<4>| Tensor::<4>::from_data(x.to_data(), &ad).require_grad();
-            let (q, k) = (leaf(&q0), leaf(&k0));
-            let v = if track_v {
-                leaf(&v0)
-            } else {
-                Tensor::<4>::from_data(v0.to_data(), &ad)
-            };
-            let (qh, kh, vh) = (heads(&q), heads(&k), heads(&v));
+        let grads = |fused: bool, track: bool| {
+            let mut qkv = Tensor::<3>::from_data(qkv0.to_data(), &ad);
+            if track {
+                qkv = qkv.require_grad();
+            }
             let y = if fused {
-                attention(qh, kh, vh, scale)
+                attention(qkv.clone(), h, scale)
             } else {
-                composed(qh, kh, vh)
+                composed(qkv.clone())
             };
-            let w = Tensor::<4>::from_data(w0.to_data(), &ad);
+            // A tracked weighting, so that the loss has a gradient when qkv has none.
+            let w = Tensor::<3>::from_data(w0.to_data(), &ad).require_grad();
             let grads = (y.clone() * w).sum().backward();
+            (y, qkv.grad(&grads))
+        };
+        let (y1, d1) = grads(true, true);
+        let (y2, d2) = grads(false, true);
+        close(y1, y2, 1e-5);
+        close(d1.unwrap(), d2.unwrap(), 1e-4);
+        let (y3, d3) = grads(true, false);
+        assert!(d3.is_none());
+        close(y3, grads(false, false).0, 1e-5);
+    }
+
+    /// The linear map's output and the gradients of x, w and b agree with burn's `Linear`
+    /// (product, then bias), with autodiff and without; a frozen weight and bias (the
+    /// backbone's, under an adapter) get none while x still gets its own.
+    #[test]
+    fn fused_linear_matches_burns_with_its_gradients() {
+        let dev = crate::device("cpu").unwrap();
+        let ad = dev.clone().autodiff();
+        let (rows, din, dout) = (7, 5, 3);
+        let x0 = Tensor::<2>::random([rows, din], Distribution::Normal(0.0, 1.0), &dev);
+        let w0 = Tensor::<2>::random([din, dout], Distribution::Normal(0.0, 1.0), &dev);
+        let b0 = Tensor::<1>::random([dout], Distribution::Normal(0.0, 1.0), &dev);
+        let r0 = Tensor::<2>::random([rows, dout], Distribution::Normal(0.0, 1.0), &dev);
+        let flat = |t: Tensor<2>| {
+            let [a, c] = t.dims();
+            t.reshape([1, a, c])
+        };
+        close(
+            flat(linear(x0.clone(), w0.clone(), b0.clone())),
+            flat(burn::tensor::module::linear(
+                x0.clone(),
+                w0.clone(),
+                Some(b0.clone()),
+            )),
+            1e-5,
+        );
+        let grads = |fused: bool, frozen: bool| {
+            let x = Tensor::<2>::from_data(x0.to_data(), &ad).require_grad();
+            let (mut w, mut b) = (
+                Tensor::<2>::from_data(w0.to_data(), &ad),
+                Tensor::<1>::from_data(b0.to_data(), &ad),
+            );
+            if !frozen {
+                (w, b) = (w.require_grad(), b.require_grad());
+            }
+            let y = if fused {
+                linear(x.clone(), w.clone(), b.clone())
+            } else {
+                burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()))
+            };
+            let r = Tensor::<2>::from_data(r0.to_data(), &ad);
+            let grads = (y.clone() * r).sum().backward();
             (
                 flat(y),
-                flat(q.grad(&grads).unwrap()),
-                flat(k.grad(&grads).unwrap()),
-                v.grad(&grads).map(flat),
+                flat(x.grad(&grads).unwrap()),
+                w.grad(&grads).map(flat),
+                b.grad(&grads),
             )
         };
-        let (y1, dq1, dk1, dv1) = grads(true, true);
-        let (y2, dq2, dk2, dv2) = grads(false, true);
+        let (y1, dx1, dw1, db1) = grads(true, false);
+        let (y2, dx2, dw2, db2) = grads(false, false);
         close(y1, y2, 1e-5);
-        close(dq1, dq2, 1e-4);
-        close(dk1, dk2, 1e-4);
-        close(dv1.unwrap(), dv2.unwrap(), 1e-4);
-        let (_, dq3, _, dv3) = grads(true, false);
-        assert!(dv3.is_none());
-        close(dq3, grads(false, false).1, 1e-4);
+        close(dx1, dx2, 1e-5);
+        close(dw1.unwrap(), dw2.unwrap(), 1e-5);
+        close1(db1.unwrap(), db2.unwrap(), 1e-5);
+        let (_, dx3, dw3, db3) = grads(true, true);
+        assert!(dw3.is_none() && db3.is_none());
+        close(dx3, grads(false, true).1, 1e-5);
     }
 
     /// A frozen input and bias (no gradient required, as in a frozen backbone's LayerNorm

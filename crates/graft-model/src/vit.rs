@@ -25,6 +25,33 @@ impl PatchEmbed {
     }
 }
 
+/// A linear layer on rows: with a bias (every layer of the ViT has one), one operation
+/// `x w + b` ([`graft_backend::fused::linear`], LibTorch's `addmm` on tch, as PyTorch's
+/// `nn.Linear`); burn's `Linear` is a product and then a separate bias addition.
+///
+/// # Shapes
+/// `[rows, in]` -> `[rows, out]`
+fn rows(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    match &layer.bias {
+        Some(b) => graft_backend::fused::linear(x, layer.weight.val(), b.val()),
+        None => layer.forward(x),
+    }
+}
+
+/// A linear layer on every token as one `[batch·tokens, in] x [in, out]` product, as
+/// PyTorch's `nn.Linear` runs a 3-d input. burn's `Linear` on `[batch, tokens, in]` keeps the
+/// batch axis (unless its policy folds it) and LibTorch then runs `batch` small products
+/// against the broadcast weight, whose cost grows faster with the batch than one product's.
+///
+/// # Shapes
+/// `[batch, tokens, in]` -> `[batch, tokens, out]`
+fn tokenwise(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [b, t, d] = x.dims();
+    let y = rows(layer, x.reshape([b * t, d])); // [batch·tokens, out]
+    let out = y.dims()[1];
+    y.reshape([b, t, out])
+}
+
 /// Multi-head self-attention with timm's fused `qkv` projection.
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -37,17 +64,12 @@ impl Attention {
     /// # Shapes
     /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, t, d] = x.dims();
-        let dh = d / self.heads;
-        // timm lays out qkv's output as (3, heads, head_dim).
-        let mut parts = self.qkv.forward(x).chunk(3, 2); // 3 x [batch, tokens, dim]
-        let split = |p: Tensor<3>| p.reshape([b, t, self.heads, dh]).swap_dims(1, 2); // [b, heads, t, dh]
-        let v = split(parts.pop().expect("three chunks"));
-        let k = split(parts.pop().expect("three chunks"));
-        let q = split(parts.pop().expect("three chunks"));
-        // softmax(q kᵀ / sqrt(dh)) v as one operation (LibTorch's flash attention on tch).
-        let out = attention(q, k, v, (dh as f64).powf(-0.5)); // [b, heads, t, dh]
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, t, d]))
+        let dh = x.dims()[2] / self.heads;
+        let qkv = tokenwise(&self.qkv, x); // [batch, tokens, 3·dim], laid out (3, heads, dh)
+        // softmax(q kᵀ / sqrt(dh)) v per head as one operation (LibTorch's flash attention on
+        // tch), the heads side by side.
+        let out = attention(qkv, self.heads, (dh as f64).powf(-0.5)); // [batch, tokens, dim]
+        tokenwise(&self.proj, out)
     }
 }
 
@@ -62,7 +84,7 @@ impl Mlp {
     /// # Shapes
     /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        tokenwise(&self.fc2, gelu(tokenwise(&self.fc1, x)))
     }
 }
 
@@ -110,16 +132,24 @@ impl Adapter {
     /// # Shapes
     /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.down.forward(x); // [batch, tokens, rank]
+        let [b, t, d] = x.dims();
+        let h = rows(&self.down, x.reshape([b * t, d])); // [batch·tokens, rank]
         let h = match self.act {
             AdapterAct::Gelu => gelu(h),
             AdapterAct::Relu => relu(h),
         };
-        let y = burn::tensor::module::linear(h, self.up.weight.val(), None) * self.scale;
-        match &self.up.bias {
-            Some(b) => y + b.val().unsqueeze::<3>(),
-            None => y,
-        }
+        let y = match &self.up.bias {
+            // s = 1 (the default): the up projection alone.
+            Some(_) if self.scale == 1.0 => rows(&self.up, h),
+            bias => {
+                let y = burn::tensor::module::linear(h, self.up.weight.val(), None) * self.scale;
+                match bias {
+                    Some(b) => y + b.val().unsqueeze::<2>(),
+                    None => y,
+                }
+            }
+        }; // [batch·tokens, dim]
+        y.reshape([b, t, d])
     }
 }
 
@@ -460,7 +490,7 @@ impl Vit {
                     .nodes_from(node, value, reads)
                     .pop()
                     .expect("n >= 1 nodes");
-                self.head.forward(self.pool(last))
+                rows(&self.head, self.pool(last))
             }
         }
     }
@@ -497,7 +527,7 @@ impl Vit {
     /// images `[batch, channels, height, width]` -> logits `[batch, classes]`
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let last = self.nodes(images).pop().expect("n >= 1 nodes");
-        self.head.forward(self.pool(last))
+        rows(&self.head, self.pool(last))
     }
 
     /// # Shapes
@@ -542,7 +572,7 @@ impl Vit {
             x = tap(x, &mut nodes, &mut taps);
             plain.push(x.clone());
         }
-        let logits = self.head.forward(self.pool(x));
+        let logits = rows(&self.head, self.pool(x));
         Ok(NodeTrace {
             logits,
             nodes,
