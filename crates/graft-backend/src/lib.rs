@@ -83,17 +83,16 @@ pub const TRIM_THRESHOLD: usize = 256 << 20;
 /// once per process; [`device`] calls it. Returns whether the settings are in effect.
 pub fn keep_freed_memory() -> bool {
     static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SET.get_or_init(|| {
-        let env = |k: &str| std::env::var_os(k).is_some();
-        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        if tunables.contains("glibc.malloc.")
-            || env("MALLOC_MMAP_THRESHOLD_")
-            || env("MALLOC_TRIM_THRESHOLD_")
-        {
-            return false;
-        }
-        set_malloc_thresholds()
-    })
+    *SET.get_or_init(|| !malloc_set_in_environment() && set_malloc_thresholds())
+}
+
+/// Whether the environment sets malloc's thresholds itself, which then stay as they are.
+fn malloc_set_in_environment() -> bool {
+    let env = |k: &str| std::env::var_os(k).is_some();
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    tunables.contains("glibc.malloc.")
+        || env("MALLOC_MMAP_THRESHOLD_")
+        || env("MALLOC_TRIM_THRESHOLD_")
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -223,11 +222,7 @@ mod tests {
     #[test]
     fn the_heap_keeps_blocks_below_the_threshold() {
         device("cpu").unwrap();
-        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        if tunables.contains("glibc.malloc.")
-            || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-            || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
-        {
+        if malloc_set_in_environment() {
             assert!(!keep_freed_memory());
             return;
         }

@@ -138,15 +138,13 @@ impl Adapter {
             AdapterAct::Gelu => gelu(h),
             AdapterAct::Relu => relu(h),
         };
-        let y = match &self.up.bias {
-            // s = 1 (the default): the up projection alone.
-            Some(_) if self.scale == 1.0 => rows(&self.up, h),
-            bias => {
-                let y = burn::tensor::module::linear(h, self.up.weight.val(), None) * self.scale;
-                match bias {
-                    Some(b) => y + b.val().unsqueeze::<2>(),
-                    None => y,
-                }
+        let y = if self.scale == 1.0 {
+            rows(&self.up, h) // s = 1 (the default): the up projection alone
+        } else {
+            let y = burn::tensor::module::linear(h, self.up.weight.val(), None) * self.scale;
+            match &self.up.bias {
+                Some(b) => y + b.val().unsqueeze::<2>(),
+                None => y,
             }
         }; // [batch·tokens, dim]
         y.reshape([b, t, d])
