@@ -207,7 +207,7 @@ fn default_pipeline_is_embedded() {
         out.contains("pipeline default (embedded default pipeline)"),
         "{out}"
     );
-    for stage in ["prep-source", "prep-textures", "prep-colours", "report"] {
+    for stage in ["prep-source", "prep@textures", "prep@colours", "report"] {
         assert_eq!(status_of(&out, stage), "stale", "{out}");
     }
     assert!(out.contains("no previous run"), "{out}");

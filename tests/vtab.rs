@@ -16,10 +16,15 @@ fn mini_vtab(root: &Path, task: &str, classes: usize, names: bool) -> PathBuf {
     let dir = root.join(task);
     std::fs::create_dir_all(dir.join("images")).unwrap();
     let mut lists: [Vec<String>; 3] = Default::default();
+    // Each task's images differ from another's with as many classes.
+    let salt = task
+        .bytes()
+        .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
     for k in 0..classes {
         for i in 0..6u32 {
             let img = image::RgbImage::from_fn(12 + i, 10, |x, y| {
-                image::Rgb([(x * 20) as u8, (y * 25) as u8, (k * 90) as u8])
+                let red = (x * 20 + salt) % 256;
+                image::Rgb([red as u8, (y * 25) as u8, (k * 90) as u8])
             });
             let rel = format!("images/{k}_{i}.png");
             img.save(dir.join(&rel)).unwrap();
@@ -243,44 +248,70 @@ fn bad_vtab_inputs_name_the_file_and_line_and_leave_the_store_unchanged() {
     expect(&root, "g", &["train800val200.txt", "must list exactly"]);
 }
 
-/// The five tasks of pipelines/vtab.toml.
-const TASKS: [&str; 5] = ["dtd", "cifar", "oxford_flowers102", "eurosat", "svhn"];
+/// The 19 tasks of pipelines/vtab.toml, in its order.
+const TASKS: [&str; 19] = [
+    "caltech101",
+    "cifar",
+    "dtd",
+    "oxford_flowers102",
+    "oxford_iiit_pet",
+    "svhn",
+    "sun397",
+    "patch_camelyon",
+    "eurosat",
+    "resisc45",
+    "diabetic_retinopathy",
+    "clevr_count",
+    "clevr_dist",
+    "dmlab",
+    "kitti",
+    "dsprites_loc",
+    "dsprites_ori",
+    "smallnorb_azi",
+    "smallnorb_ele",
+];
+
+/// The five tasks the file was written out for by hand before matrix stages.
+const BY_HAND: [&str; 5] = ["dtd", "cifar", "oxford_flowers102", "eurosat", "svhn"];
+
+/// Shrinks stage `prep`, `probe`, `propose` and `finetune` (every expansion of a matrix
+/// stage, or one stage written by hand) to the miniature.
+fn mini_sets(names: [&str; 4], ckpt: &str) -> Vec<String> {
+    let [prep, probe, propose, finetune] = names;
+    let mut sets = vec![
+        format!("{prep}.image_size=16"),
+        format!("{propose}.budgets=[1]"),
+        format!(
+            "{propose}.heuristics=[{{ name = \"gga\", score = \"rank\" }}, {{ name = \"single-sweep\", kinds = [\"parallel\"] }}]"
+        ),
+        format!("{finetune}.baselines=[\"linear-probe\", \"lora\"]"),
+        format!("{finetune}.jobs=2"),
+    ];
+    sets.extend(tiny_model_sets(probe, finetune, ckpt));
+    sets
+}
 
 #[test]
-fn vtab_pipeline_file_runs_on_a_miniature_vtab() {
+fn vtab_pipeline_file_runs_all_19_tasks_on_a_miniature_vtab() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("vtab-1k");
     let store = dir.path().join("store");
     let pipe = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/vtab.toml");
     let ckpt = tiny_checkpoint(&store);
-    let mut sets = Vec::new();
-    for t in TASKS {
-        sets.extend([
-            format!("prep-{t}.image_size=16"),
-            format!("propose-{t}.budgets=[1]"),
-            format!(
-                "propose-{t}.heuristics=[{{ name = \"single-sweep\", kinds = [\"parallel\"] }}]"
-            ),
-            format!("finetune-{t}.baselines=[\"linear-probe\"]"),
-            format!("finetune-{t}.jobs=2"),
-        ]);
-        sets.extend(tiny_model_sets(
-            &format!("probe-{t}"),
-            &format!("finetune-{t}"),
-            &ckpt,
-        ));
-    }
-    let small = overrides(&sets);
+    let small = overrides(&mini_sets(["prep", "probe", "propose", "finetune"], &ckpt));
 
-    // Without VTAB_DIR, and then with a task folder missing: said at the check, store untouched.
+    // Without VTAB_DIR: said once for the 19 prep stages, at the check, store untouched.
     let before = snapshot(&store);
     let o = run(graft(&store).args(["run", pipe]).args(&small));
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("VTAB_DIR"), "{}", stderr(&o));
-    // Two classes more per task, so that no two tasks are the same data (equal lists under
-    // two names would be one data set: the name is not part of the key).
-    for (k, t) in TASKS[..4].iter().enumerate() {
-        mini_vtab(&root, t, 2 + k, false);
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("VTAB_DIR")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("stages.prep@*"), "{err}");
+    // Fewer classes than most tasks publish, and a different number per task, so that no two
+    // tasks are the same data (the reader pads to the published class count).
+    for (k, t) in TASKS[..18].iter().enumerate() {
+        mini_vtab(&root, t, 2 + k % 4, false);
     }
     let o = run(graft(&store)
         .args(["run", pipe])
@@ -289,23 +320,23 @@ fn vtab_pipeline_file_runs_on_a_miniature_vtab() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
-        err.contains("svhn/") && err.contains("train800.txt"),
+        err.contains("smallnorb_ele/") && err.contains("train800.txt"),
         "{err}"
     );
     assert_eq!(snapshot(&store), before, "the store changed");
 
-    mini_vtab(&root, "svhn", 6, false);
+    mini_vtab(&root, "smallnorb_ele", 5, false);
     let out = ok(graft(&store)
         .args(["run", pipe])
         .args(&small)
         .env("VTAB_DIR", &root));
     for t in TASKS {
         for stage in ["prep", "probe", "propose", "finetune"] {
-            assert_eq!(status_of(&out, &format!("{stage}-{t}")), "ran", "{out}");
+            assert_eq!(status_of(&out, &format!("{stage}@{t}")), "ran", "{out}");
         }
         let protocols = run_protocols(
             &store,
-            &slot_artifact(&store, &format!("vtab/finetune-{t}")),
+            &slot_artifact(&store, &format!("vtab/finetune@{t}")),
         );
         assert!(
             !protocols.is_empty() && protocols.iter().all(|p| p == "final"),
@@ -313,9 +344,15 @@ fn vtab_pipeline_file_runs_on_a_miniature_vtab() {
         );
     }
     assert_eq!(status_of(&out, "report"), "ran", "{out}");
+    check_vtab_report(&store);
+    same_keys_as_the_hand_written_file(&store, &root, &ckpt);
+}
+
+/// The report across the 19 tasks: the cross-task figure, every task in the summary.
+fn check_vtab_report(store: &Path) {
     let report = store
         .join("objects")
-        .join(slot_artifact(&store, "vtab/report"));
+        .join(slot_artifact(store, "vtab/report"));
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     // The cross-task figure is drawn, not skipped: every task swept the parallel edges.
     assert!(
@@ -334,4 +371,27 @@ fn vtab_pipeline_file_runs_on_a_miniature_vtab() {
         summary.contains("final (trained on train + val"),
         "{summary}"
     );
+}
+
+/// The five-task file as it was written by hand, on the same store: every stage of its five
+/// chains is fresh (an expansion's key is the hand-written stage's key).
+fn same_keys_as_the_hand_written_file(store: &Path, root: &Path, ckpt: &str) {
+    let pipe = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/graft-runner/testdata/vtab-five-by-hand.toml"
+    );
+    let mut sets = Vec::new();
+    for t in BY_HAND {
+        let names = ["prep", "probe", "propose", "finetune"].map(|s| format!("{s}-{t}"));
+        sets.extend(mini_sets(names.each_ref().map(String::as_str), ckpt));
+    }
+    let out = ok(graft(store)
+        .args(["status", pipe])
+        .args(overrides(&sets))
+        .env("VTAB_DIR", root));
+    for t in BY_HAND {
+        for stage in ["prep", "probe", "propose", "finetune"] {
+            assert_eq!(status_of(&out, &format!("{stage}-{t}")), "fresh", "{out}");
+        }
+    }
 }

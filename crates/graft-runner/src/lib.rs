@@ -26,6 +26,8 @@ use graft_store::{ArtifactId, GcPlan, Store};
 use serde::Deserialize;
 use serde_json::Value;
 
+mod matrix;
+
 /// The embedded default pipeline: procedural data, no download.
 pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/default.toml");
 
@@ -60,6 +62,9 @@ pub enum RunnerError {
 struct PipelineFile {
     #[serde(default)]
     description: Option<String>,
+    /// Values named once and used as `${vars.<name>}` (see [`matrix`]).
+    #[serde(default)]
+    vars: toml::Table,
     stages: toml::Table,
 }
 
@@ -71,13 +76,26 @@ struct StageFile {
     inputs: BTreeMap<String, String>,
     #[serde(default)]
     params: toml::Table,
+    /// Axes to expand over, in the file's order (see [`matrix`]).
+    #[serde(default)]
+    matrix: Option<toml::Table>,
+    /// The part of expansion names after `@`, with `${item.…}` references.
+    #[serde(default)]
+    name: Option<String>,
 }
 
-/// One stage of a pipeline, parameters as they will be passed.
+/// One stage of a pipeline, parameters as they will be passed: a stage of the file, or one
+/// expansion of a matrix stage (`probe@dtd`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageSpec {
+    /// The stage's name: `probe`, or `probe@dtd` for an expansion.
     pub name: String,
+    /// The name in the file: `probe` for `probe` and for each of its expansions.
+    pub base: String,
     pub kind: String,
+    /// An expansion's axes in the file's order, each with its part of the name (`None` for a
+    /// table item without a `name`); empty for a stage without a matrix.
+    pub item: Vec<(String, Option<String>)>,
     /// Input name -> producing stage's name.
     pub inputs: BTreeMap<String, String>,
     pub params: serde_json::Map<String, Value>,
@@ -96,8 +114,19 @@ impl Pipeline {
     /// Loads `pipelines/<name>.toml` when `arg` is a bare name, the file when it is a path,
     /// and the embedded default when it is `None`.
     pub fn load(arg: Option<&str>) -> Result<Pipeline, RunnerError> {
+        Pipeline::load_with(arg, &[])
+    }
+
+    /// [`Pipeline::load`] with `-S vars.<name>=<value>` overrides applied before matrix
+    /// stages expand (`sets` may hold other overrides too: they are left alone here).
+    pub fn load_with(arg: Option<&str>, sets: &[String]) -> Result<Pipeline, RunnerError> {
         match arg {
-            None => Pipeline::parse("default", "embedded default pipeline", DEFAULT_PIPELINE),
+            None => Pipeline::parse_with(
+                "default",
+                "embedded default pipeline",
+                DEFAULT_PIPELINE,
+                sets,
+            ),
             Some(a) => {
                 let path = if a.ends_with(".toml") || a.contains('/') {
                     PathBuf::from(a)
@@ -112,13 +141,23 @@ impl Pipeline {
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                Pipeline::parse(&name, &path.display().to_string(), &text)
+                Pipeline::parse_with(&name, &path.display().to_string(), &text, sets)
             }
         }
     }
 
     /// Parses pipeline TOML; `source` names it in errors.
     pub fn parse(name: &str, source: &str, text: &str) -> Result<Pipeline, RunnerError> {
+        Pipeline::parse_with(name, source, text, &[])
+    }
+
+    /// [`Pipeline::parse`] with the `-S vars.<name>=<value>` overrides among `sets`.
+    pub fn parse_with(
+        name: &str,
+        source: &str,
+        text: &str,
+        sets: &[String],
+    ) -> Result<Pipeline, RunnerError> {
         let err = |message: String| RunnerError::Pipeline {
             path: source.to_owned(),
             message,
@@ -134,29 +173,18 @@ impl Pipeline {
                     format!("{path}: {message}")
                 })
             })?;
-        let mut stages = Vec::new();
+        let mut templates = Vec::new();
         for (stage_name, value) in file.stages {
-            let spec: StageFile = value.try_into().map_err(|e: toml::de::Error| {
-                err(format!("stages.{stage_name}: {}", e.message()))
-            })?;
-            if !KINDS.contains(&spec.kind.as_str()) {
-                return Err(err(format!(
-                    "stages.{stage_name}.kind = {:?} is not a stage kind (known: {})",
-                    spec.kind,
-                    KINDS.join(", ")
-                )));
-            }
-            let params = match serde_json::to_value(&spec.params) {
-                Ok(Value::Object(m)) => m,
-                _ => return Err(err(format!("stages.{stage_name}.params must be a table"))),
-            };
-            stages.push(StageSpec {
-                name: stage_name,
-                kind: spec.kind,
-                inputs: spec.inputs,
-                params,
-            });
+            templates.push(template(stage_name, value).map_err(err)?);
         }
+        let mut vars = match serde_json::to_value(&file.vars) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(err("vars must be a table".into())),
+        };
+        for arg in sets.iter().filter(|a| is_var_override(a)) {
+            set_var(&mut vars, arg)?;
+        }
+        let stages = matrix::expand(templates, &vars).map_err(err)?;
         let stages = order(stages).map_err(err)?;
         Ok(Pipeline {
             name: name.to_owned(),
@@ -166,7 +194,36 @@ impl Pipeline {
         })
     }
 
-    /// Applies `-S stage.param=value` overrides, as if the file said so.
+    /// The names a person can give `-S` and `--force`: each stage of the file (a matrix
+    /// stage stands for all its expansions) and each expansion.
+    pub fn stage_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for s in &self.stages {
+            if s.name != s.base && !names.contains(&s.base) {
+                names.push(s.base.clone());
+            }
+            names.push(s.name.clone());
+        }
+        names
+    }
+
+    /// Does `name` (a stage, an expansion, or a matrix stage's name for all its expansions)
+    /// pick `spec`?
+    pub fn names(spec: &StageSpec, name: &str) -> bool {
+        spec.name == name || spec.base == name
+    }
+
+    /// Applies every override of `sets` but the `vars.` ones (which [`Pipeline::load_with`]
+    /// applied).
+    pub fn apply_overrides(&mut self, sets: &[String]) -> Result<(), RunnerError> {
+        for arg in sets.iter().filter(|a| !is_var_override(a)) {
+            self.apply_override(arg)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `-S stage.param=value` overrides, as if the file said so: `-S probe.batch=8`
+    /// sets every expansion of a matrix stage `probe`, `-S probe@dtd.batch=8` one.
     pub fn apply_override(&mut self, arg: &str) -> Result<(), RunnerError> {
         let bad = |message: String| RunnerError::Override {
             arg: arg.to_owned(),
@@ -177,20 +234,112 @@ impl Pipeline {
         let (stage, param) = path
             .split_once('.')
             .ok_or_else(|| bad("expected STAGE.PARAM=VALUE".into()))?;
-        let names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
-        let spec = self
+        let targets: Vec<&mut StageSpec> = self
             .stages
             .iter_mut()
-            .find(|s| s.name == stage)
-            .ok_or_else(|| {
-                bad(format!(
-                    "no stage {stage:?} in this pipeline (stages: {})",
-                    names.join(", ")
-                ))
-            })?;
-        spec.params.insert(param.to_owned(), value);
+            .filter(|s| Pipeline::names(s, stage))
+            .collect();
+        if targets.is_empty() {
+            return Err(bad(format!(
+                "no stage {stage:?} in this pipeline (stages: {})",
+                self.stage_names().join(", ")
+            )));
+        }
+        for spec in targets {
+            spec.params.insert(param.to_owned(), value.clone());
+        }
         Ok(())
     }
+}
+
+/// `-S vars.<name>=…`: an override of the pipeline's `vars`, applied before expansion.
+fn is_var_override(arg: &str) -> bool {
+    arg.trim_start().starts_with("vars.")
+}
+
+/// Sets one of `vars` from `-S vars.<name>=<value>`; the name must be one the file has.
+fn set_var(vars: &mut serde_json::Map<String, Value>, arg: &str) -> Result<(), RunnerError> {
+    let bad = |message: String| RunnerError::Override {
+        arg: arg.to_owned(),
+        message,
+    };
+    let (path, value) =
+        graft_stage::parse_assignment(arg).ok_or_else(|| bad("expected vars.NAME=VALUE".into()))?;
+    let name = path.trim_start_matches("vars.");
+    match vars.get_mut(name) {
+        Some(slot) => {
+            *slot = value;
+            Ok(())
+        }
+        None => {
+            let known: Vec<&str> = vars.keys().map(String::as_str).collect();
+            Err(bad(format!(
+                "no var {name:?} in this pipeline (vars: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )))
+        }
+    }
+}
+
+/// One stage of the file as written, its kind checked.
+fn template(stage_name: String, value: toml::Value) -> Result<matrix::Template, String> {
+    let spec: StageFile = value
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("stages.{stage_name}: {}", e.message()))?;
+    if !KINDS.contains(&spec.kind.as_str()) {
+        return Err(format!(
+            "stages.{stage_name}.kind = {:?} is not a stage kind (known: {})",
+            spec.kind,
+            KINDS.join(", ")
+        ));
+    }
+    if let Err(why) = check_stage_name(&stage_name) {
+        return Err(format!("stages.{stage_name}: the name {why}"));
+    }
+    let params = match serde_json::to_value(&spec.params) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(format!("stages.{stage_name}.params must be a table")),
+    };
+    let matrix = match spec.matrix {
+        None => None,
+        Some(axes) => Some(
+            axes.into_iter()
+                .map(|(axis, v)| {
+                    serde_json::to_value(&v)
+                        .map(|v| (axis.clone(), v))
+                        .map_err(|e| format!("stages.{stage_name}.matrix.{axis}: {e}"))
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+        ),
+    };
+    if spec.name.is_some() && matrix.is_none() {
+        return Err(format!(
+            "stages.{stage_name}.name: a name template needs a matrix"
+        ));
+    }
+    Ok(matrix::Template {
+        name: stage_name,
+        kind: spec.kind,
+        inputs: spec.inputs,
+        params,
+        matrix,
+        name_template: spec.name,
+    })
+}
+
+/// A stage's name in the file: no `@` (expansions add it) and no `.` (`-S stage.param`).
+fn check_stage_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains(['@', '.', '/']) || name.contains("--") {
+        return Err("must not be empty or hold '@', '.', '/' or '--'".into());
+    }
+    if name == "vars" {
+        return Err("`vars` is taken by `-S vars.<name>=…`".into());
+    }
+    Ok(())
 }
 
 /// A TOML error as one line: `line 3, column 7: <message>` (the toml crate's own display
@@ -266,6 +415,49 @@ struct FailureLine {
     failure: graft_stage::Failure,
 }
 
+/// Failures as `(stage label, line)`: expansions of one matrix stage that fail with the same
+/// words are one line, labelled `prep@*` (all of them) or `prep@{dtd,cifar}`.
+fn group_failures(
+    pipeline: &Pipeline,
+    failed: Vec<(&StageSpec, RunnerError)>,
+) -> Vec<(String, String)> {
+    // The stage's own name in the message stands for the group's label.
+    const HOLE: &str = "\u{0}";
+    let mut groups: Vec<(String, Vec<&StageSpec>, String)> = Vec::new();
+    for (spec, e) in failed {
+        let line = e
+            .to_string()
+            .replace(&format!("stages.{}", spec.name), &format!("stages.{HOLE}"));
+        match groups
+            .iter_mut()
+            .find(|(base, _, l)| *base == spec.base && *l == line)
+        {
+            Some((_, specs, _)) => specs.push(spec),
+            None => groups.push((spec.base.clone(), vec![spec], line)),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(base, specs, line)| {
+            let all = pipeline.stages.iter().filter(|s| s.base == base).count();
+            let label = match specs.as_slice() {
+                [one] => one.name.clone(),
+                _ if specs.len() == all => format!("{base}@*"),
+                _ => format!(
+                    "{base}@{{{}}}",
+                    specs
+                        .iter()
+                        .map(|s| s.name.trim_start_matches(&format!("{base}@")).to_owned())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            };
+            let line = line.replace(HOLE, &label);
+            (label, line)
+        })
+        .collect()
+}
+
 /// What the runner does with each stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -279,7 +471,7 @@ pub struct RunOptions {
     pub store: PathBuf,
     pub bin_dir: PathBuf,
     pub mode: Mode,
-    /// Stages to run even when fresh.
+    /// Stages to run even when fresh (a matrix stage's name: all its expansions).
     pub force: BTreeSet<String>,
 }
 
@@ -370,7 +562,8 @@ impl RunOptions {
     /// Checks every stage's parameters and input names before anything runs, so a bad
     /// parameter anywhere leaves the store untouched. A stage's refusal is reported as an
     /// error of the pipeline file, naming `stages.<name>.params.<field>`. Every stage is
-    /// checked, so one run lists everything that is missing (data, checkpoints).
+    /// checked, so one run lists everything that is missing (data, checkpoints); the same
+    /// refusal from several expansions of a matrix stage is one line (`stages.prep@*…`).
     pub fn check(&self, pipeline: &Pipeline) -> Result<(), RunnerError> {
         let mut failed = Vec::new();
         for spec in &pipeline.stages {
@@ -381,23 +574,26 @@ impl RunOptions {
                     .arg(format!("{input}={}", placeholder_id()));
             }
             if let Err(e) = self.invoke(pipeline, spec, cmd) {
-                failed.push((spec.name.clone(), e));
+                failed.push((spec, e));
             }
         }
-        match failed.len() {
+        if failed.len() == 1 {
+            return Err(failed.remove(0).1);
+        }
+        let groups = group_failures(pipeline, failed);
+        match groups.len() {
             0 => Ok(()),
-            1 => Err(failed.remove(0).1),
             _ => Err(RunnerError::Stage {
-                stage: failed
+                stage: groups
                     .iter()
-                    .map(|(name, _)| name.as_str())
+                    .map(|(label, _)| label.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
                 message: format!(
                     "failed the check:\n  {}",
-                    failed
+                    groups
                         .iter()
-                        .map(|(_, e)| e.to_string())
+                        .map(|(_, line)| line.as_str())
                         .collect::<Vec<_>>()
                         .join("\n  ")
                 ),
@@ -453,7 +649,7 @@ impl RunOptions {
                         Mode::Status => {
                             cmd.arg("--status");
                         }
-                        Mode::Run if self.force.contains(&spec.name) => {
+                        Mode::Run if self.force.iter().any(|f| Pipeline::names(spec, f)) => {
                             cmd.arg("--force");
                         }
                         Mode::Run => {}
@@ -518,8 +714,8 @@ pub fn slot_pipeline(slot: &str) -> &str {
     slot.split_once('/').map_or(slot, |(p, _)| p)
 }
 
-/// The roots of `gc`: every slot's artifact, less those of `forget` (a pipeline name, or one
-/// slot `pipeline/stage`). Refuses (an error naming the cause) when it cannot tell what to
+/// The roots of `gc`: every slot's artifact, less those of `forget` (a pipeline name, one
+/// slot `pipeline/stage`, or `pipeline/stage` of a matrix stage for all its expansions). Refuses (an error naming the cause) when it cannot tell what to
 /// keep: an unreadable pipelines directory or slot record, a pipeline file that does not
 /// parse, a `forget` name with no slot.
 pub fn gc_roots(
@@ -534,7 +730,13 @@ pub fn gc_roots(
         let hits: Vec<&String> = slots
             .iter()
             .map(|(slot, _)| slot)
-            .filter(|slot| *slot == name || slot_pipeline(slot) == name)
+            .filter(|slot| {
+                *slot == name
+                    || slot_pipeline(slot) == name
+                    || slot
+                        .strip_prefix(name.as_str())
+                        .is_some_and(|r| r.starts_with('@'))
+            })
             .collect();
         if hits.is_empty() {
             let mut known: Vec<&str> = slots.iter().map(|(s, _)| slot_pipeline(s)).collect();
@@ -695,6 +897,65 @@ mod tests {
         let all = all_pipelines(&dir).unwrap();
         let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["default", "ci", "dtd", "vtab"]);
+    }
+
+    fn testdata(name: &str) -> Pipeline {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name);
+        Pipeline::load(Some(&path.display().to_string())).unwrap()
+    }
+
+    fn pipeline_file(name: &str, sets: &[String]) -> Pipeline {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../pipelines")
+            .join(name);
+        let mut p = Pipeline::load_with(Some(&path.display().to_string()), sets).unwrap();
+        p.apply_overrides(sets).unwrap();
+        p
+    }
+
+    /// The hand-written name of an expansion: `prep-dtd` for `prep@dtd`.
+    fn by_hand(name: &str) -> String {
+        name.replace('@', "-")
+    }
+
+    /// The 19-task matrix file expands into the five hand-written tasks' stages with their
+    /// keys; with its tasks set to those five (and one title), every key is the same.
+    #[test]
+    fn vtab_matrix_keys_equal_the_hand_written_file() {
+        let hand = matrix::tests::symbolic_keys(&testdata("vtab-five-by-hand.toml"));
+        let full = matrix::tests::symbolic_keys(&pipeline_file("vtab.toml", &[]));
+        assert_eq!(full.len(), 19 * 4 + 1);
+        let mut compared = 0;
+        for (name, key) in full.iter().filter(|(name, _)| name.contains('@')) {
+            if let Some(k) = hand.get(&by_hand(name)) {
+                assert_eq!(k, key, "{name}");
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 5 * 4, "{full:?}");
+        let sets = [
+            r#"vars.tasks=["dtd", "cifar", "oxford_flowers102", "eurosat", "svhn"]"#.to_owned(),
+            r#"report.title="t""#.to_owned(),
+        ];
+        let five = matrix::tests::symbolic_keys(&pipeline_file("vtab.toml", &sets));
+        let mut hand = testdata("vtab-five-by-hand.toml");
+        hand.apply_override(r#"report.title="t""#).unwrap();
+        let hand = matrix::tests::symbolic_keys(&hand);
+        let five: BTreeMap<String, String> =
+            five.into_iter().map(|(n, k)| (by_hand(&n), k)).collect();
+        assert_eq!(five, hand);
+    }
+
+    /// The default's matrix over its two targets is the hand-written chain, key for key.
+    #[test]
+    fn default_matrix_keys_equal_the_hand_written_file() {
+        let hand = matrix::tests::symbolic_keys(&testdata("default-by-hand.toml"));
+        let matrix = matrix::tests::symbolic_keys(&Pipeline::load(None).unwrap());
+        let matrix: BTreeMap<String, String> =
+            matrix.into_iter().map(|(n, k)| (by_hand(&n), k)).collect();
+        assert_eq!(matrix, hand);
     }
 
     #[test]

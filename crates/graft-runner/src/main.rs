@@ -38,7 +38,8 @@ enum Cmd {
         /// Delete; without it, only list.
         #[arg(long)]
         yes: bool,
-        /// Stop keeping a pipeline (all its slots) or one slot `pipeline/stage` (repeatable).
+        /// Stop keeping a pipeline (all its slots), one slot `pipeline/stage`, or every
+        /// expansion of a matrix stage `pipeline/stage` (repeatable).
         #[arg(long, value_name = "NAME")]
         forget: Vec<String>,
     },
@@ -50,10 +51,13 @@ enum Cmd {
 struct PipelineArgs {
     /// A pipeline name (pipelines/<name>.toml) or file; the embedded default if omitted.
     pipeline: Option<String>,
-    /// Override a parameter, as if the pipeline file said so: -S prep.seed=3.
+    /// Override a parameter, as if the pipeline file said so: -S prep.seed=3 (a matrix
+    /// stage's name sets every expansion, -S 'prep@dtd.seed=3' one, -S 'vars.tasks=["dtd"]'
+    /// a var before the matrix stages expand).
     #[arg(short = 'S', long = "set", value_name = "STAGE.PARAM=VALUE")]
     set: Vec<String>,
-    /// Run this stage even if it is fresh (repeatable).
+    /// Run this stage even if it is fresh (repeatable; a matrix stage's name runs all its
+    /// expansions).
     #[arg(long)]
     force: Vec<String>,
     /// Where the stage binaries are (default: beside this program).
@@ -127,12 +131,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn pipeline(store: &std::path::Path, args: PipelineArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    let mut pipeline = Pipeline::load(args.pipeline.as_deref())?;
-    for s in &args.set {
-        pipeline.apply_override(s)?;
-    }
+    let mut pipeline = Pipeline::load_with(args.pipeline.as_deref(), &args.set)?;
+    pipeline.apply_overrides(&args.set)?;
     for f in &args.force {
-        if !pipeline.stages.iter().any(|s| &s.name == f) {
+        if !pipeline.stages.iter().any(|s| Pipeline::names(s, f)) {
             bail!("--force {f}: no such stage in {}", pipeline.source);
         }
     }
