@@ -284,7 +284,7 @@ fn mini_sets(names: [&str; 4], ckpt: &str) -> Vec<String> {
         format!(
             "{propose}.heuristics=[{{ name = \"gga\", score = \"rank\" }}, {{ name = \"single-sweep\", kinds = [\"parallel\"] }}]"
         ),
-        format!("{finetune}.baselines=[\"linear-probe\", \"lora\"]"),
+        format!("{finetune}.baselines=[\"linear-probe\"]"),
         format!("{finetune}.jobs=2"),
     ];
     sets.extend(tiny_model_sets(probe, finetune, ckpt));
@@ -308,10 +308,11 @@ fn vtab_pipeline_file_runs_all_19_tasks_on_a_miniature_vtab() {
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("VTAB_DIR")).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains("stages.prep@*"), "{err}");
-    // Fewer classes than most tasks publish, and a different number per task, so that no two
-    // tasks are the same data (the reader pads to the published class count).
+    // Two to four classes (no task publishes fewer than patch_camelyon's 2 or, past it, kitti's
+    // 4; the reader's class count is the published one).
+    let classes = |k: usize, t: &str| if t == "patch_camelyon" { 2 } else { 2 + k % 3 };
     for (k, t) in TASKS[..18].iter().enumerate() {
-        mini_vtab(&root, t, 2 + k % 4, false);
+        mini_vtab(&root, t, classes(k, t), false);
     }
     let o = run(graft(&store)
         .args(["run", pipe])
@@ -325,7 +326,7 @@ fn vtab_pipeline_file_runs_all_19_tasks_on_a_miniature_vtab() {
     );
     assert_eq!(snapshot(&store), before, "the store changed");
 
-    mini_vtab(&root, "smallnorb_ele", 5, false);
+    mini_vtab(&root, "smallnorb_ele", classes(18, "smallnorb_ele"), false);
     let out = ok(graft(&store)
         .args(["run", pipe])
         .args(&small)
