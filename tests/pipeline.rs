@@ -347,3 +347,82 @@ params = { preset = "vit-cpu-tiny", epochs = 1, batch = 16, lr = 0.002, min_test
     );
     assert_eq!(snapshot(&store), before);
 }
+
+/// The embedded default's stages, shrunk to seconds: `names` are the file's names of its
+/// prep, probe, propose and fine-tune stages (`prep-textures` and `prep-colours` by hand,
+/// `prep` for the matrix stage and both its expansions).
+fn tiny_default_sets(names: [Vec<String>; 4]) -> Vec<String> {
+    let [prep, probe, propose, finetune] = names;
+    let mut sets: Vec<String> = [
+        "prep-source.image_size=16",
+        "prep-source.train=64",
+        "prep-source.val=16",
+        "prep-source.test=16",
+        "pretrain.preset=\"vit-cpu-tiny\"",
+        "pretrain.epochs=1",
+        "pretrain.min_test_accuracy=0.0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let each = |stages: &[String], params: &[&str]| -> Vec<String> {
+        stages
+            .iter()
+            .flat_map(|s| params.iter().map(move |p| format!("{s}.{p}")))
+            .collect()
+    };
+    sets.extend(each(
+        &prep,
+        &["image_size=16", "train=24", "val=8", "test=8"],
+    ));
+    sets.extend(each(&probe, &["batch=8", "batches=1", "head_epochs=1"]));
+    sets.extend(each(
+        &propose,
+        &[
+            "budgets=[1]",
+            "heuristics=[{ name = \"gga\", score = \"rank\" }, { name = \"single-sweep\", kinds = [\"parallel\"] }]",
+        ],
+    ));
+    sets.extend(each(
+        &finetune,
+        &[
+            "baselines=[\"linear-probe\"]",
+            "seeds=[0]",
+            "sweep_seeds=[0]",
+            "sweep_repeats=0",
+            "epochs=1",
+            "batch=8",
+        ],
+    ));
+    crate::dtd::overrides(&sets)
+}
+
+/// A store the hand-written default (one chain per target, `prep-textures`, ...) filled is
+/// fresh for the matrix default (`prep@textures`, ...): keys hold stage kinds and input
+/// names, never the names in the file.
+#[test]
+fn the_matrix_default_is_fresh_on_a_store_the_hand_written_default_filled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let by_hand = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/graft-runner/testdata/default-by-hand.toml"
+    );
+    let per_target = |stage: &str| vec![format!("{stage}-textures"), format!("{stage}-colours")];
+    let sets = tiny_default_sets(["prep", "probe", "propose", "finetune"].map(per_target));
+    let first = ok(graft(&store).args(["run", by_hand]).args(&sets));
+    assert_eq!(status_of(&first, "finetune-colours"), "ran", "{first}");
+    let sets =
+        tiny_default_sets(["prep", "probe", "propose", "finetune"].map(|s| vec![s.to_owned()]));
+    let out = ok(graft(&store)
+        .current_dir(dir.path())
+        .arg("status")
+        .args(&sets));
+    for stage in ["prep-source", "pretrain", "report"] {
+        assert_eq!(status_of(&out, stage), "fresh", "{out}");
+    }
+    for t in ["textures", "colours"] {
+        for stage in ["prep", "probe", "propose", "finetune"] {
+            assert_eq!(status_of(&out, &format!("{stage}@{t}")), "fresh", "{out}");
+        }
+    }
+}
