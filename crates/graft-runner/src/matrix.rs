@@ -208,7 +208,7 @@ fn part_name(value: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
-        Value::Object(m) => m.get("name").and_then(|n| part_name(n)),
+        Value::Object(m) => m.get("name").and_then(part_name),
         _ => None,
     }
 }
