@@ -159,12 +159,13 @@ clean-venv:
 	rm -rf $(VENV)
 
 # What bench/gpu.sh runs on a GPU machine without Rust: release graft-prep, graft-probe and
-# examples/step_bench (tch), and the PyTorch version they were linked against.
+# examples/step_bench (tch), and the PyTorch they were linked against: its full version and
+# its CUDA version (`2.9.0+cu128 12.8`; `None` for a CPU-only torch, which gpu.sh refuses).
 gpu-binaries: venv
 	$(CARGO) build --release -p graft-prep
 	$(TCH_ENV) $(CARGO) build --release -p graft-probe --no-default-features --features tch
 	$(TCH_ENV) $(CARGO) build --release -p graft-train --example step_bench --no-default-features --features tch
-	$(PY) -c 'import torch; print(torch.__version__.split("+")[0])' > target/release/torch-version
+	$(PY) -c 'import torch; print(torch.__version__, torch.version.cuda)' > target/release/torch-version
 
 # A one-node Slurm cluster (slurmctld, slurmd, munged) for trying the fine-tune stage's
 # `executor = "slurm"`; state in target/slurm. Needs root and Debian's slurm-wlm and munge.

@@ -4,14 +4,19 @@
 # PyTorch eager on the same shapes (bench/torch_vit.py). One JSON line per measurement.
 #
 #   bash bench/gpu.sh [BIN_DIR] [BATCH]        (defaults: target/release, 64)
-#   PRESET=vit-cpu-tiny DEVICE=cpu bash bench/gpu.sh target/release 8    (a dry run anywhere)
+#   PRESET=vit-cpu-tiny DEVICE=cpu bash bench/gpu.sh target/release 8    (a CPU run anywhere)
+#   DRY=1 bash bench/gpu.sh [BIN_DIR] [BATCH]  the checks below, then what it would run; stops
+#                                              before the first CUDA call (nvidia-smi included)
 #
 # BIN_DIR holds graft-prep, graft-probe (tch build) and examples/step_bench (tch build), made
 # where Rust is by
 #   make gpu-binaries PYTHON=/path/to/python   (graft linked against that python's torch)
-# The tch binaries use LibTorch from the PyTorch of $PYTHON (default python3) on this
-# machine, which must be the version they were built against (BIN_DIR/torch-version):
-# LibTorch has no stable ABI across versions. $PYTHON also needs timm and safetensors.
+# which also writes BIN_DIR/torch-version: that torch's full version and CUDA version
+# (`2.9.0+cu128 12.8`). The tch binaries use LibTorch from the PyTorch of $PYTHON (default
+# python3) on this machine, which must be the version they were built against (LibTorch has
+# no stable ABI across versions); on cuda both that torch and the one they were linked
+# against must be CUDA builds (a binary linked against a CPU-only LibTorch never loads
+# libtorch_cuda, and fails at its first CUDA tensor). $PYTHON also needs timm and safetensors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release}
@@ -19,18 +24,49 @@ batch=${2:-64}
 py=${PYTHON:-python3}
 preset=${PRESET:-vit-b16}
 device=${DEVICE:-cuda}
+dry=${DRY:-}
 
-[ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-have=$("$py" -c 'import torch; print(torch.__version__.split("+")[0])')
-built=$(cat "$bin/torch-version" 2>/dev/null || echo unknown)
-echo "torch here: $have (CUDA $("$py" -c 'import torch; print(torch.version.cuda)')); graft built against: $built"
-if [ "$have" != "$built" ]; then
-  echo "the tch binaries in $bin were linked against PyTorch $built, but $py has $have:" >&2
-  echo "rebuild them against this version (make gpu-binaries PYTHON=... where Rust is)" >&2
-  exit 1
+die() { echo "gpu.sh: $*" >&2; exit 1; }
+rebuild="rebuild them where Rust is: make gpu-binaries PYTHON=<a python with this machine's torch>"
+
+# torch's version, its CUDA version (None for a CPU-only build) and its lib directory, read
+# from torch/version.py: importing torch takes seconds, and nothing here touches CUDA.
+torch_facts='import importlib.util as u, os, runpy
+spec = u.find_spec("torch")
+if spec is None:
+    raise SystemExit("No module named torch")
+d = os.path.dirname(spec.origin)
+v = runpy.run_path(os.path.join(d, "version.py"))
+print(v["__version__"], v["cuda"], os.path.join(d, "lib"))'
+read -r have have_cuda torch_lib < <("$py" -c "$torch_facts") \
+  || die "$py has no torch (set PYTHON to an interpreter with PyTorch)"
+[ -f "$bin/torch-version" ] || die "$bin/torch-version is missing: the binaries' torch is unknown; $rebuild"
+read -r built built_cuda <"$bin/torch-version" || true
+echo "torch here: $have (CUDA $have_cuda) from $py; graft built against: $built (CUDA ${built_cuda:-unknown})"
+[ "${have%%+*}" = "${built%%+*}" ] \
+  || die "the tch binaries in $bin were linked against PyTorch $built, but $py has $have; $rebuild"
+if [ "$device" != cpu ]; then
+  [ "$have_cuda" != None ] \
+    || die "$py has PyTorch $have, a build without CUDA; DEVICE=$device needs a CUDA build of torch"
+  case ${built_cuda:-} in
+    None) die "the tch binaries in $bin were linked against PyTorch $built, a build without CUDA: they cannot use DEVICE=$device; $rebuild" ;;
+    "") die "$bin/torch-version ($built) does not say whether that torch has CUDA (an older make gpu-binaries wrote it); $rebuild" ;;
+  esac
 fi
+for b in graft-prep graft-probe examples/step_bench; do
+  [ -x "$bin/$b" ] || die "$bin/$b is missing; make gpu-binaries builds it"
+done
+if [ -n "$dry" ]; then
+  echo "dry run: checks passed; would run on $device:"
+  [ "$device" = cpu ] || echo "  nvidia-smi"
+  echo "  LD_LIBRARY_PATH=$torch_lib $bin/examples/step_bench $preset $batch adapters $device"
+  echo "  $py bench/torch_vit.py --graft $preset --mode adapters --batch $batch --classes 12 --device $device"
+  echo "  $bin/graft-prep, then $bin/graft-probe -p preset=$preset -p device=$device -p batch=$batch (4 batches)"
+  echo "  $py bench/torch_vit.py --graft $preset --mode probe --batch $batch --classes 12 --device $device"
+  exit 0
+fi
+[ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 # The binaries' rpath names the build machine's LibTorch; here it is this python's.
-torch_lib=$("$py" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

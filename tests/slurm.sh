@@ -10,7 +10,13 @@
 #                                 -S finetune.executor=slurm on a new store, cancel one array
 #                                 task on purpose, check that the rerun submits only that run
 #                                 and that the runs equal those of STORE (the same pipeline run
-#                                 with the local executor), then stop the daemons it started
+#                                 with the local executor); then submit cuda runs from this
+#                                 node without a GPU and check that each task fails with the
+#                                 device error as a failed run; then stop the daemons it started
+#
+# The node lists one GPU in Slurm's books (gres gpu, `File=/dev/null`: no device behind it),
+# so that jobs asking for `--gpus-per-task` are accepted, start, and find no CUDA device,
+# as on a node whose GPU is missing.
 #
 # State (configuration, pid files, logs) lives in $GRAFT_SLURM_DIR, by default
 # target/slurm; `ci` uses a temporary directory of its own.
@@ -48,9 +54,13 @@ MpiDefault=none
 SwitchType=switch/none
 MailProg=/bin/true
 MinJobAge=3600
-NodeName=$host CPUs=$cpus State=UNKNOWN
+GresTypes=gpu
+NodeName=$host CPUs=$cpus Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+  # Read from beside slurm.conf. A GPU without a device: Slurm counts it and hands it out
+  # (CUDA_VISIBLE_DEVICES=0), and nothing on this node can open it.
+  echo "NodeName=$host Name=gpu File=/dev/null" >"$dir/gres.conf"
 }
 
 up() {
@@ -166,6 +176,44 @@ ci() {
     die "ci: the Slurm executor's run artifacts differ from the local executor's"
   fi
   echo "slurm ci: $(run_ids "$store" | wc -l) run artifacts, identical to the local executor's"
+
+  cuda_from_a_node_without_gpu "$store" "$dir"
+}
+
+# Issue 25: cuda runs submitted from this node, which has no GPU. The submitting stage
+# checks only what it can know: it refuses cuda without a GPU per task at --check, submitting
+# nothing, and with one it submits; each task then fails on the node with the device error
+# (no CUDA in a flex build, no CUDA device on a tch one), shown as a failed run.
+cuda_from_a_node_without_gpu() {
+  local store=$1 dir=$2 graft=target/debug/graft out rc
+  local cuda=(-S finetune.executor=slurm -S finetune.device=cuda -S 'finetune.seeds=[7]')
+  out=$dir/cuda-check.out
+  set +e
+  "$graft" --store "$store" run ci "${cuda[@]}" >"$out" 2>&1
+  rc=$?
+  set -e
+  cat "$out"
+  [ $rc != 0 ] || die "ci: cuda without slurm_gpus_per_task was accepted"
+  grep -q 'slurm_gpus_per_task = 0 with device = "cuda"' "$out" \
+    || die "ci: the refusal of cuda without a GPU per task does not name slurm_gpus_per_task"
+  ! grep -q "as Slurm job array" "$out" || die "ci: a refused cuda run was submitted"
+
+  out=$dir/cuda.out
+  set +e
+  "$graft" --store "$store" run ci "${cuda[@]}" -S finetune.slurm_gpus_per_task=1 >"$out" 2>&1
+  rc=$?
+  set -e
+  cat "$out"
+  [ $rc != 0 ] || die "ci: cuda runs on a node without a GPU succeeded"
+  local runs failed
+  runs=$(sed -n 's/.*submitted \([0-9]*\) runs\{0,1\} as Slurm job array.*/\1/p' "$out")
+  [ -n "$runs" ] || die "ci: the cuda runs were not submitted from this node without a GPU"
+  # The results table: val % and test % say `failed` on every placement's row.
+  grep -Eq '[[:space:]]failed[[:space:]]+failed$' "$out" || die "ci: no failed row for the cuda runs"
+  failed=$(grep -o 'Slurm job [0-9_]* ended without its run: failed[^;]*; log [^:]*: [^;]*error: device = "cuda": [^;|]*CUDA[^;|]*' "$out" | wc -l)
+  [ "$failed" = "$runs" ] \
+    || die "ci: $failed of $runs cuda tasks failed with the device error in their log"
+  echo "slurm ci: $runs cuda runs submitted from a node without a GPU, each failed with the device error"
 }
 
 cmd=${1:-}

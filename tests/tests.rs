@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bands;
+mod bench_scripts;
 mod command;
 mod common;
 mod dtd;

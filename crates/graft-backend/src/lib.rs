@@ -8,10 +8,19 @@
 //! |---|---|---|
 //! | `flex` (default) | burn-flex, pure Rust | error |
 //! | `tch` | LibTorch CPU | LibTorch CUDA device k |
-//! | `cuda` (without `tch`) | burn-flex | CubeCL CUDA device k |
 //!
 //! `tch` wins over `flex` when both are enabled, so `--features tch` on top of the
-//! defaults selects LibTorch.
+//! defaults selects LibTorch. CUDA goes through LibTorch only: burn's CubeCL backends have
+//! no kernels for the [`fused`] operations (burn answers them with `unimplemented!`), so
+//! the `cuda` feature stops the build.
+
+#[cfg(feature = "cuda")]
+compile_error!(
+    "graft-backend: the `cuda` (CubeCL) feature is not supported: the fused LayerNorm, softmax, \
+     attention and linear operations (graft_backend::fused) have no CubeCL kernels, so a model \
+     would stop at burn's unimplemented! on its first LayerNorm; for CUDA build with \
+     `--no-default-features --features tch` (LibTorch)"
+);
 
 pub use burn::tensor::Device;
 
@@ -23,7 +32,7 @@ pub enum BackendError {
     #[error("device = {spec:?}: expected cpu, cuda or cuda:<index>")]
     BadSpec { spec: String },
     #[error(
-        "device = {spec:?}: CUDA is not available in this build (backend {backend}); rebuild with --features tch or --features cuda"
+        "device = {spec:?}: CUDA is not available in this build (backend {backend}); rebuild with --features tch"
     )]
     NoCuda { spec: String, backend: &'static str },
     #[error(
@@ -39,12 +48,10 @@ pub enum BackendError {
     NoCpu,
 }
 
-/// Name of the backend this build uses for `cuda` (or `cpu` without CUDA): `tch`, `cuda`, `flex` or `none`.
+/// Name of the backend this build uses for `cuda` (or `cpu` without CUDA): `tch`, `flex` or `none`.
 pub fn backend_name() -> &'static str {
     if cfg!(feature = "tch") {
         "tch"
-    } else if cfg!(feature = "cuda") {
-        "cuda"
     } else if cfg!(feature = "flex") {
         "flex"
     } else {
@@ -132,14 +139,20 @@ impl std::str::FromStr for DeviceSpec {
     }
 }
 
+/// Whether what [`device`] answers for `spec` depends on the build's backend: for a CUDA
+/// device it does (a build without CUDA refuses it, one with CUDA asks how many devices it
+/// sees); `cpu` and a spec that does not parse get the same answer from every build with a
+/// CPU backend. Reads no device.
+pub fn backend_decides(spec: &str) -> bool {
+    matches!(spec.parse(), Ok(DeviceSpec::Cuda(_)))
+}
+
 /// How many CUDA devices this build's CUDA backend sees; `None` for a build without one.
 /// Asks the backend (LibTorch's device count on `tch`), which never panics for want of a GPU.
 #[allow(unreachable_code)]
 pub fn cuda_devices() -> Option<usize> {
     #[cfg(feature = "tch")]
     return Some(burn::tensor::Device::enumerate(burn::tensor::DeviceType::LibTorch).len());
-    #[cfg(feature = "cuda")]
-    return Some(burn::tensor::Device::enumerate(burn::tensor::DeviceType::Cuda).len());
     None
 }
 
@@ -169,18 +182,12 @@ pub fn device(spec: &str) -> Result<Device, BackendError> {
                 return Err(BackendError::NoCudaDevice {
                     spec: spec.to_owned(),
                     index: k,
-                    backend: if cfg!(feature = "tch") {
-                        "LibTorch"
-                    } else {
-                        "CUDA"
-                    },
+                    backend: "LibTorch",
                     found,
                 });
             }
             #[cfg(feature = "tch")]
             return Ok(Device::libtorch_cuda(k));
-            #[cfg(feature = "cuda")]
-            return Ok(Device::cuda(k));
             unreachable!("cuda_devices() is None without a CUDA backend")
         }
     }
@@ -198,6 +205,19 @@ mod tests {
         assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
         assert!("gpu".parse::<DeviceSpec>().is_err());
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    /// A CUDA device is the backend's to accept; `cpu` and a malformed spec are not.
+    #[test]
+    fn only_cuda_devices_are_decided_by_the_backend() {
+        for spec in ["cuda", "cuda:0", "cuda:1", " cuda:7 "] {
+            assert!(backend_decides(spec), "{spec}");
+        }
+        for spec in ["cpu", "gpu", "cuda:x", "cuda:-1", "cuda:", ""] {
+            assert!(!backend_decides(spec), "{spec}");
+            // Every build answers these alike: `cpu` is a device, the others a bad spec.
+            assert_eq!(device(spec).is_ok(), spec == "cpu", "{spec}");
+        }
     }
 
     /// One forward and backward pass on the build's CPU backend: d/dw sum(x * w) = x.
@@ -241,7 +261,7 @@ mod tests {
         drop((small, large));
     }
 
-    #[cfg(not(any(feature = "tch", feature = "cuda")))]
+    #[cfg(not(feature = "tch"))]
     #[test]
     fn cuda_on_a_cpu_only_build_is_a_clear_error() {
         assert_eq!(cuda_devices(), None);

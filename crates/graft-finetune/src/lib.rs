@@ -152,7 +152,9 @@ pub struct FinetuneParams {
     /// whose cache would not fit goes through the whole network, as without the cache.
     #[serde(default = "default_cache_memory_mib")]
     pub cache_memory_mib: usize,
-    /// `cpu`, `cuda` (with `jobs` > 1: one worker per GPU) or `cuda:k` (location).
+    /// `cpu`, `cuda` (with `jobs` > 1: one worker per GPU) or `cuda:k` (location). With
+    /// `executor = "slurm"` each array task opens it on its node, among the
+    /// `slurm_gpus_per_task` GPUs it is granted.
     #[serde(default = "default_device")]
     pub device: String,
     /// Where runs train: `local` (worker processes here, `jobs` at a time) or `slurm` (one
@@ -165,7 +167,8 @@ pub struct FinetuneParams {
     /// Time limit per run (`sbatch --time`, e.g. `"2:00:00"`). Location.
     #[serde(default)]
     pub slurm_time: Option<String>,
-    /// GPUs per array task (`sbatch --gpus-per-task`); 0 asks for none. Location.
+    /// GPUs per array task (`sbatch --gpus-per-task`, with `--ntasks=1`); 0 asks for none,
+    /// and `device = "cuda:k"` needs at least k + 1. Location.
     #[serde(default)]
     pub slurm_gpus_per_task: u32,
     /// CPUs per array task (`sbatch --cpus-per-task`), also the worker's thread count; 0
@@ -291,7 +294,6 @@ impl Stage for Finetune {
                 "nothing to train: list placements, baselines, or set proposals = true".into(),
             );
         }
-        graft_backend::device(&p.device)?;
         if !EXECUTORS.contains(&p.executor.as_str()) {
             return Err(format!(
                 "executor = {:?} is not an executor (known: {})",
@@ -300,17 +302,18 @@ impl Stage for Finetune {
             )
             .into());
         }
-        let last = worker::slot_device(&p.device, p.jobs - 1, p.jobs);
-        if last != p.device {
-            graft_backend::device(&last).map_err(|e| {
-                format!(
-                    "jobs = {} puts one worker on each of cuda:0..cuda:{}: {e}",
-                    p.jobs,
-                    p.jobs - 1
-                )
-            })?;
+        match p.executor.as_str() {
+            "slurm" => slurm_device(&p)?,
+            _ => local_devices(&p)?,
         }
         Ok(p)
+    }
+
+    /// With the local executor this process checks the workers' CUDA devices, which only
+    /// the binary's backend can; the submitter of a Slurm array checks nothing that depends
+    /// on the backend.
+    fn backend_decides(p: &FinetuneParams) -> bool {
+        p.executor != "slurm" && graft_backend::backend_decides(&p.device)
     }
 
     fn location_params() -> &'static [&'static str] {
@@ -434,6 +437,48 @@ impl Stage for Finetune {
         ]
         .into())
     }
+}
+
+/// The devices the local workers will open, opened here so that a missing one fails at
+/// `--check`: `device`, and with `device = "cuda"` and `jobs` > 1 the last worker's
+/// `cuda:{jobs-1}`.
+fn local_devices(p: &FinetuneParams) -> Result<(), BoxError> {
+    graft_backend::device(&p.device)?;
+    let last = worker::slot_device(&p.device, p.jobs - 1, p.jobs);
+    if last != p.device {
+        graft_backend::device(&last).map_err(|e| {
+            format!(
+                "jobs = {} puts one worker on each of cuda:0..cuda:{}: {e}",
+                p.jobs,
+                p.jobs - 1
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// What the process submitting a Slurm array can know of `device`, which its tasks open on
+/// their nodes: the spec's syntax, and that each task is granted the GPUs it names
+/// (`slurm_gpus_per_task` at least k + 1 for `cuda:k`; a task sees its own GPUs as cuda:0
+/// on). Whether the build has CUDA and how many devices a node has are left to the tasks:
+/// the submitting host (a login node) may have no GPU, and a task that cannot open its
+/// device fails with the reason as a failed run.
+fn slurm_device(p: &FinetuneParams) -> Result<(), BoxError> {
+    if let graft_backend::DeviceSpec::Cuda(k) = p.device.parse()? {
+        let needed = k + 1;
+        if (p.slurm_gpus_per_task as usize) < needed {
+            return Err(format!(
+                "slurm_gpus_per_task = {} with device = {:?} and executor = \"slurm\": each \
+                 array task must be granted {needed} GPU{} (sbatch --gpus-per-task) to open \
+                 it, or it sees none; set slurm_gpus_per_task = {needed}",
+                p.slurm_gpus_per_task,
+                p.device,
+                if needed == 1 { "" } else { "s" },
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn slurm_options(p: &FinetuneParams) -> slurm::SlurmOptions {

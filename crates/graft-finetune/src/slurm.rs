@@ -29,7 +29,7 @@ pub struct SlurmOptions {
     pub partition: Option<String>,
     /// `--time`, Slurm's syntax (`30`, `1:00:00`, `1-00:00:00`).
     pub time: Option<String>,
-    /// `--gpus-per-task`, when above 0.
+    /// `--gpus-per-task` (with `--ntasks=1`), when above 0.
     pub gpus_per_task: u32,
     /// `--cpus-per-task`, when above 0; the worker's thread count.
     pub cpus_per_task: u32,
@@ -82,7 +82,9 @@ pub fn sbatch_args(opts: &SlurmOptions, dir: &Path, tasks: usize) -> Vec<String>
     if let Some(t) = &opts.time {
         args.push(format!("--time={t}"));
     }
+    // Slurm 23.11 and later refuse --gpus-per-task without a task count.
     if opts.gpus_per_task > 0 {
+        args.push("--ntasks=1".to_owned());
         args.push(format!("--gpus-per-task={}", opts.gpus_per_task));
     }
     if opts.cpus_per_task > 0 {
@@ -351,6 +353,7 @@ mod tests {
                 "--output=/s/slurm/b/%a.log",
                 "--partition=gpu",
                 "--time=1:00:00",
+                "--ntasks=1",
                 "--gpus-per-task=1",
                 "--cpus-per-task=4",
                 "--account=lab",

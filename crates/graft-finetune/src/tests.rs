@@ -272,6 +272,55 @@ fn bad_parameters_name_the_field() {
     assert!(parse(json!({"executor": "slurm", "slurm_max_parallel": 4})).is_ok());
 }
 
+/// Issue 25: the process that submits a Slurm array checks what it can know of the device
+/// (its syntax, the GPUs each task is granted) and opens none, so a cuda run is submitted
+/// from a host without a GPU; the local executor opens its devices at `--check`.
+#[test]
+fn a_slurm_submitter_checks_the_device_without_opening_it() {
+    let parse = |v: Value| -> Result<FinetuneParams, String> {
+        let p: FinetuneParams = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        Finetune::validate(p).map_err(|e| e.to_string())
+    };
+    let slurm = |device: &str, gpus: u32| json!({"executor": "slurm", "device": device, "slurm_gpus_per_task": gpus, "jobs": 4});
+    // No GPU on this machine (and none in a flex build), yet the submitter accepts cuda.
+    for (device, gpus) in [
+        ("cuda", 1),
+        ("cuda", 2),
+        ("cuda:1", 2),
+        ("cuda:3", 4),
+        ("cpu", 0),
+    ] {
+        let p = parse(slurm(device, gpus)).unwrap_or_else(|e| panic!("{device}: {e}"));
+        assert!(!Finetune::backend_decides(&p), "{device}");
+    }
+    for (device, gpus, needed) in [("cuda", 0, 1), ("cuda:0", 0, 1), ("cuda:1", 1, 2)] {
+        let e = parse(slurm(device, gpus)).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "slurm_gpus_per_task = {gpus} with device = {device:?}"
+            )) && e.contains(&format!("set slurm_gpus_per_task = {needed}")),
+            "{e}"
+        );
+    }
+    for device in ["gpu", "cuda:x"] {
+        let e = parse(slurm(device, 1)).unwrap_err();
+        assert!(
+            e.contains(&format!("device = {device:?}")) && e.contains("expected cpu, cuda"),
+            "{e}"
+        );
+    }
+    // The local executor opens the device here: what it says is the backend's.
+    let local = |device: &str| -> FinetuneParams {
+        serde_json::from_value(json!({"device": device})).unwrap()
+    };
+    assert!(Finetune::backend_decides(&local("cuda")));
+    assert!(Finetune::backend_decides(&local("cuda:1")));
+    assert!(!Finetune::backend_decides(&local("cpu")));
+    assert!(!Finetune::backend_decides(&local("gpu")));
+    let e = Finetune::validate(local("cuda")).unwrap_err().to_string();
+    assert!(e.contains("device = \"cuda\""), "{e}");
+}
+
 /// Issue 12 item 7: the tch build of `graft-finetune` finds LibTorch through its rpath, so a
 /// worker trains a run from an empty environment (no `LD_LIBRARY_PATH`, no `PATH`).
 /// `make test-tch` builds the binary before the tests.

@@ -8,9 +8,11 @@
 //! (`graft_stage::execute_or_delegate`): parameter checks (`--check`), `--status`, and a run
 //! whose output is already in the store are answered here, exactly as the stage's binary
 //! answers them; a run with work to do (or `--force`) becomes that binary, beside this one,
-//! with the same arguments. The runner starts stages through it when it is there. Other
-//! kinds go to their binary straight away, and so does every call when the stage binary is
-//! newer than this one (built since, perhaps from changed stage code).
+//! with the same arguments, and so does any call whose answer is the binary's backend's
+//! (`Stage::backend_decides`: a CUDA device, which only the binary's build can accept or
+//! count), `--check` and `--status` included. The runner starts stages through it when it is
+//! there. Other kinds go to their binary straight away, and so does every call when the
+//! stage binary is newer than this one (built since, perhaps from changed stage code).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -78,4 +80,76 @@ fn become_binary(binary: &PathBuf, args: &[OsString]) -> ExitCode {
     let e = std::process::Command::new(binary).args(args).exec();
     eprintln!("error: graft-front: cannot start {}: {e}", binary.display());
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use graft_stage::{Stage, StageArgs, Status, execute_or_delegate};
+
+    /// `--check` of stage `S` on `device` with `params` and every input the stage may want
+    /// (ids in the right form; `--check` opens no store).
+    fn check<S: Stage>(device: &str, params: &[&str]) -> Result<Option<Status>, String> {
+        let id = "a".repeat(64);
+        let args = StageArgs {
+            store: "no-store-needed".into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+            jobs: None,
+            device: Some(device.to_owned()),
+            params_json: None,
+            inputs: match S::NAME {
+                "pretrain" => vec![format!("dataset={id}")],
+                _ => vec![format!("dataset={id}"), format!("base={id}")],
+            },
+            slot: None,
+            check: true,
+            status: false,
+            force: false,
+            json: false,
+        };
+        execute_or_delegate::<S>(&args, true)
+            .map(|o| o.map(|o| o.status))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Issue 25: what only the stage binary's backend can say (a CUDA device) is handed to
+    /// the binary (`None`); `cpu` is answered here, and so is a malformed device, whose
+    /// error every build gives alike.
+    fn devices_go_to_the_binary<S: Stage>(params: &[&str]) {
+        for device in ["cuda", "cuda:0", "cuda:1"] {
+            assert_eq!(check::<S>(device, params), Ok(None), "{} {device}", S::NAME);
+        }
+        assert_eq!(
+            check::<S>("cpu", params),
+            Ok(Some(Status::Checked)),
+            "{}",
+            S::NAME
+        );
+        for device in ["gpu", "cuda:x"] {
+            let e = check::<S>(device, params).unwrap_err();
+            assert!(
+                e.contains(&format!("device = {device:?}: expected cpu, cuda")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_tensor_stages_hand_cuda_devices_to_their_binary() {
+        devices_go_to_the_binary::<graft_pretrain::Pretrain>(&[]);
+        devices_go_to_the_binary::<graft_probe::Probe>(&[]);
+        devices_go_to_the_binary::<graft_finetune::Finetune>(&[]);
+    }
+
+    /// The process that submits a Slurm array opens no device, so the front answers it.
+    #[test]
+    fn a_slurm_submission_is_answered_here() {
+        type F = graft_finetune::Finetune;
+        let slurm = ["executor=slurm", "slurm_gpus_per_task=1"];
+        assert_eq!(check::<F>("cuda", &slurm), Ok(Some(Status::Checked)));
+        let e = check::<F>("cuda", &["executor=slurm"]).unwrap_err();
+        assert!(
+            e.contains("slurm_gpus_per_task = 0 with device = \"cuda\""),
+            "{e}"
+        );
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! ```sh
 //! cargo run --release -p graft-model --example device_check --no-default-features \
-//!     --features cuda,flex -- cuda 64
+//!     --features tch -- cuda 64
 //! ```
+//! (with the Makefile's `TCH_ENV`; `cpu` is then LibTorch's CPU backend).
 //! 1. vit-ti16 (random weights, shared through a timm safetensors file): max |logits
 //!    difference| between `cpu` and the given device.
 //! 2. vit-b16 full fine-tuning forward+backward at the given batch on the device: median

@@ -94,6 +94,10 @@ impl Stage for Pretrain {
         Ok(p)
     }
 
+    fn backend_decides(p: &PretrainParams) -> bool {
+        graft_backend::backend_decides(&p.device)
+    }
+
     fn location_params() -> &'static [&'static str] {
         &["device"]
     }

@@ -153,6 +153,10 @@ impl Stage for Probe {
         Ok(validate(p)?)
     }
 
+    fn backend_decides(p: &ProbeParams) -> bool {
+        graft_backend::backend_decides(&p.device)
+    }
+
     fn location_params() -> &'static [&'static str] {
         &["checkpoint", "device"]
     }

@@ -43,6 +43,15 @@ pub trait Stage {
     /// parameters; cheap, touches nothing.
     fn validate(params: Self::Params) -> Result<Self::Params, BoxError>;
 
+    /// Whether the answer for these parameters depends on the tensor backend the stage's
+    /// binary was built with (a CUDA device: whether the build has one, how many devices it
+    /// sees). A front that links the stage's library with another backend
+    /// ([`execute_or_delegate`] with `delegate`, `graft-front`) hands such a call to the
+    /// stage's own binary, `--check` and `--status` included. None do by default.
+    fn backend_decides(_params: &Self::Params) -> bool {
+        false
+    }
+
     /// Parameter names that say where something is, not what it is (a directory path).
     /// They are recorded in the manifest but left out of the key; the content they point
     /// at enters the key through [`Stage::fingerprints`].
@@ -361,12 +370,19 @@ struct Resolved<P> {
     input_ids: BTreeMap<String, ArtifactId>,
 }
 
-fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError> {
-    let perr = |message: String| StageError::Params {
+/// The error of a parameter check that names no field.
+fn param_error<S: Stage>(message: String) -> StageError {
+    StageError::Params {
         stage: S::NAME,
         field: None,
         message,
-    };
+    }
+}
+
+/// The parameters of `args` (`--params-json`, then `-p`, `--jobs`, `--device`), typed but
+/// not yet validated.
+fn parse_params<S: Stage>(args: &StageArgs) -> Result<S::Params, StageError> {
+    let perr = param_error::<S>;
     let mut obj = match &args.params_json {
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(m)) => m,
@@ -385,20 +401,27 @@ fn resolve<S: Stage>(args: &StageArgs) -> Result<Resolved<S::Params>, StageError
     if let Some(device) = &args.device {
         obj.insert("device".into(), Value::from(device.clone()));
     }
-    let params: S::Params =
-        serde_path_to_error::deserialize(Value::Object(obj.clone())).map_err(|e| {
-            let field = e.path().to_string();
-            let message = e.into_inner().to_string();
-            let field = match field.as_str() {
-                "." => flattened_field::<S::Params>(&obj, &message),
-                _ => Some(field),
-            };
-            StageError::Params {
-                stage: S::NAME,
-                field,
-                message,
-            }
-        })?;
+    serde_path_to_error::deserialize(Value::Object(obj.clone())).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let field = match field.as_str() {
+            "." => flattened_field::<S::Params>(&obj, &message),
+            _ => Some(field),
+        };
+        StageError::Params {
+            stage: S::NAME,
+            field,
+            message,
+        }
+    })
+}
+
+/// Validates `params` and resolves the inputs of `args`.
+fn resolve<S: Stage>(
+    args: &StageArgs,
+    params: S::Params,
+) -> Result<Resolved<S::Params>, StageError> {
+    let perr = param_error::<S>;
     let params = S::validate(params).map_err(|e| perr(e.to_string()))?;
     let recorded: BTreeMap<String, Value> = match serde_json::to_value(&params) {
         Ok(Value::Object(m)) => m.into_iter().collect(),
@@ -456,18 +479,24 @@ pub fn execute<S: Stage>(args: &StageArgs) -> Result<Outcome, StageError> {
     execute_or_delegate::<S>(args, false).map(|o| o.expect("never delegated"))
 }
 
-/// [`execute`], except that with `delegate` a run with work to do (the output not in the
-/// store, or `--force`) returns `None` before doing anything: `--check`, `--status` and a
-/// fresh run are answered here. A front binary that links the stage's library without its
-/// tensor backend (`graft-front`) uses it to spare a fresh stage the backend's start-up, and
-/// hands the rest to the stage's own binary.
+/// [`execute`], except that with `delegate` it returns `None` before doing anything when
+/// the stage's own binary must answer: a run with work to do (the output not in the store,
+/// or `--force`), and any call whose answer depends on the binary's tensor backend
+/// ([`Stage::backend_decides`]). `--check`, `--status` and a fresh run are answered here
+/// otherwise. A front binary that links the stage's library with another backend
+/// (`graft-front`, built with flex) uses it to spare a fresh stage the backend's start-up,
+/// and hands the rest to the stage's own binary.
 pub fn execute_or_delegate<S: Stage>(
     args: &StageArgs,
     delegate: bool,
 ) -> Result<Option<Outcome>, StageError> {
     let start = Instant::now();
     let slot = args.slot.clone().unwrap_or_else(|| S::NAME.to_owned());
-    let r = resolve::<S>(args)?;
+    let params = parse_params::<S>(args)?;
+    if delegate && S::backend_decides(&params) {
+        return Ok(None);
+    }
+    let r = resolve::<S>(args, params)?;
     let mut outcome = Outcome {
         stage: S::NAME.to_owned(),
         slot: slot.clone(),
@@ -651,8 +680,8 @@ pub fn main<S: Stage>(about: &'static str) -> std::process::ExitCode {
 }
 
 /// The `main` of a front for stage `S` (see [`execute_or_delegate`]): `argv` as the stage's
-/// own binary would get it; when there is work to do, `delegate` runs that binary with the
-/// same arguments and its exit code is the front's.
+/// own binary would get it; when there is work to do or the answer is the backend's,
+/// `delegate` runs that binary with the same arguments and its exit code is the front's.
 pub fn front_main<S: Stage>(
     about: &'static str,
     argv: Vec<std::ffi::OsString>,
