@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use graft_graph::{Edge, Graph, Placement};
-use graft_model::{AdapterAct, VitConfig};
+use graft_model::{AdapterAct, LoraConfig, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, Publisher};
 use graft_tables::{MeanStd, Method, ProposalRow, RunRow, RunStatus, Table};
@@ -85,7 +85,13 @@ pub struct ManualPlacement {
 }
 
 /// The baselines that are not proposals.
-pub const BASELINES: [&str; 4] = ["linear-probe", "full", "parallel-all", "random-init"];
+pub const BASELINES: [&str; 5] = [
+    "linear-probe",
+    "full",
+    "parallel-all",
+    "random-init",
+    "lora",
+];
 
 /// Parameters of the fine-tune stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,8 +104,9 @@ pub struct FinetuneParams {
     #[serde(default)]
     pub placements: Vec<ManualPlacement>,
     /// Of [`BASELINES`]: `linear-probe` (head only), `full` (every parameter, at
-    /// `full_lr`), `parallel-all` (adapters on the 2L parallel edges) and `random-init`
-    /// (parallel-all on a randomly initialised backbone).
+    /// `full_lr`), `parallel-all` (adapters on the 2L parallel edges), `random-init`
+    /// (parallel-all on a randomly initialised backbone) and `lora` (LoRA of rank
+    /// `lora_rank` on every block's query and value projections, and the head, at `lr`).
     #[serde(default = "default_baselines")]
     pub baselines: Vec<String>,
     #[serde(default = "default_seeds")]
@@ -140,6 +147,21 @@ pub struct FinetuneParams {
     pub adapter_act: AdapterAct,
     #[serde(default = "default_scale")]
     pub adapter_scale: f64,
+    /// Rank r of the `lora` baseline's updates. Left out of the key at its default, so
+    /// adding it kept every existing key.
+    #[serde(
+        default = "default_lora_rank",
+        skip_serializing_if = "is_default_lora_rank"
+    )]
+    pub lora_rank: usize,
+    /// alpha of the `lora` baseline: its updates are scaled by alpha / r. The default 8 is
+    /// PEFT's and Hu et al.'s (alpha set to the first rank tried and not tuned): s = 1 at
+    /// r = 8. Left out of the key at its default.
+    #[serde(
+        default = "default_lora_alpha",
+        skip_serializing_if = "is_default_lora_alpha"
+    )]
+    pub lora_alpha: f64,
     /// Worker processes at once (location: not in the key).
     #[serde(default = "default_jobs")]
     pub jobs: usize,
@@ -208,6 +230,18 @@ fn default_bottleneck() -> usize {
 fn default_scale() -> f64 {
     1.0
 }
+fn default_lora_rank() -> usize {
+    LoraConfig::new().rank
+}
+fn is_default_lora_rank(r: &usize) -> bool {
+    *r == default_lora_rank()
+}
+fn default_lora_alpha() -> f64 {
+    LoraConfig::new().alpha
+}
+fn is_default_lora_alpha(a: &f64) -> bool {
+    *a == default_lora_alpha()
+}
 fn default_jobs() -> usize {
     1
 }
@@ -274,10 +308,19 @@ impl Stage for Finetune {
             }
             _ => {}
         }
-        if p.train.epochs == 0 || p.train.batch == 0 || p.jobs == 0 || p.bottleneck == 0 {
-            return Err("epochs, batch, jobs and bottleneck must be at least 1".into());
+        if p.train.epochs == 0
+            || p.train.batch == 0
+            || p.jobs == 0
+            || p.bottleneck == 0
+            || p.lora_rank == 0
+        {
+            return Err("epochs, batch, jobs, bottleneck and lora_rank must be at least 1".into());
         }
-        for (name, v) in [("lr", p.train.lr), ("full_lr", p.full_lr)] {
+        for (name, v) in [
+            ("lr", p.train.lr),
+            ("full_lr", p.full_lr),
+            ("lora_alpha", p.lora_alpha),
+        ] {
             if !(v > 0.0 && v.is_finite()) {
                 return Err(format!("{name} = {v} must be a positive number").into());
             }

@@ -69,6 +69,7 @@ pub fn rows_to_train(
                 label: Method::AdaptersRandomInit.name().into(),
                 ..adapter_row("baseline", &graph.parallel_all())
             },
+            "lora" => lora_row(p, dims),
             m => ProposalRow {
                 placement_id: m.to_owned(),
                 heuristic: "baseline".into(),
@@ -89,6 +90,30 @@ pub fn rows_to_train(
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// The `lora` baseline's row: no adapters, LoRA's factors and the head as its trainable
+/// parameters, its rank and alpha as its parameters.
+fn lora_row(p: &FinetuneParams, dims: &Dims) -> ProposalRow {
+    let r = p.lora_rank;
+    ProposalRow {
+        placement_id: Method::Lora.name().into(),
+        heuristic: "baseline".into(),
+        label: Method::Lora.name().into(),
+        params: graft_tables::canonical_json(
+            &serde_json::json!({ "alpha": p.lora_alpha, "rank": r }),
+        ),
+        budgeted: false,
+        score: None,
+        budget: 0,
+        draw: 0,
+        method: Method::Lora,
+        edges: vec![],
+        adapters: 0,
+        trainable_params: dims.lora_tuning_params(r) as i64,
+        forward_flops: (graft_graph::forward_flops(dims, &Placement::empty(), p.bottleneck)
+            + dims.lora_flops(r)) as i64,
+    }
 }
 
 /// What every run of the stage shares besides the parameters: the base model and the
@@ -200,7 +225,11 @@ pub fn run_specs(
         bottleneck: p.bottleneck,
         adapter_act: p.adapter_act,
         adapter_scale: p.adapter_scale,
+        lora: None,
     };
+    let lora = graft_model::LoraConfig::new()
+        .with_rank(p.lora_rank)
+        .with_alpha(p.lora_alpha);
     let seeds = placement_seeds(p, rows);
     let mut seen = BTreeSet::new();
     let mut specs = Vec::new();
@@ -221,7 +250,10 @@ pub fn run_specs(
                 edges: row.edges.iter().map(|e| e.edge()).collect(),
                 seed,
                 preset: ctx.preset.clone(),
-                protocol: protocol(lr),
+                protocol: Protocol {
+                    lora: (method == Method::Lora).then(|| lora.clone()),
+                    ..protocol(lr)
+                },
                 dataset: ctx.dataset.clone(),
                 base: ctx.base.clone(),
                 base_path: ctx.base_path.clone(),
@@ -446,6 +478,45 @@ mod tests {
         );
         let json = serde_json::to_value(&plain).unwrap();
         assert!(json.get("sweep_seeds").is_none() && json.get("sweep_repeats").is_none());
+    }
+
+    /// The `lora` baseline: one row with LoRA's parameter count and its rank and alpha, runs
+    /// at `lr` whose protocol carries them; no other run's protocol does, and the stage's
+    /// params leave `lora_rank` and `lora_alpha` out at their defaults (existing stage keys
+    /// unchanged).
+    #[test]
+    fn the_lora_baseline_is_one_row_and_only_its_runs_carry_its_rank() {
+        let (graph, dims) = graph_dims();
+        let p = params(serde_json::json!({
+            "baselines": ["parallel-all", "lora"],
+            "seeds": [0, 1],
+            "lr": 0.003,
+            "lora_rank": 4,
+        }));
+        let rows = rows_to_train(&p, graph, &dims, None).unwrap();
+        let lora = &rows[1];
+        assert_eq!(
+            (lora.placement_id.as_str(), lora.method, lora.adapters),
+            ("lora", Method::Lora, 0)
+        );
+        // 2 blocks x q and v x (4 x 64 + 64 x 4), and the head of 4 classes.
+        assert_eq!(lora.trainable_params, 2 * 2 * 2 * 4 * 64 + 64 * 4 + 4);
+        assert_eq!(lora.params, r#"{"alpha":8.0,"rank":4}"#);
+        let plain = graft_graph::forward_flops(&dims, &Placement::empty(), 8);
+        assert_eq!(lora.forward_flops as u64, plain + dims.lora_flops(4));
+        let plan = run_specs(&p, &rows, &ctx()).unwrap();
+        assert_eq!(plan.specs.len(), 4);
+        for s in &plan.specs {
+            assert_eq!(s.protocol.train.lr, 3e-3);
+            let want = (s.method == Method::Lora)
+                .then(|| graft_model::LoraConfig::new().with_rank(4).with_alpha(8.0));
+            assert_eq!(s.protocol.lora, want, "{}", s.placement_id);
+        }
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["lora_rank"], 4);
+        assert!(json.get("lora_alpha").is_none());
+        let plain = serde_json::to_value(params(serde_json::json!({}))).unwrap();
+        assert!(plain.get("lora_rank").is_none() && plain.get("lora_alpha").is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use graft_graph::{Edge, Placement};
-use graft_model::{AdapterAct, AdapterConfig, Trainable, VitConfig};
+use graft_model::{AdapterAct, AdapterConfig, LoraConfig, Trainable, VitConfig};
 use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, StageKey, Store};
 use graft_tables::{EpochRow, RunStatus, Table};
 use graft_train::{CachedNodes, Progress, Rows, TrainConfig, TrainError, TrainProtocol};
@@ -37,7 +37,7 @@ pub use graft_tables::Method;
 /// The parameters `method` trains.
 fn trainable(method: Method) -> Trainable {
     match method {
-        Method::Adapters | Method::AdaptersRandomInit => Trainable::Adapters,
+        Method::Adapters | Method::AdaptersRandomInit | Method::Lora => Trainable::Adapters,
         Method::LinearProbe => Trainable::HeadOnly,
         Method::Full => Trainable::Full,
     }
@@ -82,6 +82,9 @@ pub struct Protocol {
     pub bottleneck: usize,
     pub adapter_act: AdapterAct,
     pub adapter_scale: f64,
+    /// LoRA's rank and alpha, for `lora` runs alone (the other runs' keys stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
 }
 
 /// Everything a run needs; all of it but `placement_id`, the paths and the device enters
@@ -154,6 +157,10 @@ impl RunSpec {
         let what = match self.method {
             Method::Adapters => format!("{} ({} adapters)", self.placement_id, self.edges.len()),
             Method::AdaptersRandomInit => format!("random-init {}", self.placement_id),
+            Method::Lora => match &self.protocol.lora {
+                Some(l) => format!("lora r={}", l.rank),
+                None => "lora".to_owned(),
+            },
             m => m.name().to_owned(),
         };
         format!("{what} seed {}", self.seed)
@@ -334,9 +341,17 @@ pub fn train_run_with(
         .with_rank(spec.protocol.bottleneck)
         .with_act(spec.protocol.adapter_act)
         .with_scale(spec.protocol.adapter_scale);
-    let model = model
-        .with_placement(&placement, &adapter)?
-        .with_trainable(trainable(spec.method));
+    let mut model = model.with_placement(&placement, &adapter)?;
+    if spec.method == Method::Lora {
+        let lora = spec.protocol.lora.as_ref().ok_or_else(|| {
+            FinetuneError::Spec(format!(
+                "run {}: a lora run without protocol.lora (its rank and alpha)",
+                spec.placement_id
+            ))
+        })?;
+        model = model.with_lora(lora);
+    }
+    let model = model.with_trainable(trainable(spec.method));
     let count = model.param_count();
     let forward_flops = model.forward_flops();
     let p = &spec.protocol;
@@ -349,8 +364,8 @@ pub fn train_run_with(
     };
 
     // The frozen prefix: the plain values at the first node the placement writes and at the
-    // nodes its adapters read without computing them (the last node's class token for the
-    // linear probe). Full fine-tuning trains it all.
+    // nodes its adapters read without computing them (node 0, the embedding, for LoRA; the
+    // last node's class token for the linear probe). Full fine-tuning trains it all.
     let entry = match spec.method {
         Method::Full => None,
         _ => Some(match model.plain_start() {

@@ -134,6 +134,8 @@ pub fn cache_order(specs: &[RunSpec]) -> Vec<usize> {
         let node = match s.method {
             crate::run::Method::Full => usize::MAX,
             crate::run::Method::LinearProbe => usize::MAX - 1,
+            // LoRA changes the first sub-layer: it needs node 0, the embedding.
+            crate::run::Method::Lora => 0,
             _ => graft_graph::PlainStart::of(s.edges.iter().copied())
                 .map_or(usize::MAX - 1, |p| p.lowest()),
         };

@@ -353,6 +353,23 @@ impl Dims {
     pub fn adapter_params(&self, r: usize) -> usize {
         2 * self.dim * r + r + self.dim
     }
+
+    /// Parameters of LoRA of rank r on the query and value projections of every block
+    /// (A: r x d and B: d x r for each, no biases): L · 2 · 2dr.
+    pub fn lora_params(&self, r: usize) -> usize {
+        self.layers * 2 * 2 * self.dim * r
+    }
+
+    /// Trainable parameters of LoRA fine-tuning at rank r: the low-rank factors and the head.
+    pub fn lora_tuning_params(&self, r: usize) -> usize {
+        self.lora_params(r) + self.head_params()
+    }
+
+    /// Forward FLOPs per image that LoRA of rank r on the query and value projections adds:
+    /// x -> A x -> B A x on every token, twice per block.
+    pub fn lora_flops(&self, r: usize) -> u64 {
+        (self.layers as u64) * 2 * 2 * (self.tokens() * 2 * self.dim * r) as u64
+    }
 }
 
 /// Forward FLOPs per image of the backbone with `placement` (bottleneck r): matrix
@@ -407,6 +424,25 @@ mod tests {
             .collect();
         assert_eq!(counts, [24, 25, 276, 300]);
         assert_eq!(g.parallel_all().len(), 24);
+    }
+
+    /// LoRA of rank 8 on q and v of ViT-B/16: 12 blocks x 2 projections x (8 x 768 + 768 x 8).
+    #[test]
+    fn lora_counts_on_vit_b() {
+        let d = Dims {
+            image_size: 224,
+            patch_size: 16,
+            channels: 3,
+            dim: 768,
+            layers: 12,
+            mlp_dim: 3072,
+            classes: 100,
+        };
+        assert_eq!(d.lora_params(8), 294_912);
+        assert_eq!(d.lora_tuning_params(8), 294_912 + 76_900);
+        // 197 tokens through d x r, then r x d (2 FLOPs per multiply-add), for q and v, in
+        // 12 blocks.
+        assert_eq!(d.lora_flops(8), 116_195_328);
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! [`LoadReport`] says so. Our own checkpoints are written in the same names and layout,
 //! so timm loads them.
 //!
-//! Adapter files hold `adapters.{i}_{j}.{down,up}.{weight,bias}` and `head.*` in PyTorch
-//! layout, with the placement, the adapter hyper-parameters, the preset and the base
-//! checkpoint's id in the safetensors metadata.
+//! Adapter files hold `adapters.{i}_{j}.{down,up}.{weight,bias}`, LoRA's
+//! `lora.{k}.{q_a,q_b,v_a,v_b}.weight` (block k; A `[r, d]`, B `[d, r]`) and `head.*` in
+//! PyTorch layout, with the placement, the adapter (and LoRA) hyper-parameters, the preset and
+//! the base checkpoint's id in the safetensors metadata.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -21,7 +22,7 @@ use burn::store::{
 use graft_graph::{Edge, Placement};
 use serde::{Deserialize, Serialize};
 
-use crate::{AdapterConfig, ModelError, Vit, VitConfig};
+use crate::{AdapterConfig, LoraConfig, ModelError, QvLora, Vit, VitConfig};
 
 /// What a load did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,16 +132,21 @@ fn save(vit: &Vit, store: &mut SafetensorsStore, path: &Path) -> Result<(), Mode
     canonicalize(path)
 }
 
+/// Whether a parameter path is an adapter's or LoRA's (what the base checkpoint lacks).
+fn is_adapter(path: &str) -> bool {
+    path.starts_with("adapters.") || path.starts_with("lora.")
+}
+
 fn not_adapter(path: &str, _container: &str) -> bool {
-    !path.starts_with("adapters.")
+    !is_adapter(path)
 }
 
 fn backbone_only(path: &str, _container: &str) -> bool {
-    !path.starts_with("adapters.") && !path.starts_with("head.")
+    !is_adapter(path) && !path.starts_with("head.")
 }
 
 fn adapters_and_head(path: &str, _container: &str) -> bool {
-    path.starts_with("adapters.") || path.starts_with("head.")
+    is_adapter(path) || path.starts_with("head.")
 }
 
 /// Loads a timm ViT safetensors file into `vit` (its adapters are left as they are).
@@ -264,13 +270,16 @@ pub fn save_timm(vit: &Vit, path: &Path) -> Result<(), ModelError> {
 pub struct AdapterMeta {
     pub placement: Vec<Edge>,
     pub adapter: AdapterConfig,
+    /// LoRA on every block's query and value projections, when the file has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     pub preset: String,
     /// Id of the base checkpoint the adapters were trained on.
     pub base: String,
 }
 
-/// Writes the adapters (as `adapters.{i}_{j}.*`) and the head: what adapter fine-tuning
-/// trained, without the frozen base (PEFT style).
+/// Writes the adapters (as `adapters.{i}_{j}.*`), LoRA (`lora.{k}.*`) and the head: what
+/// adapter or LoRA fine-tuning trained, without the frozen base (PEFT style).
 pub fn save_adapters(vit: &Vit, path: &Path, preset: &str, base: &str) -> Result<(), ModelError> {
     // A model without adapters (a linear probe) saves its head alone.
     let adapter = match vit.adapters.first() {
@@ -284,6 +293,7 @@ pub fn save_adapters(vit: &Vit, path: &Path, preset: &str, base: &str) -> Result
     let meta = AdapterMeta {
         placement: vit.adapters.iter().map(|a| a.edge()).collect(),
         adapter,
+        lora: vit.lora.first().map(QvLora::config),
         preset: preset.to_owned(),
         base: base.to_owned(),
     };
@@ -317,12 +327,19 @@ pub fn adapter_meta(path: &Path) -> Result<AdapterMeta, ModelError> {
     serde_json::from_str(text).map_err(|e| err(format!("invalid graft.adapters metadata: {e}")))
 }
 
-/// Replaces `vit`'s adapters and head with those of an adapter file.
+/// Replaces `vit`'s adapters, LoRA and head with those of an adapter file.
 pub fn load_adapters(vit: Vit, path: &Path) -> Result<(Vit, AdapterMeta), ModelError> {
     let meta = adapter_meta(path)?;
     let shown = path.display().to_string();
     let placement = Placement::new(vit.graph(), meta.placement.iter().copied())?;
     let mut vit = vit.with_placement(&placement, &meta.adapter)?;
+    vit = match &meta.lora {
+        Some(lora) => vit.with_lora(lora),
+        None => Vit {
+            lora: Vec::new(),
+            ..vit
+        },
+    };
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter)
         .with_predicate(adapters_and_head)
@@ -339,7 +356,7 @@ pub fn load_adapters(vit: Vit, path: &Path) -> Result<(Vit, AdapterMeta), ModelE
         .missing
         .iter()
         .map(|(p, _)| p.clone())
-        .filter(|p| p.starts_with("adapters.") || p.starts_with("head."))
+        .filter(|p| is_adapter(p) || p.starts_with("head."))
         .collect();
     if !result.errors.is_empty() || !missing.is_empty() || !result.unused.is_empty() {
         let mut msgs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();

@@ -107,11 +107,32 @@ pub struct AdapterConfig {
     pub scale: f64,
 }
 
+/// LoRA on the query and value projections of every block (Hu et al.'s configuration for
+/// ViTs): q += s·B_q A_q x and v += s·B_v A_v x inside the fused `qkv` projection, A
+/// Kaiming-uniform (PyTorch's `Linear` default, as PEFT), B zero, s = alpha / rank.
+#[derive(Config, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// Rank r of each update.
+    #[config(default = 8)]
+    pub rank: usize,
+    /// alpha: the scale is alpha / r. PEFT's default and Hu et al.'s practice (alpha fixed at
+    /// the first rank tried, not tuned) give s = 1 at r = 8.
+    #[config(default = 8.0)]
+    pub alpha: f64,
+}
+
+impl LoraConfig {
+    /// s = alpha / r.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+}
+
 /// Which parameters train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Trainable {
-    /// Adapters and head; the backbone is frozen.
+    /// Adapters (bottleneck adapters and LoRA factors) and head; the backbone is frozen.
     #[default]
     Adapters,
     /// Everything.

@@ -4,12 +4,14 @@
 //! Principal types: [`VitConfig`] (shape and presets) builds a [`Vit`];
 //! [`Vit::with_placement`] attaches adapters (parallel, sequential, long-range and
 //! recurrent edges; recurrent ones run the spec's two-pass forward);
-//! [`Vit::with_trainable`] freezes the backbone; [`Vit::trace`] records every node's
+//! [`Vit::with_lora`] adds LoRA on the query and value projections of every block (the
+//! baseline every PETL table compares against); [`Vit::with_trainable`] freezes the backbone; [`Vit::trace`] records every node's
 //! activation and, after one backward pass, every node's gradient, which is all the probe
 //! needs. [`checkpoint`] reads and writes timm's safetensors names and adapter-only files.
 //!
 //! Model code takes a burn `Device`; `graft-backend` picks it. Adapters start with
-//! W_up = 0 and b_up = 0, so any placement gives exactly the pretrained logits at init.
+//! W_up = 0 and b_up = 0, and LoRA with B = 0, so any placement (and LoRA) gives exactly the
+//! pretrained logits at init.
 
 pub mod checkpoint;
 mod config;
@@ -18,8 +20,8 @@ mod vit;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 
-pub use config::{AdapterAct, AdapterConfig, PRESETS, Trainable, VitConfig};
-pub use vit::{Adapter, Attention, Block, Mlp, ModelInput, NodeTrace, PatchEmbed, Vit};
+pub use config::{AdapterAct, AdapterConfig, LoraConfig, PRESETS, Trainable, VitConfig};
+pub use vit::{Adapter, Attention, Block, Mlp, ModelInput, NodeTrace, PatchEmbed, QvLora, Vit};
 
 /// Errors of the model crate. Every variant names the file, edge or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -94,20 +96,24 @@ impl Vit {
             Trainable::Full => all,
             Trainable::HeadOnly => self.head.num_params(),
             Trainable::Adapters => {
-                self.head.num_params() + self.adapters.iter().map(Module::num_params).sum::<usize>()
+                self.head.num_params()
+                    + self.adapters.iter().map(Module::num_params).sum::<usize>()
+                    + self.lora.iter().map(Module::num_params).sum::<usize>()
             }
         };
         ParamCount { trainable, all }
     }
 
-    /// Analytic forward FLOPs per image of this model with its placement.
+    /// Analytic forward FLOPs per image of this model with its placement and LoRA.
     pub fn forward_flops(&self) -> u64 {
         let rank = self
             .adapters
             .first()
             .map(|a| a.down.weight.val().dims()[1])
             .unwrap_or(0);
-        graft_graph::forward_flops(&self.config.dims(), &self.placement(), rank)
+        let dims = self.config.dims();
+        let lora = self.lora.first().map_or(0, |l| dims.lora_flops(l.rank()));
+        graft_graph::forward_flops(&dims, &self.placement(), rank) + lora
     }
 }
 

@@ -6,7 +6,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use graft_graph::{Edge, EdgeKind, Graph, Placement};
 
 use crate::checkpoint::{adapter_meta, load_adapters, load_timm, save_adapters, save_timm};
-use crate::{AdapterConfig, ModelError, Trainable, Vit, VitConfig};
+use crate::{AdapterConfig, LoraConfig, ModelError, Trainable, Vit, VitConfig};
 
 fn device() -> Device {
     graft_backend::device("cpu").expect("cpu backend")
@@ -428,4 +428,223 @@ fn matches_timm_small() {
         VitConfig::new(32, 8, 192, 4, 3, 10),
         2,
     );
+}
+
+// ---- LoRA on the query and value projections ----
+
+/// `vit` with LoRA of `config` whose B factors are drawn (not zero), so that it changes the
+/// output.
+fn with_drawn_lora(vit: Vit, config: &LoraConfig, dev: &Device) -> Vit {
+    let mut m = vit.with_lora(config);
+    for l in &mut m.lora {
+        for b in [&mut l.q_b, &mut l.v_b] {
+            let shape = b.weight.val().dims();
+            b.weight =
+                Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, 0.3), dev));
+        }
+    }
+    m
+}
+
+#[test]
+fn lora_at_init_gives_the_pretrained_logits() {
+    let dev = device();
+    let vit = tiny(&dev);
+    let x = images(&dev, 2, 16);
+    let plain = vit.forward(x.clone());
+    for config in [
+        LoraConfig::new(),
+        LoraConfig::new().with_rank(2).with_alpha(16.0),
+    ] {
+        let m = vit.clone().with_lora(&config);
+        assert_eq!(m.lora.len(), 2);
+        assert_eq!(
+            max_diff(plain.clone(), m.forward(x.clone())),
+            0.0,
+            "{config:?}"
+        );
+    }
+    // Drawn B factors change it.
+    let m = with_drawn_lora(vit, &LoraConfig::new(), &dev);
+    assert!(max_diff(plain, m.forward(x)) > 1e-4);
+}
+
+/// The update is s·B A x on the query and value thirds of the qkv output, nothing on the
+/// keys: the attention with LoRA equals the attention whose qkv weight has
+/// s·[A_q B_q, 0, A_v B_v] added (burn's `[in, out]` layout; columns laid out q, k, v).
+#[test]
+fn lora_adds_s_b_a_x_to_queries_and_values_only() {
+    let dev = device();
+    let config = LoraConfig::new().with_rank(4).with_alpha(16.0);
+    assert_eq!(config.scale(), 4.0);
+    let m = with_drawn_lora(tiny(&dev), &config, &dev);
+    let (attn, lora) = (&m.blocks[1].attn, &m.lora[1]);
+    let d = 64;
+    let rows: Tensor<2> = Tensor::random([6, d], Distribution::Normal(0.0, 1.0), &dev);
+    let delta = lora.delta(rows.clone());
+    assert_eq!(delta.dims(), [6, 3 * d]);
+    let part = |k: usize| delta.clone().narrow(1, k * d, d);
+    let want = |a: &burn::nn::Linear, b: &burn::nn::Linear| {
+        rows.clone().matmul(a.weight.val()).matmul(b.weight.val()) * 4.0
+    };
+    assert!(max_diff(part(0), want(&lora.q_a, &lora.q_b)) < 1e-4);
+    assert_eq!(
+        part(1).abs().max().into_scalar::<f32>(),
+        0.0,
+        "keys changed"
+    );
+    assert!(max_diff(part(2), want(&lora.v_a, &lora.v_b)) < 1e-4);
+
+    let ab = |a: &burn::nn::Linear, b: &burn::nn::Linear| {
+        a.weight.val().matmul(b.weight.val()) * 4.0 // [d, d]
+    };
+    let merged = Tensor::cat(
+        vec![
+            ab(&lora.q_a, &lora.q_b),
+            Tensor::zeros([d, d], &dev),
+            ab(&lora.v_a, &lora.v_b),
+        ],
+        1,
+    );
+    let mut folded = attn.clone();
+    folded.qkv.weight = Param::from_tensor(attn.qkv.weight.val() + merged);
+    let x: Tensor<3> = Tensor::random([2, 17, d], Distribution::Normal(0.0, 1.0), &dev);
+    let got = attn.forward_with(x.clone(), Some(lora));
+    let want = folded.forward(x);
+    let worst = (got - want).abs().max().into_scalar::<f32>();
+    assert!(
+        worst < 1e-4,
+        "LoRA differs from the folded weight by {worst}"
+    );
+}
+
+#[test]
+fn lora_trainable_count_matches_the_formula() {
+    let dev = device();
+    let vit = tiny(&dev);
+    let all_before = vit.num_params();
+    let (l, d, c) = (2, 64, 5);
+    for r in [8, 3] {
+        let m = vit
+            .clone()
+            .with_lora(&LoraConfig::new().with_rank(r))
+            .with_trainable(Trainable::Adapters);
+        let count = m.param_count();
+        // q and v in each of L blocks, A: r x d and B: d x r each; plus the head.
+        assert_eq!(count.trainable, 2 * l * 2 * r * d + d * c + c, "r = {r}");
+        assert_eq!(count.trainable, m.config.dims().lora_tuning_params(r));
+        assert_eq!(count.all, all_before + 2 * l * 2 * r * d);
+    }
+}
+
+#[test]
+fn gradients_reach_only_lora_and_the_head() {
+    struct Frozen<'a> {
+        grads: &'a burn::tensor::Gradients,
+        seen: usize,
+        with_grad: usize,
+    }
+    impl burn::module::ModuleVisitor for Frozen<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.seen += 1;
+            self.with_grad += usize::from(param.val().grad(self.grads).is_some());
+        }
+    }
+    let dev = device().autodiff();
+    dev.seed(3);
+    let vit = VitConfig::preset("vit-cpu-tiny", 5).unwrap().init(&dev);
+    let m = with_drawn_lora(vit, &LoraConfig::new(), &dev).with_trainable(Trainable::Adapters);
+    let (grads, loss) = grads_of(&m, &dev);
+    assert!(loss.is_finite());
+    for (k, l) in m.lora.iter().enumerate() {
+        for (name, p) in [
+            ("q_a", &l.q_a),
+            ("q_b", &l.q_b),
+            ("v_a", &l.v_a),
+            ("v_b", &l.v_b),
+        ] {
+            let g = p
+                .weight
+                .val()
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("no gradient for lora.{k}.{name}"));
+            let norm = g.abs().sum().into_scalar::<f32>();
+            assert!(norm.is_finite() && norm > 0.0, "lora.{k}.{name}: {norm}");
+        }
+    }
+    assert!(m.head.weight.val().grad(&grads).is_some());
+    let mut frozen = Frozen {
+        grads: &grads,
+        seen: 0,
+        with_grad: 0,
+    };
+    m.patch_embed.visit(&mut frozen);
+    m.blocks.visit(&mut frozen);
+    m.norm.visit(&mut frozen);
+    assert!(frozen.seen > 20);
+    assert_eq!(frozen.with_grad, 0, "the frozen backbone got gradients");
+    assert!(m.cls_token.val().grad(&grads).is_none());
+    assert!(m.pos_embed.val().grad(&grads).is_none());
+}
+
+/// LoRA changes the first sub-layer: a pass starts at node 0 (the embedding, which the
+/// activation cache may keep), and the plain nodes stay LoRA-free.
+#[test]
+fn lora_starts_at_the_input_and_leaves_the_plain_nodes_alone() {
+    let dev = device();
+    let vit = tiny(&dev);
+    let m = with_drawn_lora(vit.clone(), &LoraConfig::new(), &dev);
+    let start = m.plain_start().unwrap();
+    assert_eq!((start.entry, start.reads.len()), (0, 0));
+    let x = images(&dev, 2, 16);
+    let value = m.plain_node(x.clone(), 0);
+    let from_node = m.forward_input(crate::ModelInput::Node {
+        node: 0,
+        value,
+        reads: Vec::new(),
+    });
+    assert!(max_diff(m.forward(x.clone()), from_node) < 1e-5);
+    let plain = |v: &Vit| v.plain_node(x.clone(), 3).reshape([2, 17 * 64]);
+    assert_eq!(max_diff(plain(&vit), plain(&m)), 0.0);
+    let dims = m.config.dims();
+    assert_eq!(m.forward_flops(), vit.forward_flops() + dims.lora_flops(8));
+}
+
+#[test]
+fn lora_round_trips_through_the_adapter_file_and_stays_out_of_timm_files() {
+    let dev = device();
+    let vit = tiny(&dev);
+    let x = images(&dev, 2, 16);
+    let config = LoraConfig::new().with_rank(4).with_alpha(6.0);
+    let m = with_drawn_lora(vit.clone(), &config, &dev);
+    let want = m.forward(x.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adapters.safetensors");
+    save_adapters(&m, &path, "vit-cpu-tiny", "base-id").unwrap();
+    let (keys, _) = crate::checkpoint::read_header(&path).unwrap();
+    assert_eq!(keys["lora.0.q_a.weight"].0, vec![4, 64], "A: [r, d]");
+    assert_eq!(keys["lora.1.v_b.weight"].0, vec![64, 4], "B: [d, r]");
+    assert_eq!(keys.keys().filter(|k| k.starts_with("lora.")).count(), 8);
+    assert!(!keys.keys().any(|k| k.starts_with("blocks.")));
+    let meta = adapter_meta(&path).unwrap();
+    assert_eq!(meta.lora, Some(config));
+    assert!(meta.placement.is_empty());
+    let (back, _) = load_adapters(vit.clone(), &path).unwrap();
+    assert_eq!(max_diff(want, back.forward(x)), 0.0);
+
+    // A timm checkpoint of a model with LoRA holds the backbone alone.
+    let timm = dir.path().join("model.safetensors");
+    save_timm(&m, &timm).unwrap();
+    let (keys, _) = crate::checkpoint::read_header(&timm).unwrap();
+    let got: std::collections::BTreeSet<String> = keys.into_keys().collect();
+    let expected: std::collections::BTreeSet<String> = crate::checkpoint::timm_keys(&m.config)
+        .into_keys()
+        .collect();
+    assert_eq!(got, expected);
+    // An adapter file without LoRA leaves none in the model it loads into.
+    let plain_path = dir.path().join("plain.safetensors");
+    save_adapters(&vit, &plain_path, "vit-cpu-tiny", "base-id").unwrap();
+    assert_eq!(adapter_meta(&plain_path).unwrap().lora, None);
+    let (back, _) = load_adapters(m, &plain_path).unwrap();
+    assert!(back.lora.is_empty());
 }

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 use graft_backend::fused::attention;
 use graft_graph::{Edge, EdgeKind, Placement, PlainStart};
 
-use crate::{AdapterAct, AdapterConfig, ModelError, Trainable, VitConfig};
+use crate::{AdapterAct, AdapterConfig, LoraConfig, ModelError, Trainable, VitConfig};
 
 /// Patch embedding: a p x p convolution with stride p.
 #[derive(Module, Debug)]
@@ -64,8 +64,24 @@ impl Attention {
     /// # Shapes
     /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let dh = x.dims()[2] / self.heads;
-        let qkv = tokenwise(&self.qkv, x); // [batch, tokens, 3·dim], laid out (3, heads, dh)
+        self.forward_with(x, None)
+    }
+
+    /// The attention with `lora`'s update added to the query and value parts of the `qkv`
+    /// projection's output, when given.
+    ///
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    pub fn forward_with(&self, x: Tensor<3>, lora: Option<&QvLora>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let dh = d / self.heads;
+        let x = x.reshape([b * t, d]);
+        let qkv = rows(&self.qkv, x.clone()); // [batch·tokens, 3·dim], laid out (3, heads, dh)
+        let qkv = match lora {
+            Some(l) => qkv + l.delta(x),
+            None => qkv,
+        };
+        let qkv = qkv.reshape([b, t, 3 * d]);
         // softmax(q kᵀ / sqrt(dh)) v per head as one operation (LibTorch's flash attention on
         // tch), the heads side by side.
         let out = attention(qkv, self.heads, (dh as f64).powf(-0.5)); // [batch, tokens, dim]
@@ -96,6 +112,82 @@ pub struct Block {
     pub attn: Attention,
     pub norm2: LayerNorm,
     pub mlp: Mlp,
+}
+
+/// LoRA on one block's query and value projections (Hu et al.): the fused `qkv` projection's
+/// output gains s·B_q A_q x in its query part and s·B_v A_v x in its value part, the key part
+/// unchanged. A (`q_a`, `v_a`: d -> r) is drawn Kaiming-uniform like PyTorch's `Linear` (and
+/// PEFT's `lora_A`), B (`q_b`, `v_b`: r -> d) is zero, so the model starts as the pretrained
+/// one; no biases.
+#[derive(Module, Debug)]
+pub struct QvLora {
+    pub q_a: Linear,
+    pub q_b: Linear,
+    pub v_a: Linear,
+    pub v_b: Linear,
+    /// alpha: the update's scale is alpha / r.
+    #[module(skip)]
+    pub alpha: f64,
+}
+
+impl QvLora {
+    pub fn new(dim: usize, config: &LoraConfig, device: &Device) -> QvLora {
+        let a = || {
+            LinearConfig::new(dim, config.rank)
+                .with_bias(false)
+                .init(device)
+        };
+        let b = || {
+            LinearConfig::new(config.rank, dim)
+                .with_bias(false)
+                .with_initializer(Initializer::Zeros)
+                .init(device)
+        };
+        QvLora {
+            q_a: a(),
+            q_b: b(),
+            v_a: a(),
+            v_b: b(),
+            alpha: config.alpha,
+        }
+    }
+
+    /// The rank r.
+    pub fn rank(&self) -> usize {
+        self.q_a.weight.val().dims()[1]
+    }
+
+    /// Its configuration: rank and alpha.
+    pub fn config(&self) -> LoraConfig {
+        LoraConfig::new()
+            .with_rank(self.rank())
+            .with_alpha(self.alpha)
+    }
+
+    /// The update to the `qkv` projection's output, `[s·B_q A_q x, 0, s·B_v A_v x]`: both
+    /// down projections as one product (x [A_q | A_v]), then one product with the
+    /// `[2r, 3·dim]` matrix that holds s·B_q over the query columns and s·B_v over the value
+    /// columns, so the update comes out in the qkv layout without a copy of the activations.
+    ///
+    /// # Shapes
+    /// `[rows, dim]` -> `[rows, 3·dim]`
+    pub fn delta(&self, x: Tensor<2>) -> Tensor<2> {
+        let a = Tensor::cat(vec![self.q_a.weight.val(), self.v_a.weight.val()], 1); // [dim, 2r]
+        let h = x.matmul(a); // [rows, 2r]
+        let (bq, bv) = (self.q_b.weight.val(), self.v_b.weight.val()); // [r, dim] each
+        let [r, d] = bq.dims();
+        let zeros = Tensor::<2>::zeros([r, 2 * d], &bq.device());
+        let b = Tensor::cat(
+            vec![
+                Tensor::cat(vec![bq, zeros.clone()], 1),
+                Tensor::cat(vec![zeros, bv], 1),
+            ],
+            0,
+        ); // [2r, 3·dim]
+        let scale = self.config().scale();
+        let b = if scale == 1.0 { b } else { b * scale };
+        h.matmul(b)
+    }
 }
 
 /// A bottleneck adapter on edge (`src`, `dst`): A(x) = s * W_up(act(W_down x + b_down)) + b_up.
@@ -161,6 +253,8 @@ pub struct Vit {
     pub norm: LayerNorm,
     pub head: Linear,
     pub adapters: Vec<Adapter>,
+    /// LoRA of block k at `lora[k]` (empty without LoRA).
+    pub lora: Vec<QvLora>,
     #[module(skip)]
     pub config: VitConfig,
     #[module(skip)]
@@ -221,6 +315,7 @@ impl VitConfig {
             norm: ln(),
             head: lin(d, self.classes),
             adapters: Vec::new(),
+            lora: Vec::new(),
             config: self.clone(),
             trainable: Trainable::Full,
         };
@@ -298,7 +393,19 @@ impl Vit {
         Ok(crate::materialize(self).with_trainable(trainable))
     }
 
-    /// Sets which parameters train: the adapters and the head, everything, or the head.
+    /// Adds LoRA of `config` to the query and value projections of every block (replacing
+    /// any LoRA it had).
+    pub fn with_lora(mut self, config: &LoraConfig) -> Vit {
+        let device = self.cls_token.val().device();
+        self.lora = (0..self.config.depth)
+            .map(|_| QvLora::new(self.config.dim, config, &device))
+            .collect();
+        let trainable = self.trainable;
+        crate::materialize(self).with_trainable(trainable)
+    }
+
+    /// Sets which parameters train: the adapters (and LoRA) and the head, everything, or the
+    /// head.
     pub fn with_trainable(self, mode: Trainable) -> Vit {
         let mut m = match mode {
             Trainable::Full => self.set_require_grad(true),
@@ -310,6 +417,11 @@ impl Vit {
                 .adapters
                 .into_iter()
                 .map(|a| a.set_require_grad(true))
+                .collect();
+            m.lora = m
+                .lora
+                .into_iter()
+                .map(|l| l.set_require_grad(true))
                 .collect();
         }
         m.trainable = mode;
@@ -327,14 +439,27 @@ impl Vit {
         Tensor::cat(vec![cls, x], 1) + self.pos_embed.val()
     }
 
-    /// Sub-layer k (1..=2L) with its residual: x_k = x_{k-1} + F_k(x_{k-1}).
+    /// Sub-layer k (1..=2L) with its residual: x_k = x_{k-1} + F_k(x_{k-1}), with the
+    /// block's LoRA where the model has it.
     ///
     /// # Shapes
     /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     pub fn sublayer(&self, k: usize, x: Tensor<3>) -> Tensor<3> {
-        let block = &self.blocks[(k - 1) / 2];
+        self.sublayer_with(k, x, true)
+    }
+
+    /// [`Vit::sublayer`], with LoRA or the plain backbone's (`lora = false`).
+    ///
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    fn sublayer_with(&self, k: usize, x: Tensor<3>, lora: bool) -> Tensor<3> {
+        let b = (k - 1) / 2;
+        let block = &self.blocks[b];
         let f = if k % 2 == 1 {
-            block.attn.forward(self.layer_norm(&block.norm1, x.clone()))
+            let lora = self.lora.get(b).filter(|_| lora);
+            block
+                .attn
+                .forward_with(self.layer_norm(&block.norm1, x.clone()), lora)
         } else {
             block.mlp.forward(self.layer_norm(&block.norm2, x.clone()))
         };
@@ -393,13 +518,21 @@ impl Vit {
     /// ([`PlainStart`]), or `None` without adapters: the smallest node an adapter writes,
     /// and the plain nodes its adapters read without the pass computing them. With frozen
     /// backbone weights those values are the same in every epoch and every run on the same
-    /// base, which is what the fine-tune stage's activation cache keeps.
+    /// base, which is what the fine-tune stage's activation cache keeps. LoRA changes the
+    /// first sub-layer already: with it the pass starts at node 0, the embedding.
     pub fn plain_start(&self) -> Option<PlainStart> {
+        if !self.lora.is_empty() {
+            return Some(PlainStart {
+                entry: 0,
+                reads: Vec::new(),
+                skip_first_pass: false,
+            });
+        }
         PlainStart::of(self.adapters.iter().map(Adapter::edge))
     }
 
-    /// The plain network's value at `node` (no adapter taken into account): the embedding,
-    /// then sub-layers 1..=node.
+    /// The plain network's value at `node` (no adapter and no LoRA taken into account): the
+    /// embedding, then sub-layers 1..=node.
     ///
     /// # Shapes
     /// images `[batch, channels, height, width]` -> `[batch, tokens, dim]`
@@ -412,7 +545,7 @@ impl Vit {
     /// # Shapes
     /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     pub fn plain_node_from(&self, from: usize, x: Tensor<3>, to: usize) -> Tensor<3> {
-        (from + 1..=to).fold(x, |x, k| self.sublayer(k, x))
+        (from + 1..=to).fold(x, |x, k| self.sublayer_with(k, x, false))
     }
 
     /// The nodes of the forward pass from node `entry` on, given the plain network's value

@@ -233,6 +233,8 @@ pub struct TaskAnalysis {
     pub full: Option<Reference>,
     /// Adapters on parallel-all over a randomly initialised backbone.
     pub random_init: Option<Reference>,
+    /// LoRA on every block's query and value projections.
+    pub lora: Option<Reference>,
     pub correlations: Vec<ScoreCorrelation>,
     pub runs: usize,
     pub failed: Vec<FailedRun>,
@@ -387,7 +389,8 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         let rank = |p: &PlacementStats| match p.method {
             Method::LinearProbe => 0,
             Method::Full => 1,
-            Method::Adapters | Method::AdaptersRandomInit => 2,
+            Method::Lora => 2,
+            Method::Adapters | Method::AdaptersRandomInit => 3,
         };
         rank(a)
             .cmp(&rank(b))
@@ -448,6 +451,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
     let linear_probe = reference("linear probe", &|p| p.method == Method::LinearProbe);
     let full = reference("full fine-tuning", &|p| p.method == Method::Full);
     let random_init = reference("random-init", &|p| p.method == Method::AdaptersRandomInit);
+    let lora = reference("lora", &|p| p.method == Method::Lora);
 
     let series = curves(&data.proposals, &data.runs);
     let correlations = SCORES
@@ -502,6 +506,7 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         linear_probe,
         full,
         random_init,
+        lora,
         correlations,
         runs: data.runs.len(),
         failed: failed_all,

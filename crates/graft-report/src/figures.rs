@@ -70,6 +70,7 @@ pub fn category_colour(name: &str) -> RGBColor {
         "linear-probe" | "linear probe" => RGBColor(140, 86, 75),
         "full" | "full fine-tuning" => RGBColor(23, 190, 207),
         "adapters-random-init" => RGBColor(127, 127, 127),
+        "lora" => RGBColor(140, 20, 90),
         "mixed, with recurrent" => RGBColor(227, 119, 194),
         "mixed, forward only" => RGBColor(148, 103, 189),
         _ => DARK,

@@ -1642,3 +1642,85 @@ fn the_ci_bands_file_names_stages_of_the_ci_pipeline() {
     // Each band is at least the plain order: a above b.
     assert!(bands.above.iter().all(|b| b.margin >= 0.0), "{bands:?}");
 }
+
+/// Issue 23: LoRA's runs are a baseline: a reference with its parameter count, a row of the
+/// baselines table, a comparison with parallel-all, and on the budget figure a line and a
+/// point at its parameters (named in the legend and the caption).
+#[test]
+fn lora_is_a_baseline_beside_parallel_all() {
+    let mut t = task_data(0);
+    let lora_params = dims().lora_tuning_params(R) as i64;
+    let flops = (forward_flops(&dims(), &Placement::empty(), R) + dims().lora_flops(R)) as i64;
+    let row = ProposalRow {
+        placement_id: "lora".into(),
+        heuristic: "baseline".into(),
+        label: "lora".into(),
+        params: r#"{"alpha":8.0,"rank":8}"#.into(),
+        budgeted: false,
+        score: None,
+        budget: 0,
+        draw: 0,
+        method: Method::Lora,
+        edges: vec![],
+        adapters: 0,
+        trainable_params: lora_params,
+        forward_flops: flops,
+    };
+    let template = t
+        .runs
+        .iter()
+        .find(|r| r.method == Method::LinearProbe)
+        .unwrap()
+        .clone();
+    for seed in [0, 1, 2] {
+        t.runs.push(RunRow {
+            placement_id: "lora".into(),
+            method: Method::Lora,
+            seed,
+            adapters: 0,
+            trainable_params: lora_params,
+            forward_flops: flops,
+            status: RunStatus::Ok,
+            error: None,
+            test_accuracy: Some(0.70 + 0.01 * seed as f64),
+            val_accuracy: Some(0.70),
+            ..template.clone()
+        });
+    }
+    t.proposals.push(row);
+    let a = analyse(vec![t.clone()]);
+    let lora = a.tasks[0].lora.as_ref().expect("no lora reference");
+    assert_eq!((lora.params, lora.test.n), (lora_params, 3));
+    assert_eq!(
+        a.tasks[0].placements[2].method,
+        Method::Lora,
+        "after the probe and full"
+    );
+    let s = finding(vec![t.clone()], "alpha", "LoRA");
+    assert!(s.contains("beats parallel-all"), "{s}");
+    let files = build(vec![t], "t").unwrap();
+    let csv = file(&files, "baselines.csv");
+    let line = csv
+        .lines()
+        .find(|l| l.starts_with("alpha,lora,"))
+        .unwrap_or_else(|| panic!("no lora row in {csv}"));
+    assert!(
+        line.starts_with(&format!("alpha,lora,0,{lora_params},71")),
+        "{line}"
+    );
+    let figs = crate::figures::figures(&a).unwrap();
+    let budget = figs.iter().find(|f| f.number == 3).unwrap();
+    assert!(budget.caption.contains("LoRA"), "{}", budget.caption);
+    let Panel::Svg { svg, .. } = &budget.panels[0] else {
+        panic!("no budget panel");
+    };
+    assert!(svg.contains(&format!(
+        "LoRA ({} parameters)",
+        crate::fmt_num(lora_params as f64)
+    )));
+    // The triangle at its parameter count, in LoRA's colour.
+    assert!(
+        svg.contains("<polygon") && svg.contains("#8C145A"),
+        "no LoRA point"
+    );
+}

@@ -620,11 +620,11 @@ mod tests {
         row["label"] = "gga".into();
         row["params"] = "{}".into();
         row["budgeted"] = true.into();
-        row["method"] = "lora".into();
+        row["method"] = "prompt-tuning".into();
         write_json(&path, ProposalRow::schema(), &[row]);
         let err = ProposalRow::read(&path).unwrap_err().to_string();
         assert!(
-            err.contains("proposals.parquet") && err.contains("lora"),
+            err.contains("proposals.parquet") && err.contains("prompt-tuning"),
             "{err}"
         );
     }

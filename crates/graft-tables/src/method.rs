@@ -19,23 +19,27 @@ pub enum Method {
     /// Adapters and head on a randomly initialised backbone: what the pretrained backbone
     /// is worth.
     AdaptersRandomInit,
+    /// LoRA on every block's query and value projections, and the head; the backbone frozen.
+    Lora,
 }
 
 impl Method {
-    pub const ALL: [Method; 4] = [
+    pub const ALL: [Method; 5] = [
         Method::Adapters,
         Method::LinearProbe,
         Method::Full,
         Method::AdaptersRandomInit,
+        Method::Lora,
     ];
 
-    /// The column value: `adapters`, `linear-probe`, `full`, `adapters-random-init`.
+    /// The column value: `adapters`, `linear-probe`, `full`, `adapters-random-init`, `lora`.
     pub fn name(self) -> &'static str {
         match self {
             Method::Adapters => "adapters",
             Method::LinearProbe => "linear-probe",
             Method::Full => "full",
             Method::AdaptersRandomInit => "adapters-random-init",
+            Method::Lora => "lora",
         }
     }
 
@@ -103,8 +107,8 @@ mod tests {
             let back: RunStatus = serde_json::from_value(s.name().into()).unwrap();
             assert_eq!(back, s);
         }
-        assert_eq!(Method::parse("lora"), None);
-        let err = serde_json::from_str::<Method>("\"lora\"").unwrap_err();
-        assert!(err.to_string().contains("lora"), "{err}");
+        assert_eq!(Method::parse("prompt-tuning"), None);
+        let err = serde_json::from_str::<Method>("\"prompt-tuning\"").unwrap_err();
+        assert!(err.to_string().contains("prompt-tuning"), "{err}");
     }
 }

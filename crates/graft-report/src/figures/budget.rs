@@ -40,6 +40,12 @@ pub(super) fn figure(a: &Analysis) -> Result<Figure, ReportError> {
     if one_seed {
         caption.push_str(" Points with one finished run have no bar.");
     }
+    if a.tasks.iter().any(|t| t.lora.is_some()) {
+        caption.push_str(
+            " LoRA (rank r on every block's query and value projections) is a dashed line, and \
+             on the right a triangle at its trainable parameters.",
+        );
+    }
     Ok(Figure {
         number: 3,
         title: "Accuracy against budget".into(),
@@ -50,7 +56,7 @@ pub(super) fn figure(a: &Analysis) -> Result<Figure, ReportError> {
 
 fn draw(root: &Area, t: &TaskAnalysis, colours: &[CurveColour]) -> DrawResult {
     let (l, r) = root.split_horizontally(590);
-    let refs: Vec<&Reference> = [&t.parallel_all, &t.linear_probe, &t.full]
+    let refs: Vec<&Reference> = [&t.parallel_all, &t.lora, &t.linear_probe, &t.full]
         .into_iter()
         .flatten()
         .collect();
@@ -75,7 +81,18 @@ fn draw(root: &Area, t: &TaskAnalysis, colours: &[CurveColour]) -> DrawResult {
                 p.adapters as f64
             }
         };
-        let (xlo, xhi) = min_max(t.series.iter().flat_map(|s| s.points.iter().map(xs)));
+        // LoRA is a point on the parameter panel too: its parameters beside the placements'.
+        let lora_x = t
+            .lora
+            .as_ref()
+            .filter(|_| by_params)
+            .map(|r| r.params as f64);
+        let (xlo, xhi) = min_max(
+            t.series
+                .iter()
+                .flat_map(|s| s.points.iter().map(xs))
+                .chain(lora_x),
+        );
         // The adapter panel leaves its right part free for the legend.
         let (xlo, xhi) = if by_params {
             padded(xlo, xhi)
@@ -127,10 +144,10 @@ fn draw(root: &Area, t: &TaskAnalysis, colours: &[CurveColour]) -> DrawResult {
         }
         for r in &refs {
             let colour = category_colour(r.label);
-            let label = if r.label == "parallel-all" {
-                format!("parallel-all ({} adapters)", r.adapters)
-            } else {
-                r.label.to_owned()
+            let label = match r.label {
+                "parallel-all" => format!("parallel-all ({} adapters)", r.adapters),
+                "lora" => format!("LoRA ({} parameters)", fmt_num(r.params as f64)),
+                _ => r.label.to_owned(),
             };
             chart
                 .draw_series(DashedLineSeries::new(
@@ -143,6 +160,21 @@ fn draw(root: &Area, t: &TaskAnalysis, colours: &[CurveColour]) -> DrawResult {
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
                 });
+        }
+        if let (Some(r), Some(x)) = (&t.lora, lora_x) {
+            let colour = category_colour(r.label);
+            let (a, b) = error_range(&r.test);
+            chart.draw_series([TriangleMarker::new((x, r.test.mean), 6, colour.filled())])?;
+            if r.test.std.is_some() {
+                chart.draw_series([ErrorBar::new_vertical(
+                    x,
+                    a,
+                    r.test.mean,
+                    b,
+                    colour.stroke_width(1),
+                    6,
+                )])?;
+            }
         }
         if !by_params && t.series.len() + refs.len() > 1 {
             draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;

@@ -126,7 +126,7 @@ fn budget_sentence(s: &Series, t: &TaskAnalysis) -> Option<String> {
 
 /// Sentences comparing the baselines: full fine-tuning and parallel-all against the linear
 /// probe, parallel-all on the pretrained backbone against the same adapters on a randomly
-/// initialised one.
+/// initialised one, LoRA against parallel-all.
 fn baseline_sentences(t: &TaskAnalysis) -> Vec<String> {
     let mut out = Vec::new();
     let mut pair = |a: &Option<crate::analysis::Reference>,
@@ -161,6 +161,7 @@ fn baseline_sentences(t: &TaskAnalysis) -> Vec<String> {
         &t.random_init,
         "the same adapters on a randomly initialised backbone",
     );
+    pair(&t.lora, "LoRA", &t.parallel_all, "parallel-all");
     out
 }
 

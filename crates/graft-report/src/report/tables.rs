@@ -372,11 +372,12 @@ fn curves_table(a: &Analysis) -> TableData {
 fn baselines_table(a: &Analysis) -> TableData {
     let mut rows = Vec::new();
     for t in &a.tasks {
-        let refs: [(&str, &Option<Reference>); 4] = [
+        let refs: [(&str, &Option<Reference>); 5] = [
             ("linear probe", &t.linear_probe),
             ("full fine-tuning", &t.full),
             ("parallel-all", &t.parallel_all),
             ("parallel-all on a random-init backbone", &t.random_init),
+            ("lora", &t.lora),
         ];
         for (name, r) in refs {
             let Some(r) = r else { continue };
