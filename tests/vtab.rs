@@ -284,7 +284,7 @@ fn mini_sets(names: [&str; 4], ckpt: &str) -> Vec<String> {
         format!(
             "{propose}.heuristics=[{{ name = \"gga\", score = \"rank\" }}, {{ name = \"single-sweep\", kinds = [\"parallel\"] }}]"
         ),
-        format!("{finetune}.baselines=[\"linear-probe\"]"),
+        format!("{finetune}.baselines=[\"linear-probe\", \"lora\"]"),
         format!("{finetune}.jobs=2"),
     ];
     sets.extend(tiny_model_sets(probe, finetune, ckpt));
