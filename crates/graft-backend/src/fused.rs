@@ -7,10 +7,12 @@
 //! graph with saved state and a backward step of its own (a slice's backward fills a zero
 //! tensor of the whole projection's size and writes its part into it). Here each is one
 //! node: the forward is the backend's own kernel (LibTorch's `native_layer_norm`, `softmax`
-//! and the CPU flash attention that PyTorch's `scaled_dot_product_attention` runs, on q, k
-//! and v as views of the projection; burn-flex's softmax), and the backward is written out
-//! (LibTorch's `_softmax_backward_data` and flash-attention backward). Values agree with
-//! the composed versions to float rounding (tested below and against timm in graft-model).
+//! and the attention kernels that PyTorch's `scaled_dot_product_attention` runs, on q, k
+//! and v as views of the projection: flash attention on the CPU, memory-efficient attention
+//! on CUDA (`fused/tch_attention.rs`); burn-flex's softmax), and the backward is written out
+//! (LibTorch's `_softmax_backward_data` and the attention kernels' own backward). Values
+//! agree with the composed versions to float rounding (tested below and against timm in
+//! graft-model; the CUDA kernels by an ignored test that needs a GPU).
 //!
 //! burn's linear map is a matrix product and then a separate bias addition; on tch the
 //! product writes (zeroes) its output and the addition reads and writes it again. PyTorch's
@@ -346,7 +348,11 @@ impl FusedOps for burn::backend::Flex {
 }
 
 #[cfg(feature = "tch")]
+mod tch_attention;
+
+#[cfg(feature = "tch")]
 mod libtorch {
+    use super::tch_attention::{self, Kernel};
     use super::*;
     use burn::backend::LibTorch;
     use burn::backend::libtorch::TchTensor;
@@ -377,32 +383,32 @@ mod libtorch {
             ))
         }
 
-        /// On the CPU, LibTorch's flash attention (what PyTorch's
-        /// `scaled_dot_product_attention` runs there) on q, k and v as views of the
-        /// projection, as timm makes them; it saves the log-sum-exp of each row, `[b, h, t]`,
-        /// not the weights. Its output is laid out `[b, t, h, dh]`, so merging the heads
-        /// copies nothing. On a GPU, the composed attention.
+        /// The kernel [`Kernel::for_qkv`] picks (tch_attention.rs has the table): the CPU's
+        /// flash attention, CUDA's memory-efficient attention or the composed one. The first
+        /// two save the log-sum-exp of each row, `[b, h, t]`, not the weights.
         fn attention_saving(qkv: TchTensor, heads: usize, scale: f64) -> (TchTensor, TchTensor) {
-            if qkv.tensor.device() != tch::Device::Cpu {
-                return composed_attention::<Self>(qkv, heads, scale);
-            }
-            let [q, k, v] = qkv_views(&qkv.tensor, heads);
-            let (out, lse) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
-                &q,
-                &k,
-                &v,
-                0.0,
-                false,
-                None::<tch::Tensor>,
-                scale,
-            );
-            let [b, h, t, dh] = dims4(&out);
-            let out = out.transpose(1, 2).reshape([b, t, h * dh]);
+            let forward = match Kernel::for_qkv(&qkv.tensor, heads) {
+                Kernel::CpuFlash => tch_attention::cpu_flash_forward,
+                Kernel::CudaEfficient => tch_attention::cuda_efficient_forward,
+                Kernel::Composed => return composed_attention::<Self>(qkv, heads, scale),
+            };
+            let (out, lse) = forward(&qkv.tensor, heads, scale);
             (TchTensor::new(out), TchTensor::new(lse))
         }
 
-        /// The gradients of q, k and v from LibTorch's flash-attention backward, stacked
-        /// into the projection's layout (one copy).
+        /// On CUDA `scaled_dot_product_attention`, which picks the kernel for a forward pass
+        /// alone (flash for f16 and bf16); elsewhere what [`Kernels::attention_saving`] runs.
+        fn attention_plain(qkv: TchTensor, heads: usize, scale: f64) -> TchTensor {
+            match Kernel::for_qkv(&qkv.tensor, heads) {
+                Kernel::CudaEfficient => {
+                    TchTensor::new(tch_attention::sdpa_forward(&qkv.tensor, heads, scale))
+                }
+                _ => Self::attention_saving(qkv, heads, scale).0,
+            }
+        }
+
+        /// The gradients of q, k and v from the backward of the kernel the forward ran,
+        /// stacked into the projection's layout (one copy).
         fn attention_backward(
             qkv: TchTensor,
             out: TchTensor,
@@ -411,28 +417,15 @@ mod libtorch {
             heads: usize,
             scale: f64,
         ) -> TchTensor {
-            if qkv.tensor.device() != tch::Device::Cpu {
-                return composed_attention_backward::<Self>(qkv, saved, g, heads, scale);
-            }
-            let [q, k, v] = qkv_views(&qkv.tensor, heads);
-            let [b, h, t, dh] = dims4(&q);
-            let heads_first = |x: &tch::Tensor| x.reshape([b, t, h, dh]).transpose(1, 2);
-            let (dq, dk, dv) =
-                tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
-                    &heads_first(&g.tensor),
-                    &q,
-                    &k,
-                    &v,
-                    &heads_first(&out.tensor),
-                    &saved.tensor,
-                    0.0,
-                    false,
-                    None::<tch::Tensor>,
-                    scale,
-                );
-            let parts = [dq, dk, dv].map(|d| d.transpose(1, 2)); // [b, t, h, dh]
-            let dqkv = tch::Tensor::stack(&parts, 2); // [b, t, 3, h, dh]
-            TchTensor::new(dqkv.reshape([b, t, 3 * h * dh]))
+            let backward = match Kernel::for_qkv(&qkv.tensor, heads) {
+                Kernel::CpuFlash => tch_attention::cpu_flash_backward,
+                Kernel::CudaEfficient => tch_attention::cuda_efficient_backward,
+                Kernel::Composed => {
+                    return composed_attention_backward::<Self>(qkv, saved, g, heads, scale);
+                }
+            };
+            let (qkv, out, lse, g) = (&qkv.tensor, &out.tensor, &saved.tensor, &g.tensor);
+            TchTensor::new(backward(qkv, out, lse, g, heads, scale))
         }
 
         /// One `addmm`, as PyTorch's `nn.Linear`: the bias broadcast into the output, the
@@ -440,25 +433,6 @@ mod libtorch {
         fn linear_forward(x: TchTensor, w: TchTensor, b: TchTensor) -> TchTensor {
             TchTensor::new(b.tensor.addmm(&x.tensor, &w.tensor))
         }
-    }
-
-    /// q, k and v `[b, h, t, dh]` as views of the projection `[b, t, 3·h·dh]`.
-    fn qkv_views(qkv: &tch::Tensor, heads: usize) -> [tch::Tensor; 3] {
-        let [b, t, e] = qkv.size()[..] else {
-            panic!("qkv must have three axes, has {:?}", qkv.size())
-        };
-        let h = heads as i64;
-        let x = qkv
-            .reshape([b, t, 3, h, e / (3 * h)])
-            .permute([2, 0, 3, 1, 4]);
-        [0, 1, 2].map(|i| x.select(0, i))
-    }
-
-    fn dims4(x: &tch::Tensor) -> [i64; 4] {
-        let [a, b, c, d] = x.size()[..] else {
-            panic!("expected four axes, got {:?}", x.size())
-        };
-        [a, b, c, d]
     }
 
     impl FusedOps for LibTorch {
@@ -838,9 +812,30 @@ mod tests {
     /// softmax), with autodiff and without; an untracked projection gets no gradient.
     #[test]
     fn fused_attention_matches_the_composed_one_with_its_gradients() {
-        let dev = crate::device("cpu").unwrap();
+        attention_matches_the_composed_one(crate::device("cpu").unwrap(), 1e-5, 1e-4);
+    }
+
+    /// The same on a GPU (LibTorch's memory-efficient attention for the backward,
+    /// `scaled_dot_product_attention` for a forward alone); fails without one.
+    #[cfg(feature = "tch")]
+    #[test]
+    #[ignore = "needs a CUDA GPU: cargo test -p graft-backend --features tch -- --ignored"]
+    fn cuda_attention_matches_the_composed_one_with_its_gradients() {
+        use tch_attention::Kernel;
+        let dev = crate::device("cuda").expect("this test needs a CUDA device");
+        let qkv = Tensor::<3>::zeros([3, 5, 3 * 2 * 8], &dev)
+            .try_into_primitive::<burn::backend::LibTorch>()
+            .unwrap();
+        assert_eq!(Kernel::for_qkv(&qkv.tensor, 2), Kernel::CudaEfficient);
+        attention_matches_the_composed_one(dev, 1e-4, 1e-4);
+    }
+
+    /// [`fused_attention_matches_the_composed_one_with_its_gradients`] on `dev`, with the
+    /// largest differences allowed in values and gradients.
+    fn attention_matches_the_composed_one(dev: burn::tensor::Device, tol: f32, grad_tol: f32) {
         let ad = dev.clone().autodiff();
-        let (b, t, h, dh) = (3, 5, 2, 4);
+        // A head size of 8, which every LibTorch kernel takes.
+        let (b, t, h, dh) = (3, 5, 2, 8);
         let qkv0 = Tensor::<3>::random([b, t, 3 * h * dh], Distribution::Normal(0.0, 1.5), &dev);
         let w0 = Tensor::<3>::random([b, t, h * dh], Distribution::Normal(0.0, 1.0), &dev);
         let scale = (dh as f64).powf(-0.5);
@@ -857,7 +852,7 @@ mod tests {
         close(
             attention(qkv0.clone(), h, scale),
             composed(qkv0.clone()),
-            1e-5,
+            tol,
         );
         let grads = |fused: bool, track: bool| {
             let mut qkv = Tensor::<3>::from_data(qkv0.to_data(), &ad);
@@ -876,11 +871,55 @@ mod tests {
         };
         let (y1, d1) = grads(true, true);
         let (y2, d2) = grads(false, true);
-        close(y1, y2, 1e-5);
-        close(d1.unwrap(), d2.unwrap(), 1e-4);
+        close(y1, y2, tol);
+        close(d1.unwrap(), d2.unwrap(), grad_tol);
         let (y3, d3) = grads(true, false);
         assert!(d3.is_none());
-        close(y3, grads(false, false).0, 1e-5);
+        close(y3, grads(false, false).0, tol);
+    }
+
+    /// The kernel is chosen by device, dtype and head size: CUDA's memory-efficient kernel
+    /// for f32, f16 and bf16 with heads of a multiple of 8 rows, the composed attention for
+    /// the rest, the CPU's flash attention on the CPU.
+    #[cfg(feature = "tch")]
+    #[test]
+    fn libtorch_attention_kernels_follow_device_dtype_and_head_size() {
+        use tch::{Device, Kind};
+        use tch_attention::Kernel;
+        let cuda = Device::Cuda(0);
+        for kind in [Kind::Float, Kind::Half, Kind::BFloat16] {
+            assert_eq!(Kernel::choose(cuda, kind, 64), Kernel::CudaEfficient);
+        }
+        assert_eq!(Kernel::choose(cuda, Kind::Double, 64), Kernel::Composed);
+        assert_eq!(Kernel::choose(cuda, Kind::Float, 12), Kernel::Composed);
+        assert_eq!(
+            Kernel::choose(Device::Mps, Kind::Float, 64),
+            Kernel::Composed
+        );
+        assert_eq!(
+            Kernel::choose(Device::Cpu, Kind::Float, 12),
+            Kernel::CpuFlash
+        );
+    }
+
+    /// The forward alone that CUDA runs (`scaled_dot_product_attention`, around the same
+    /// views and head merging) gives, on the CPU, exactly the CPU flash attention's output:
+    /// there both run the same kernel.
+    #[cfg(feature = "tch")]
+    #[test]
+    fn scaled_dot_product_attention_on_the_cpu_is_the_flash_path_bit_for_bit() {
+        let dev = crate::device("cpu").unwrap();
+        let (b, t, h, dh) = (3, 7, 2, 8);
+        let qkv = Tensor::<3>::random([b, t, 3 * h * dh], Distribution::Normal(0.0, 1.5), &dev)
+            .try_into_primitive::<burn::backend::LibTorch>()
+            .unwrap()
+            .tensor;
+        let scale = (dh as f64).powf(-0.5);
+        let (flash, _) = tch_attention::cpu_flash_forward(&qkv, h, scale);
+        let sdpa = tch_attention::sdpa_forward(&qkv, h, scale);
+        assert_eq!(flash.size(), vec![b as i64, t as i64, (h * dh) as i64]);
+        let values = |x: &tch::Tensor| Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
+        assert_eq!(values(&flash), values(&sdpa));
     }
 
     /// The linear map's output and the gradients of x, w and b agree with burn's `Linear`

@@ -25,6 +25,9 @@ compile_error!(
 pub use burn::tensor::Device;
 
 pub mod fused;
+pub mod transfer;
+
+pub use transfer::{is_gpu, upload, upload_int};
 
 /// Errors of device selection; each names the `device` parameter and what was found.
 #[derive(Debug, thiserror::Error)]

@@ -79,7 +79,7 @@ pub fn dispatch(
         let todo_specs: Vec<RunSpec> = todo.iter().map(|&k| specs[k].clone()).collect();
         let outcomes = match p.executor.as_str() {
             "slurm" => slurm::run_array(&exe, store, &todo_specs, &crate::slurm_options(p))?,
-            _ => worker::run_all(&exe, store.root(), &todo_specs, p.jobs),
+            _ => worker::run_all(&exe, store.root(), &todo_specs, worker::Layout::of(p)),
         };
         for (k, outcome) in todo.iter().zip(outcomes) {
             match outcome {

@@ -174,11 +174,30 @@ pub struct FinetuneParams {
     /// whose cache would not fit goes through the whole network, as without the cache.
     #[serde(default = "default_cache_memory_mib")]
     pub cache_memory_mib: usize,
-    /// `cpu`, `cuda` (with `jobs` > 1: one worker per GPU) or `cuda:k` (location). With
-    /// `executor = "slurm"` each array task opens it on its node, among the
-    /// `slurm_gpus_per_task` GPUs it is granted.
+    /// GPU memory the activation caches of the workers on one GPU may take, in MiB, shared
+    /// evenly among them (location). A cache that does not fit there is kept in host memory
+    /// (`cache_memory_mib`), each batch copied through pinned memory without blocking, one
+    /// batch ahead. Unused on the CPU.
+    #[serde(default = "default_cache_device_memory_mib")]
+    pub cache_device_memory_mib: usize,
+    /// `cpu`, `cuda` (with `jobs` > `workers_per_gpu`: the workers spread over GPUs
+    /// `cuda:0`, `cuda:1`, ...) or `cuda:k` (location). With `executor = "slurm"` each array
+    /// task opens it on its node, among the `slurm_gpus_per_task` GPUs it is granted.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Workers per GPU when `device = "cuda"` spreads `jobs` workers over GPUs, for models
+    /// too small to keep a GPU busy alone (location).
+    #[serde(default = "default_workers_per_gpu")]
+    pub workers_per_gpu: usize,
+    /// CPU threads of each local worker, on the CPU or a GPU; 0: the machine's cores shared
+    /// out among the `jobs` workers (location).
+    #[serde(default)]
+    pub worker_threads: usize,
+    /// Steps between two reads of the training loss back to the host; each read waits for a
+    /// GPU to finish the steps queued on it. 0: every step on the CPU, every 16th on a GPU.
+    /// Only when progress is reported changes, not what is trained or recorded (location).
+    #[serde(default)]
+    pub loss_every: usize,
     /// Where runs train: `local` (worker processes here, `jobs` at a time) or `slurm` (one
     /// job array; the store must be an absolute path the nodes share). Location.
     #[serde(default = "default_executor")]
@@ -251,6 +270,12 @@ fn default_true() -> bool {
 fn default_cache_memory_mib() -> usize {
     workbench::CacheSettings::default().memory_mib
 }
+fn default_cache_device_memory_mib() -> usize {
+    workbench::DEVICE_MEMORY_MIB
+}
+fn default_workers_per_gpu() -> usize {
+    1
+}
 fn default_device() -> String {
     "cpu".into()
 }
@@ -316,6 +341,9 @@ impl Stage for Finetune {
         {
             return Err("epochs, batch, jobs, bottleneck and lora_rank must be at least 1".into());
         }
+        if p.workers_per_gpu == 0 {
+            return Err("workers_per_gpu must be at least 1".into());
+        }
         for (name, v) in [
             ("lr", p.train.lr),
             ("full_lr", p.full_lr),
@@ -365,7 +393,11 @@ impl Stage for Finetune {
             "jobs",
             "activation_cache",
             "cache_memory_mib",
+            "cache_device_memory_mib",
             "device",
+            "workers_per_gpu",
+            "worker_threads",
+            "loss_every",
             "executor",
             "slurm_partition",
             "slurm_time",
@@ -487,13 +519,12 @@ impl Stage for Finetune {
 /// `cuda:{jobs-1}`.
 fn local_devices(p: &FinetuneParams) -> Result<(), BoxError> {
     graft_backend::device(&p.device)?;
-    let last = worker::slot_device(&p.device, p.jobs - 1, p.jobs);
+    let last = worker::Layout::of(p).device(&p.device, p.jobs - 1);
     if last != p.device {
         graft_backend::device(&last).map_err(|e| {
             format!(
-                "jobs = {} puts one worker on each of cuda:0..cuda:{}: {e}",
-                p.jobs,
-                p.jobs - 1
+                "jobs = {} with workers_per_gpu = {} puts workers on cuda:0..{last}: {e}",
+                p.jobs, p.workers_per_gpu
             )
         })?;
     }

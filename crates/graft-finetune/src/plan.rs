@@ -262,7 +262,9 @@ pub fn run_specs(
                 cache: crate::workbench::CacheSettings {
                     enabled: p.activation_cache,
                     memory_mib: p.cache_memory_mib,
+                    device_memory_mib: p.cache_device_memory_mib,
                 },
+                loss_every: (p.loss_every > 0).then_some(p.loss_every),
             });
         }
     }

@@ -109,6 +109,11 @@ pub struct RunSpec {
     /// The activation cache's settings (a location: not in the key).
     #[serde(default)]
     pub cache: CacheSettings,
+    /// Steps between two reads of the loss back to the host; `None`: the device's default
+    /// (`graft_train::default_loss_every`). A location: it changes when progress is
+    /// reported, not what is trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_every: Option<usize>,
 }
 
 impl RunSpec {
@@ -218,6 +223,9 @@ pub struct CacheUse {
     pub splits: Vec<String>,
     /// Bytes of this run's caches.
     pub bytes: usize,
+    /// Of those, the bytes kept in the GPU's memory.
+    #[serde(default)]
+    pub device_bytes: usize,
     /// Bytes of all the worker's caches when the run began training.
     pub worker_bytes: usize,
 }
@@ -355,7 +363,9 @@ pub fn train_run_with(
     let count = model.param_count();
     let forward_flops = model.forward_flops();
     let p = &spec.protocol;
-    let tc = TrainConfig::from(&p.train).with_seed(spec.seed);
+    let tc = TrainConfig::from(&p.train)
+        .with_seed(spec.seed)
+        .with_loss_every(spec.loss_every);
     let base = RunResult {
         trainable_params: count.trainable,
         all_params: count.all,
@@ -434,6 +444,7 @@ pub fn train_run_with(
             tokens: if cls { 1 } else { config.tokens() },
             splits: used,
             bytes: caches.iter().flatten().map(|c| c.bytes()).sum(),
+            device_bytes: caches.iter().flatten().map(device_bytes).sum(),
             worker_bytes,
         });
     let fitted = match p.kind {
@@ -443,7 +454,7 @@ pub fn train_run_with(
         ProtocolKind::Final => {
             // Train + val as one split: from the images, or the two caches joined.
             let joined_cache = match (&caches[0], &caches[1]) {
-                (Some(t), Some(v)) => Some(t.concat(v)),
+                (Some(t), Some(v)) => Some(t.concat(v)?),
                 _ => None,
             };
             let joined_split;
@@ -509,6 +520,13 @@ pub fn train_run_with(
         activation_cache,
         ..base
     })
+}
+
+/// The bytes of a run's caches kept in the GPU's memory.
+fn device_bytes(nodes: &CachedNodes) -> usize {
+    let caches = std::iter::once(&nodes.entry).chain(&nodes.reads);
+    let on_device = caches.filter(|c| c.residence() == graft_train::Residence::Device);
+    on_device.map(|c| c.bytes()).sum()
 }
 
 /// Reads a run artifact's `run.json` and the facts its manifest keeps.

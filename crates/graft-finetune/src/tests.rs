@@ -63,6 +63,7 @@ fn spec(dir: &Path, method: Method, edges: Vec<Edge>, lr: f64) -> RunSpec {
         dataset_dir: dir.join("data"),
         device: "cpu".into(),
         cache: Default::default(),
+        loss_every: None,
     }
 }
 
@@ -233,6 +234,12 @@ fn run_keys_follow_what_is_trained_not_where() {
             "bottleneck": 4, "adapter_act": "gelu", "adapter_scale": 1.0
         })
     );
+    // How a run is executed stays out of its key.
+    let mut c = a.clone();
+    c.loss_every = Some(5);
+    c.cache.device_memory_mib = 1;
+    c.cache.memory_mib = 7;
+    assert_eq!(a.key(), c.key());
     changed(&|c| c.dataset = ArtifactId::parse(&"c".repeat(64)).unwrap());
     changed(&|c| c.base = ArtifactId::parse(&"d".repeat(64)).unwrap());
 
@@ -731,4 +738,174 @@ fn a_split_over_the_cache_budget_is_not_cached() {
     };
     assert_eq!(r.status, RunStatus::Ok);
     assert_eq!(r.activation_cache, None);
+}
+
+/// `workers_per_gpu` puts that many workers on each GPU in turn (one by default, as before
+/// it existed), each with its share of the GPU's cache memory; other devices take every
+/// worker; every worker gets a thread count.
+#[test]
+fn workers_per_gpu_lays_the_workers_out_over_the_gpus() {
+    let layout = |jobs, workers_per_gpu| worker::Layout {
+        jobs,
+        workers_per_gpu,
+        threads: 0,
+    };
+    let devices = |l: worker::Layout, device: &str| -> Vec<(String, usize)> {
+        (0..l.jobs)
+            .map(|k| (l.device(device, k), l.sharing(device, k)))
+            .collect()
+    };
+    let own = |names: &[&str], sharing: &[usize]| -> Vec<(String, usize)> {
+        names
+            .iter()
+            .map(|n| n.to_string())
+            .zip(sharing.iter().copied())
+            .collect()
+    };
+    assert_eq!(
+        devices(layout(3, 1), "cuda"),
+        own(&["cuda:0", "cuda:1", "cuda:2"], &[1, 1, 1])
+    );
+    assert_eq!(
+        devices(layout(5, 2), "cuda"),
+        own(
+            &["cuda:0", "cuda:0", "cuda:1", "cuda:1", "cuda:2"],
+            &[2, 2, 2, 2, 1]
+        )
+    );
+    assert_eq!(
+        devices(layout(2, 2), "cuda"),
+        own(&["cuda", "cuda"], &[2, 2])
+    );
+    assert_eq!(devices(layout(1, 1), "cuda"), own(&["cuda"], &[1]));
+    assert_eq!(
+        devices(layout(3, 1), "cuda:1"),
+        own(&["cuda:1", "cuda:1", "cuda:1"], &[3, 3, 3])
+    );
+    assert_eq!(devices(layout(2, 4), "cpu"), own(&["cpu", "cpu"], &[2, 2]));
+    // Fewer runs than workers: no idle workers, and the GPU shared by fewer.
+    assert_eq!(layout(5, 2).for_runs(2), layout(2, 2));
+    assert_eq!(layout(5, 2).for_runs(0), layout(1, 2));
+
+    let dir = Path::new("/nonexistent");
+    let mut s = spec(dir, Method::Adapters, vec![Edge::new(0, 1)], 1e-3);
+    s.device = "cuda".into();
+    s.cache.device_memory_mib = 3000;
+    let assigned = |l: worker::Layout, slot| {
+        let a = l.assign(&s, slot);
+        let same_key = a.key() == s.key();
+        (a.device, a.cache.device_memory_mib, same_key)
+    };
+    assert_eq!(assigned(layout(5, 2), 3), ("cuda:1".into(), 1500, true));
+    assert_eq!(assigned(layout(5, 2), 4), ("cuda:2".into(), 3000, true));
+    assert_eq!(assigned(layout(3, 1), 2), ("cuda:2".into(), 3000, true));
+
+    assert_eq!(layout(4, 1).threads_per_worker(16), 4);
+    assert_eq!(layout(4, 1).threads_per_worker(2), 1);
+    let fixed = worker::Layout {
+        threads: 3,
+        ..layout(4, 2)
+    };
+    assert_eq!(fixed.threads_per_worker(16), 3);
+    // Whatever the device, a worker starts with its thread count.
+    let cmd = worker::worker_command(Path::new("graft-finetune"), Path::new("store"), 3);
+    let args: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
+    assert!(args.windows(2).any(|w| w == ["--threads", "3"]), "{args:?}");
+    let envs: Vec<_> = cmd.get_envs().collect();
+    assert!(envs.contains(&("RAYON_NUM_THREADS".as_ref(), Some("3".as_ref()))));
+}
+
+/// The parameters of how runs are executed are locations: a value other than the default
+/// leaves the stage's key parameters as they were, and a layout with no worker per GPU is
+/// refused.
+#[test]
+fn execution_parameters_stay_out_of_the_key() {
+    let parse = |v: Value| -> FinetuneParams {
+        Finetune::validate(serde_json::from_value(v).unwrap()).unwrap()
+    };
+    let keyed = |p: &FinetuneParams| {
+        let Value::Object(mut m) = serde_json::to_value(p).unwrap() else {
+            panic!("params serialise to an object")
+        };
+        for name in Finetune::location_params_of(p) {
+            m.remove(name);
+        }
+        m
+    };
+    let defaults = parse(json!({}));
+    assert_eq!(
+        (
+            defaults.workers_per_gpu,
+            defaults.worker_threads,
+            defaults.loss_every
+        ),
+        (1, 0, 0)
+    );
+    for (name, value) in [
+        ("workers_per_gpu", json!(3)),
+        ("worker_threads", json!(5)),
+        ("loss_every", json!(8)),
+        ("cache_device_memory_mib", json!(100)),
+    ] {
+        let p = parse(json!({ name: value }));
+        assert_ne!(p, defaults, "{name}");
+        assert_eq!(keyed(&p), keyed(&defaults), "{name}");
+    }
+    let e = Finetune::validate(serde_json::from_value(json!({"workers_per_gpu": 0})).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("workers_per_gpu"), "{e}");
+}
+
+/// Reading the loss back every few steps trains the same run as every step: the same
+/// weights and the same epochs table, bit for bit.
+#[test]
+fn a_run_reading_its_loss_every_few_steps_is_the_same_run() {
+    let dir = {
+        let rng = rng_lock();
+        setup(&rng)
+    };
+    let s = spec(dir.path(), Method::Adapters, vec![Edge::new(1, 3)], 3e-3);
+    let run = |every: Option<usize>| {
+        let s = RunSpec {
+            loss_every: every,
+            ..s.clone()
+        };
+        let out = dir.path().join(format!("every-{every:?}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let rng = rng_lock();
+        let r = train_run(&s, &out, |_| {}).unwrap();
+        assert_eq!(r.status, RunStatus::Ok);
+        let weights = trained_weights(&rng, &s, &out);
+        let epochs = std::fs::read(out.join(EpochRow::FILE)).unwrap();
+        (weights, epochs, r.test_accuracy)
+    };
+    let every_step = run(Some(1));
+    assert_eq!(run(Some(3)), every_step);
+    assert_eq!(run(None), every_step);
+}
+
+/// On a GPU a cache goes to its memory while the worker's share has room, else to host
+/// memory; on the CPU always to host memory; nowhere when neither has room.
+#[test]
+fn caches_go_to_the_gpu_while_they_fit_there() {
+    let mut bench = workbench::Workbench::new(workbench::CacheSettings {
+        enabled: true,
+        memory_mib: 2,
+        device_memory_mib: 1,
+    });
+    let mib = 1 << 20;
+    assert_eq!(
+        bench.place(mib / 2, true),
+        Some(graft_train::Residence::Device)
+    );
+    assert_eq!(
+        bench.place(mib + 1, true),
+        Some(graft_train::Residence::Host)
+    );
+    assert_eq!(
+        bench.place(mib / 2, false),
+        Some(graft_train::Residence::Host)
+    );
+    assert_eq!(bench.place(3 * mib, true), None);
 }

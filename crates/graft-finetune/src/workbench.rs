@@ -10,6 +10,11 @@
 //! only the class token of the last node. Caches are held up to a memory budget per worker
 //! (least recently used dropped first); a split whose cache would not fit is not cached,
 //! and its rows go through the whole network each time, as without the cache.
+//!
+//! On a GPU a cache is kept in the GPU's memory when it fits the worker's share of
+//! `cache_device_memory_mib`, its batches gathered there; otherwise in host memory under
+//! `cache_memory_mib`, its batches copied through pinned memory without blocking, one batch
+//! ahead ([`graft_train::Residence`], issue 25). On the CPU every cache is in host memory.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,7 @@ use std::sync::Arc;
 
 use graft_backend::Device;
 use graft_model::Vit;
-use graft_train::{DatasetInfo, NodeCache, Preprocessing, Split};
+use graft_train::{DatasetInfo, NodeCache, Preprocessing, Residence, Split};
 use serde::{Deserialize, Serialize};
 
 use crate::FinetuneError;
@@ -29,6 +34,17 @@ pub struct CacheSettings {
     pub enabled: bool,
     /// Host memory the caches of one worker may take, in MiB.
     pub memory_mib: usize,
+    /// GPU memory the caches of one worker may take, in MiB (its share of the GPU's);
+    /// unused on the CPU.
+    #[serde(default = "default_device_memory_mib")]
+    pub device_memory_mib: usize,
+}
+
+/// GPU memory for the caches of the workers on one GPU, by default, in MiB.
+pub const DEVICE_MEMORY_MIB: usize = 4096;
+
+fn default_device_memory_mib() -> usize {
+    DEVICE_MEMORY_MIB
 }
 
 impl Default for CacheSettings {
@@ -36,6 +52,7 @@ impl Default for CacheSettings {
         CacheSettings {
             enabled: true,
             memory_mib: 4096,
+            device_memory_mib: DEVICE_MEMORY_MIB,
         }
     }
 }
@@ -120,9 +137,58 @@ impl Workbench {
         self.run_start = self.clock;
     }
 
-    /// Bytes the caches hold now.
+    /// Bytes the caches hold now, wherever they are.
     pub fn cache_bytes(&self) -> usize {
         self.caches.values().map(|e| e.cache.bytes()).sum()
+    }
+
+    /// Bytes the caches kept in `residence` hold now.
+    fn held(&self, residence: Residence) -> usize {
+        let kept = self
+            .caches
+            .values()
+            .filter(|e| e.cache.residence() == residence);
+        kept.map(|e| e.cache.bytes()).sum()
+    }
+
+    /// The memory the caches kept in `residence` may take, in bytes.
+    fn budget(&self, residence: Residence) -> usize {
+        match residence {
+            Residence::Host => self.settings.memory_mib << 20,
+            Residence::Device => self.settings.device_memory_mib << 20,
+        }
+    }
+
+    /// Makes room for `bytes` more in `residence` by dropping the least recently used caches
+    /// there of runs before this one; whether they fit.
+    fn make_room(&mut self, residence: Residence, bytes: usize) -> bool {
+        let budget = self.budget(residence);
+        if bytes > budget {
+            return false;
+        }
+        while self.held(residence) + bytes > budget {
+            let victim = self
+                .caches
+                .iter()
+                .filter(|(_, e)| e.last_used < self.run_start && e.cache.residence() == residence)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(k) => self.caches.remove(&k),
+                None => return false,
+            };
+        }
+        true
+    }
+
+    /// Where a new cache of `bytes` goes, room made: with `gpu`, the GPU's memory when the
+    /// worker's share has room, else host memory; `None` when neither has.
+    pub(crate) fn place(&mut self, bytes: usize, gpu: bool) -> Option<Residence> {
+        if gpu && self.make_room(Residence::Device, bytes) {
+            return Some(Residence::Device);
+        }
+        self.make_room(Residence::Host, bytes)
+            .then_some(Residence::Host)
     }
 
     /// The plain value of `node` for every row of `split` of the dataset in `dir`, for the
@@ -162,26 +228,10 @@ impl Workbench {
             model.config.tokens()
         };
         let bytes = NodeCache::bytes_for(split.len(), tokens, model.config.dim);
-        let budget = self.settings.memory_mib << 20;
-        if bytes > budget {
-            return Ok(None);
-        }
-        // Room first: drop the least recently used caches of other runs.
         let stamp = self.clock;
-        while self.cache_bytes() + bytes > budget {
-            let victim = self
-                .caches
-                .iter()
-                .filter(|(_, e)| e.last_used < self.run_start)
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone());
-            match victim {
-                Some(k) => {
-                    self.caches.remove(&k);
-                }
-                None => return Ok(None),
-            }
-        }
+        let Some(residence) = self.place(bytes, graft_backend::is_gpu(device)) else {
+            return Ok(None);
+        };
         // The highest full cache of this backbone, dataset and split at or below `node`.
         let below = self
             .caches
@@ -196,8 +246,10 @@ impl Workbench {
             .max_by_key(|(k, _)| k.node)
             .map(|(_, e)| e.cache.clone());
         let cache = match below {
-            Some(from) => from.advance(model, node, class_token_only, device)?,
-            None => NodeCache::compute(model, split, pre, node, class_token_only, device)?,
+            Some(from) => from.advance(model, node, class_token_only, device, residence)?,
+            None => {
+                NodeCache::compute(model, split, pre, node, class_token_only, device, residence)?
+            }
         };
         let cache = Arc::new(cache);
         self.caches.insert(

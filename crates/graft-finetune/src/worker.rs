@@ -1,9 +1,11 @@
 //! Runs fan out into worker processes: `graft-finetune worker --store S --spec JSON` trains
 //! one run (or finds it in the store) and reports on stdout, one line each:
-//! `progress <step> <total> <loss>` after every step, `epoch <k> <epochs> <loss> <val>
-//! <seconds>` after every epoch (val `NaN` under the final protocol), `warning <text>` (a
-//! corrupt entry it moved aside), then `result <run.json>` and `artifact <id>`. The parent
-//! keeps `jobs` workers busy, draws a progress bar per worker and an overall one (without
+//! `progress <step> <total> <loss>` for every step (a few at a time on a GPU, where the
+//! loss is read back every few steps), `epoch <k> <epochs> <loss> <val> <seconds>` after
+//! every epoch (val `NaN` under the final protocol), `warning <text>` (a corrupt entry it
+//! moved aside), then `result <run.json>` and `artifact <id>`. The parent keeps `jobs`
+//! workers busy ([`Layout`]: with `device = "cuda"`, `workers_per_gpu` of them on each GPU;
+//! each with a thread count), draws a progress bar per worker and an overall one (without
 //! a terminal: one line per epoch and per finished run, with the time left), and collects
 //! the outcomes. A process per run also makes each run's peak memory its own.
 
@@ -30,18 +32,78 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// Where worker `slot` of `jobs` runs: `cuda` spreads workers over GPUs `cuda:0..`.
-pub fn slot_device(device: &str, slot: usize, jobs: usize) -> String {
-    if device == "cuda" && jobs > 1 {
-        format!("cuda:{slot}")
-    } else {
-        device.to_owned()
+/// How the local workers are laid out over devices and cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Worker processes at once.
+    pub jobs: usize,
+    /// Workers per GPU when `device = "cuda"` spreads them over GPUs.
+    pub workers_per_gpu: usize,
+    /// CPU threads per worker; 0: the machine's cores shared out among the workers.
+    pub threads: usize,
+}
+
+impl Layout {
+    /// The layout `p` asks for.
+    pub fn of(p: &crate::FinetuneParams) -> Layout {
+        Layout {
+            jobs: p.jobs,
+            workers_per_gpu: p.workers_per_gpu,
+            threads: p.worker_threads,
+        }
+    }
+
+    /// This layout with at most `runs` workers (no idle ones).
+    pub fn for_runs(self, runs: usize) -> Layout {
+        Layout {
+            jobs: self.jobs.clamp(1, runs.max(1)),
+            ..self
+        }
+    }
+
+    /// Where worker `slot` runs: `cuda` with more workers than one GPU takes puts
+    /// `workers_per_gpu` of them on `cuda:0`, the next ones on `cuda:1`, and so on; any
+    /// other device is every worker's.
+    pub fn device(&self, device: &str, slot: usize) -> String {
+        let per_gpu = self.workers_per_gpu.max(1);
+        if device == "cuda" && self.jobs > per_gpu {
+            format!("cuda:{}", slot / per_gpu)
+        } else {
+            device.to_owned()
+        }
+    }
+
+    /// How many workers run on the device of worker `slot` (itself included).
+    pub fn sharing(&self, device: &str, slot: usize) -> usize {
+        let mine = self.device(device, slot);
+        (0..self.jobs)
+            .filter(|&k| self.device(device, k) == mine)
+            .count()
+    }
+
+    /// CPU threads per worker on a machine with `cores` cores.
+    pub fn threads_per_worker(&self, cores: usize) -> usize {
+        match self.threads {
+            0 => (cores / self.jobs.max(1)).max(1),
+            n => n,
+        }
+    }
+
+    /// `spec` as worker `slot` trains it: on its device, with its share of that device's
+    /// memory for activation caches.
+    pub fn assign(&self, spec: &RunSpec, slot: usize) -> RunSpec {
+        let mut spec = spec.clone();
+        let sharing = self.sharing(&spec.device, slot);
+        spec.device = self.device(&spec.device, slot);
+        spec.cache.device_memory_mib /= sharing.max(1);
+        spec
     }
 }
 
-/// Trains `specs` with up to `jobs` worker processes of `exe`; outcomes in input order.
-pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<Outcome> {
-    let jobs = jobs.clamp(1, specs.len().max(1));
+/// Trains `specs` with the workers of `layout`, processes of `exe`; outcomes in input order.
+pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], layout: Layout) -> Vec<Outcome> {
+    let layout = layout.for_runs(specs.len());
+    let jobs = layout.jobs;
     let multi = MultiProgress::new();
     let overall = multi.add(ProgressBar::new(specs.len() as u64));
     overall.set_style(
@@ -51,8 +113,10 @@ pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<
     overall.tick();
     let queue: Mutex<VecDeque<usize>> = Mutex::new(cache_order(specs).into());
     let results: Mutex<Vec<Option<Outcome>>> = Mutex::new((0..specs.len()).map(|_| None).collect());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_job_threads = (threads / jobs).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // CPU threads per worker, set explicitly (intra-op), on the CPU and on a GPU alike:
+    // LibTorch's default of every core in each of several workers oversubscribes them.
+    let threads = layout.threads_per_worker(cores);
     // Without a terminal the bars are invisible: one line per epoch and per finished run.
     let lines = !progress::bars_visible();
     let start = Instant::now();
@@ -63,21 +127,14 @@ pub fn run_all(exe: &Path, store: &Path, specs: &[RunSpec], jobs: usize) -> Vec<
             let finished = &finished;
             scope.spawn(move || {
                 let bar = multi.insert_before(overall, ProgressBar::new(0));
-                let device = slot_device(&specs[0].device, slot, jobs);
-                // CPU threads per worker, set explicitly (intra-op): the cores shared out.
-                let threads = (device == "cpu").then_some(per_job_threads);
                 let spawn_worker = || Worker::start(exe, store, threads);
                 let mut worker: Option<Worker> = None;
                 bar.set_style(
                     ProgressStyle::with_template("  {prefix:40!} {bar:24} {pos}/{len} loss {msg}")
                         .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
-                loop {
-                    let Some(idx) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                        break;
-                    };
-                    let mut spec = specs[idx].clone();
-                    spec.device = device.clone();
+                while let Some(idx) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                    let spec = layout.assign(&specs[idx], slot);
                     bar.set_prefix(spec.label());
                     bar.set_position(0);
                     bar.set_message("");
@@ -176,22 +233,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(exe: &Path, store: &Path, threads: Option<usize>) -> Result<Worker, String> {
-        let mut cmd = Command::new(exe);
-        cmd.arg("worker")
-            .arg("--store")
-            .arg(store)
-            .arg("--serve")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(n) = threads {
-            cmd.arg("--threads").arg(n.to_string());
-            for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
-                cmd.env(var, n.to_string());
-            }
-        }
-        let mut child = cmd
+    /// Starts a worker with `threads` CPU threads (LibTorch's, flex's rayon pool's).
+    fn start(exe: &Path, store: &Path, threads: usize) -> Result<Worker, String> {
+        let mut child = worker_command(exe, store, threads)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         let (Some(stdin), Some(stdout), Some(mut err)) =
@@ -252,6 +296,24 @@ impl Worker {
             Err(e) => e.to_string(),
         }
     }
+}
+
+/// The command that starts a serving worker with `threads` CPU threads.
+pub(crate) fn worker_command(exe: &Path, store: &Path, threads: usize) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker")
+        .arg("--store")
+        .arg(store)
+        .arg("--serve")
+        .arg("--threads")
+        .arg(threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+        cmd.env(var, threads.to_string());
+    }
+    cmd
 }
 
 /// Trains `spec` in `worker` (started when there is none); the worker is kept for the next

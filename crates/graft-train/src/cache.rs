@@ -9,6 +9,11 @@
 //! The values are computed in fixed chunks of [`CACHE_CHUNK`] rows, in row order, whoever
 //! asks, so a cache (and a run trained from it) does not depend on which runs came before
 //! or on the training batch size.
+//!
+//! A cache lives where its caller puts it ([`Residence`], issue 25): in host memory, each
+//! batch's rows gathered there and copied to the device ([`graft_backend::upload`]: through
+//! pinned memory and without blocking on a GPU), or in the device's memory, each batch's
+//! rows gathered there. Both give the same batches, bit for bit.
 
 use std::sync::Arc;
 
@@ -20,7 +25,26 @@ use crate::{Preprocessing, Split, TrainError};
 /// Rows per forward pass when a cache is computed.
 pub const CACHE_CHUNK: usize = 64;
 
-/// One node's plain value for every row of a split, on the host.
+/// Where a cache's values are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residence {
+    /// Host memory; a batch's rows are gathered on the host and copied to the device.
+    Host,
+    /// The memory of the device the cache was computed on; a batch's rows are gathered
+    /// there.
+    Device,
+}
+
+/// The values of a [`NodeCache`], `[rows, tokens, dim]`.
+#[derive(Debug, Clone)]
+enum Values {
+    /// Row-major on the host.
+    Host(Vec<f32>),
+    /// On the device, without autodiff.
+    Device(Box<Tensor<3>>),
+}
+
+/// One node's plain value for every row of a split.
 #[derive(Debug, Clone)]
 pub struct NodeCache {
     /// The node (0..=2L) the values are at.
@@ -29,15 +53,15 @@ pub struct NodeCache {
     /// adapters, at the last node).
     pub tokens: usize,
     pub dim: usize,
-    values: Vec<f32>,
+    values: Values,
     labels: Vec<i64>,
 }
 
 impl NodeCache {
     /// The plain value of `node` for every row of `split`, from images, with `model`'s
     /// backbone (its adapters are ignored) on `device` (not an autodiff device: no graph is
-    /// recorded). `class_token_only` keeps token 0 alone, which is all the head reads from
-    /// the last node.
+    /// recorded), kept as `residence` says. `class_token_only` keeps token 0 alone, which is
+    /// all the head reads from the last node.
     pub fn compute(
         model: &Vit,
         split: &Split,
@@ -45,14 +69,15 @@ impl NodeCache {
         node: usize,
         class_token_only: bool,
         device: &Device,
+        residence: Residence,
     ) -> Result<NodeCache, TrainError> {
         let rows: Vec<usize> = (0..split.len()).collect();
-        let mut out = NodeCache::empty(node, model, class_token_only, split.labels.clone());
-        for chunk in rows.chunks(CACHE_CHUNK) {
+        let chunks = rows.chunks(CACHE_CHUNK).map(|chunk| {
             let (images, _) = split.batch(chunk, pre, device);
-            out.push(model.plain_node(images, node))?;
-        }
-        Ok(out)
+            model.plain_node(images, node)
+        });
+        let shape = CacheShape::of(node, model, class_token_only);
+        NodeCache::collect(shape, split.labels.clone(), chunks, device, residence)
     }
 
     /// The plain value of node `to` (`to >= self.node`) from this cache, through the same
@@ -63,63 +88,89 @@ impl NodeCache {
         to: usize,
         class_token_only: bool,
         device: &Device,
+        residence: Residence,
     ) -> Result<NodeCache, TrainError> {
         assert!(
             to >= self.node && self.tokens == model.config.tokens(),
             "advance from a full node below the target"
         );
         let rows: Vec<usize> = (0..self.len()).collect();
-        let mut out = NodeCache::empty(to, model, class_token_only, self.labels.clone());
-        for chunk in rows.chunks(CACHE_CHUNK) {
-            let value = self.gather(chunk, device);
-            out.push(model.plain_node_from(self.node, value, to))?;
-        }
-        Ok(out)
+        let chunks = rows
+            .chunks(CACHE_CHUNK)
+            .map(|chunk| model.plain_node_from(self.node, self.gather(chunk, device), to));
+        let shape = CacheShape::of(to, model, class_token_only);
+        NodeCache::collect(shape, self.labels.clone(), chunks, device, residence)
     }
 
-    fn empty(node: usize, model: &Vit, class_token_only: bool, labels: Vec<i64>) -> NodeCache {
-        let tokens = if class_token_only {
-            1
-        } else {
-            model.config.tokens()
+    /// A cache from its chunks `[rows, all tokens, dim]` in row order, keeping
+    /// `shape.tokens` tokens of each row.
+    fn collect(
+        shape: CacheShape,
+        labels: Vec<i64>,
+        chunks: impl Iterator<Item = Tensor<3>>,
+        device: &Device,
+        residence: Residence,
+    ) -> Result<NodeCache, TrainError> {
+        let CacheShape { node, tokens, dim } = shape;
+        let kept = chunks.map(|x| x.narrow(1, 0, tokens));
+        let values = match residence {
+            Residence::Host => {
+                let mut values = Vec::with_capacity(labels.len() * tokens * dim);
+                for x in kept {
+                    values.extend_from_slice(&host_values(x, node)?);
+                }
+                Values::Host(values)
+            }
+            Residence::Device => {
+                let parts: Vec<Tensor<3>> = kept.collect();
+                Values::Device(Box::new(match parts.is_empty() {
+                    true => Tensor::zeros([0, tokens, dim], device),
+                    false => Tensor::cat(parts, 0),
+                }))
+            }
         };
-        NodeCache {
+        Ok(NodeCache {
             node,
             tokens,
-            dim: model.config.dim,
-            values: Vec::with_capacity(labels.len() * tokens * model.config.dim),
+            dim,
+            values,
             labels,
-        }
+        })
     }
 
-    /// Appends a chunk `[rows, tokens, dim]`, keeping the first `self.tokens` tokens.
-    fn push(&mut self, x: Tensor<3>) -> Result<(), TrainError> {
-        let [b, _, d] = x.dims();
-        let x = x.narrow(1, 0, self.tokens);
-        let values = x
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| TrainError::Cache(format!("node {}: {e:?}", self.node)))?;
-        debug_assert_eq!(values.len(), b * self.tokens * d);
-        self.values.extend_from_slice(&values);
-        Ok(())
-    }
-
-    /// `self`'s rows followed by `other`'s (train + val for the final protocol).
-    pub fn concat(&self, other: &NodeCache) -> NodeCache {
+    /// `self`'s rows followed by `other`'s (train + val for the final protocol): on the
+    /// device when both are there, else on the host.
+    pub fn concat(&self, other: &NodeCache) -> Result<NodeCache, TrainError> {
         assert_eq!(
             (self.node, self.tokens, self.dim),
             (other.node, other.tokens, other.dim),
             "caches of one node"
         );
-        let mut values = self.values.clone();
-        values.extend_from_slice(&other.values);
+        let values = match (&self.values, &other.values) {
+            (Values::Device(a), Values::Device(b)) => {
+                let (a, b) = (a.as_ref().clone(), b.as_ref().clone());
+                Values::Device(Box::new(Tensor::cat(vec![a, b], 0)))
+            }
+            _ => {
+                let mut values = self.to_host()?;
+                values.extend_from_slice(&other.to_host()?);
+                Values::Host(values)
+            }
+        };
         let mut labels = self.labels.clone();
         labels.extend_from_slice(&other.labels);
-        NodeCache {
+        Ok(NodeCache {
             values,
             labels,
             ..*self
+        })
+    }
+
+    /// The values on the host, row-major.
+    fn to_host(&self) -> Result<Vec<f32>, TrainError> {
+        match &self.values {
+            Values::Host(v) => Ok(v.clone()),
+            Values::Device(t) => host_values(t.as_ref().clone(), self.node),
         }
     }
 
@@ -131,9 +182,18 @@ impl NodeCache {
         self.labels.is_empty()
     }
 
-    /// Host memory the values take.
+    /// Where the values are.
+    pub fn residence(&self) -> Residence {
+        match self.values {
+            Values::Host(_) => Residence::Host,
+            Values::Device(_) => Residence::Device,
+        }
+    }
+
+    /// Memory the values and labels take (the values where [`NodeCache::residence`] says,
+    /// the labels on the host).
     pub fn bytes(&self) -> usize {
-        self.values.len() * std::mem::size_of::<f32>() + self.labels.len() * 8
+        NodeCache::bytes_for(self.len(), self.tokens, self.dim)
     }
 
     /// Bytes a cache of `rows` rows at `tokens` x `dim` would take.
@@ -141,28 +201,66 @@ impl NodeCache {
         rows * (tokens * dim * std::mem::size_of::<f32>() + 8)
     }
 
-    /// The values of rows `idx`.
+    /// The values of rows `idx` on `device` (in its autodiff context).
     ///
     /// # Shapes
     /// -> `[batch, tokens, dim]`
     pub fn gather(&self, idx: &[usize], device: &Device) -> Tensor<3> {
-        let row = self.tokens * self.dim;
-        let mut out = Vec::with_capacity(idx.len() * row);
-        for &r in idx {
-            out.extend_from_slice(&self.values[r * row..(r + 1) * row]);
+        match &self.values {
+            Values::Host(values) => {
+                let row = self.tokens * self.dim;
+                let mut out = Vec::with_capacity(idx.len() * row);
+                for &r in idx {
+                    out.extend_from_slice(&values[r * row..(r + 1) * row]);
+                }
+                let shape = [idx.len(), self.tokens, self.dim];
+                graft_backend::upload(TensorData::new(out, shape), device)
+            }
+            Values::Device(values) => {
+                let rows: Vec<i64> = idx.iter().map(|&r| r as i64).collect();
+                let rows = TensorData::new(rows, [idx.len()]);
+                let rows = graft_backend::upload_int(rows, &values.device());
+                let rows = values.as_ref().clone().select(0, rows);
+                graft_backend::transfer::with_context_of(rows, device)
+            }
         }
-        Tensor::from_data(
-            TensorData::new(out, [idx.len(), self.tokens, self.dim]),
-            device,
-        )
     }
 
     /// # Shapes
     /// -> `[batch]`
     fn labels(&self, idx: &[usize], device: &Device) -> Tensor<1, Int> {
         let labels: Vec<i64> = idx.iter().map(|&r| self.labels[r]).collect();
-        Tensor::from_data(TensorData::new(labels, [idx.len()]), device)
+        graft_backend::upload_int(TensorData::new(labels, [idx.len()]), device)
     }
+}
+
+/// What a [`NodeCache`] holds per row.
+#[derive(Debug, Clone, Copy)]
+struct CacheShape {
+    node: usize,
+    tokens: usize,
+    dim: usize,
+}
+
+impl CacheShape {
+    fn of(node: usize, model: &Vit, class_token_only: bool) -> CacheShape {
+        let tokens = match class_token_only {
+            true => 1,
+            false => model.config.tokens(),
+        };
+        CacheShape {
+            node,
+            tokens,
+            dim: model.config.dim,
+        }
+    }
+}
+
+/// A tensor's values read back to the host, row-major.
+fn host_values(x: Tensor<3>, node: usize) -> Result<Vec<f32>, TrainError> {
+    x.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Cache(format!("node {node}: {e:?}")))
 }
 
 /// The cached plain values a run starts from, for the same rows of one split: its entry
@@ -186,17 +284,15 @@ impl CachedNodes {
     }
 
     /// `self`'s rows followed by `other`'s (train + val for the final protocol).
-    pub fn concat(&self, other: &CachedNodes) -> CachedNodes {
+    pub fn concat(&self, other: &CachedNodes) -> Result<CachedNodes, TrainError> {
         assert_eq!(self.reads.len(), other.reads.len(), "caches of one start");
-        CachedNodes {
-            entry: Arc::new(self.entry.concat(&other.entry)),
-            reads: self
-                .reads
-                .iter()
-                .zip(&other.reads)
-                .map(|(a, b)| Arc::new(a.concat(b)))
-                .collect(),
-        }
+        let reads = self.reads.iter().zip(&other.reads);
+        Ok(CachedNodes {
+            entry: Arc::new(self.entry.concat(&other.entry)?),
+            reads: reads
+                .map(|(a, b)| a.concat(b).map(Arc::new))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -207,7 +303,7 @@ impl CachedNodes {
         self.entry.is_empty()
     }
 
-    /// Host memory the values take.
+    /// Memory the values take.
     pub fn bytes(&self) -> usize {
         self.entry.bytes() + self.reads.iter().map(|r| r.bytes()).sum::<usize>()
     }

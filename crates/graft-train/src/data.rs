@@ -49,7 +49,10 @@ impl Split {
         self.labels.is_empty()
     }
 
-    /// The rows `idx` as normalised images and labels.
+    /// The rows `idx` as normalised images and labels. On the CPU the images are normalised
+    /// here ([`Split::normalised_on_host`]); on a GPU the uint8 pixels cross, a quarter of
+    /// the floats' bytes, and are normalised there ([`Split::normalised_on_device`]). Both
+    /// give the same values, bit for bit.
     ///
     /// # Shapes
     /// -> images `[batch, 3, size, size]`, labels `[batch]`
@@ -59,6 +62,25 @@ impl Split {
         pre: &Preprocessing,
         device: &Device,
     ) -> (Tensor<4>, Tensor<1, Int>) {
+        let images = if graft_backend::is_gpu(device) {
+            self.normalised_on_device(idx, pre, device)
+        } else {
+            self.normalised_on_host(idx, pre, device)
+        };
+        (images, self.labels_of(idx, device))
+    }
+
+    /// The rows `idx` as images normalised on the host: `(pixel / 255 - mean) / std` per
+    /// channel, in f32.
+    ///
+    /// # Shapes
+    /// -> `[batch, 3, size, size]`
+    pub fn normalised_on_host(
+        &self,
+        idx: &[usize],
+        pre: &Preprocessing,
+        device: &Device,
+    ) -> Tensor<4> {
         let s = self.size;
         let plane = s * s;
         let (mean, std) = (pre.mean.map(|m| m as f32), pre.std.map(|v| v as f32));
@@ -72,10 +94,54 @@ impl Split {
                 }
             }
         }
+        graft_backend::upload(TensorData::new(out, [idx.len(), 3, s, s]), device)
+    }
+
+    /// The rows `idx` as uint8 pixels moved to `device` and normalised there, with the same
+    /// operations in the same order as [`Split::normalised_on_host`]; every operand is a
+    /// tensor, so that no backend turns a division by a scalar into a product with its
+    /// reciprocal (LibTorch's CUDA kernels do).
+    ///
+    /// # Shapes
+    /// -> `[batch, 3, size, size]`
+    pub fn normalised_on_device(
+        &self,
+        idx: &[usize],
+        pre: &Preprocessing,
+        device: &Device,
+    ) -> Tensor<4> {
+        let s = self.size;
+        let pixels = TensorData::new(self.planar_pixels(idx), [idx.len(), 3, s, s]);
+        let x = graft_backend::upload_int::<4>(pixels, device).float();
+        let per_channel = |v: [f32; 3]| {
+            graft_backend::upload::<4>(TensorData::new(v.to_vec(), [1, 3, 1, 1]), device)
+        };
+        let (mean, std) = (pre.mean.map(|m| m as f32), pre.std.map(|v| v as f32));
+        (x / per_channel([255.0; 3]) - per_channel(mean)) / per_channel(std)
+    }
+
+    /// The pixels of rows `idx`, channels first.
+    ///
+    /// # Shapes
+    /// -> `[batch, 3, size, size]` as a flat vector
+    fn planar_pixels(&self, idx: &[usize]) -> Vec<u8> {
+        let plane = self.size * self.size;
+        let mut out = vec![0u8; idx.len() * 3 * plane];
+        for (b, &row) in idx.iter().enumerate() {
+            let img = &self.images[row * plane * 3..(row + 1) * plane * 3];
+            for p in 0..plane {
+                for c in 0..3 {
+                    out[(b * 3 + c) * plane + p] = img[p * 3 + c];
+                }
+            }
+        }
+        out
+    }
+
+    /// # Shapes
+    /// -> `[batch]`
+    fn labels_of(&self, idx: &[usize], device: &Device) -> Tensor<1, Int> {
         let labels: Vec<i64> = idx.iter().map(|&r| self.labels[r]).collect();
-        (
-            Tensor::from_data(TensorData::new(out, [idx.len(), 3, s, s]), device),
-            Tensor::from_data(TensorData::new(labels, [idx.len()]), device),
-        )
+        graft_backend::upload_int(TensorData::new(labels, [idx.len()]), device)
     }
 }

@@ -10,6 +10,7 @@
 //! A loss that is not finite stops the run with [`TrainError::NonFinite`].
 
 mod base;
+pub mod batches;
 pub mod cache;
 mod data;
 pub mod progress;
@@ -19,7 +20,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor};
 use graft_model::Vit;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -27,7 +28,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use base::{BaseModel, base_fingerprints, check_base_params, file_fingerprint, resolve_base};
-pub use cache::{CachedNodes, NodeCache, Rows};
+pub use batches::{Batch, Batches, LossReadback};
+pub use cache::{CachedNodes, NodeCache, Residence, Rows};
 pub use data::{DatasetInfo, Preprocessing, Split};
 pub use progress::Progress;
 
@@ -52,6 +54,9 @@ pub enum TrainError {
     /// An activation cache that could not be read back from the device.
     #[error("activation cache: {0}")]
     Cache(String),
+    /// Training losses that could not be read back from the device.
+    #[error("reading the losses back from the device: {0}")]
+    Readback(String),
     /// A dataset file that is missing, unreadable or not what `graft_tables` defines.
     #[error(transparent)]
     Table(#[from] graft_tables::TableError),
@@ -131,12 +136,29 @@ impl TrainProtocol {
     }
 }
 
-/// One training run's configuration: a [`TrainProtocol`] and the seed of the data order.
-/// Reads as the protocol (`config.epochs`) through `Deref`.
+/// One training run's configuration: a [`TrainProtocol`], the seed of the data order and
+/// how often the loss is read back. Reads as the protocol (`config.epochs`) through `Deref`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
     pub protocol: TrainProtocol,
     pub seed: u64,
+    /// Steps between two reads of the loss back to the host ([`LossReadback`]); `None`:
+    /// [`default_loss_every`] for the device. It changes when progress is reported, never
+    /// what is trained or recorded.
+    pub loss_every: Option<usize>,
+}
+
+/// Steps between two reads of the loss on a GPU, where each read waits for the device, when
+/// the configuration leaves it open.
+pub const GPU_LOSS_EVERY: usize = 16;
+
+/// Steps between two reads of the loss on `device`: every step on the CPU, where a read
+/// waits for nothing; [`GPU_LOSS_EVERY`] on a GPU.
+pub fn default_loss_every(device: &Device) -> usize {
+    match graft_backend::is_gpu(device) {
+        true => GPU_LOSS_EVERY,
+        false => 1,
+    }
 }
 
 impl TrainConfig {
@@ -149,6 +171,7 @@ impl TrainConfig {
                 ..TrainProtocol::default()
             },
             seed: 0,
+            loss_every: None,
         }
     }
 
@@ -171,6 +194,11 @@ impl TrainConfig {
         self.seed = seed;
         self
     }
+
+    pub fn with_loss_every(mut self, every: Option<usize>) -> TrainConfig {
+        self.loss_every = every;
+        self
+    }
 }
 
 impl From<&TrainProtocol> for TrainConfig {
@@ -179,6 +207,7 @@ impl From<&TrainProtocol> for TrainConfig {
         TrainConfig {
             protocol: protocol.clone(),
             seed: 0,
+            loss_every: None,
         }
     }
 }
@@ -287,45 +316,28 @@ pub fn fit_rows(
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let steps_per_epoch = train.len().div_ceil(config.batch);
     let total = steps_per_epoch * config.epochs;
+    let mut losses = LossReadback::new(config.loss_every.unwrap_or(default_loss_every(device)));
     let mut step = 0;
     let mut history = Vec::new();
     let mut best: Option<(usize, f64, Vit)> = None;
-    let start = Instant::now();
     let mut train_seconds = 0.0;
     for epoch in 0..config.epochs {
         let t0 = Instant::now();
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            config
-                .seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(epoch as u64),
-        ));
+        let order = epoch_order(train.len(), config.seed, epoch);
         let mut loss_sum = 0.0;
         let mut lr = 0.0;
-        for chunk in order.chunks(config.batch) {
-            let (x, y) = train.batch(chunk, &ad);
-            let loss = loss_fn.forward(model.forward_input(x), y);
-            let value = loss.clone().into_scalar::<f32>();
+        for batch in Batches::new(train, &order, config.batch, &ad) {
+            let loss = loss_fn.forward(model.forward_input(batch.input), batch.labels);
             lr = config.lr_at(step, steps_per_epoch);
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    loss: value,
-                    epoch,
-                    step,
-                    lr,
-                });
-            }
+            losses.push(loss.clone(), step, lr, batch.rows);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
-            loss_sum += value as f64 * chunk.len() as f64;
             step += 1;
-            on_progress(Progress::Step {
-                step,
-                total,
-                loss: value,
-            });
+            if losses.due() {
+                losses.settle(epoch, total, &mut loss_sum, &mut on_progress)?;
+            }
         }
+        losses.settle(epoch, total, &mut loss_sum, &mut on_progress)?;
         train_seconds += t0.elapsed().as_secs_f64();
         let val_accuracy = val.map(|val| evaluate_rows(&model, val, device, config.batch));
         history.push(EpochRecord {
@@ -351,7 +363,6 @@ pub fn fit_rows(
             None => {}
         }
     }
-    let _ = start;
     let (best_epoch, best_val_accuracy, best_model) = best.ok_or(TrainError::Empty("epochs"))?;
     Ok(FitResult {
         model: best_model.valid().to_device(device),
@@ -361,6 +372,15 @@ pub fn fit_rows(
         images_per_second: (train.len() * config.epochs) as f64 / train_seconds.max(1e-9),
         train_seconds,
     })
+}
+
+/// The order of the rows in `epoch`: a shuffle seeded by the run's seed and the epoch.
+fn epoch_order(rows: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+        seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64),
+    ));
+    order
 }
 
 /// Top-1 accuracy of `model` on `split`, without gradients, on `device`.
@@ -374,16 +394,21 @@ pub fn evaluate(
     evaluate_rows(model, Rows::Images { split, pre }, device, batch)
 }
 
-/// [`evaluate`] on any [`Rows`].
+/// [`evaluate`] on any [`Rows`]. The count of correct predictions stays on the device until
+/// the last batch.
 pub fn evaluate_rows(model: &Vit, rows: Rows<'_>, device: &Device, batch: usize) -> f64 {
     let model = model.valid().to_device(device);
-    let mut correct = 0usize;
     let idx: Vec<usize> = (0..rows.len()).collect();
-    for chunk in idx.chunks(batch.max(1)) {
-        let (x, y) = rows.batch(chunk, device);
-        let pred = model.forward_input(x).argmax(1).flatten::<1>(0, 1);
-        correct += pred.equal(y).int().sum().into_scalar::<i64>() as usize;
+    let mut correct: Option<Tensor<1, Int>> = None;
+    for b in Batches::new(rows, &idx, batch, device) {
+        let pred = model.forward_input(b.input).argmax(1).flatten::<1>(0, 1);
+        let hits = pred.equal(b.labels).int().sum();
+        correct = Some(match correct {
+            Some(c) => c + hits,
+            None => hits,
+        });
     }
+    let correct = correct.map_or(0, |c| c.into_scalar::<i64>() as usize);
     correct as f64 / rows.len().max(1) as f64
 }
 

@@ -9,7 +9,9 @@ use crate::EpochRecord;
 /// What [`crate::fit`] reports as it goes.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
-    /// After every optimiser step: the step (from 1), the steps of the whole fit, the loss.
+    /// For every optimiser step: the step (from 1), the steps of the whole fit, the loss.
+    /// Reported when the loss is read back ([`crate::LossReadback`]): after each step on
+    /// the CPU, a few steps at a time on a GPU; always in order, before the epoch's event.
     Step {
         step: usize,
         total: usize,

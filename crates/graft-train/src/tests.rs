@@ -203,11 +203,17 @@ fn node_caches_advance_exactly_and_forward_from_them_matches_the_whole_network()
     dev.seed(5);
     let split = task("val", 70); // more than one chunk of 64 rows
     let base = VitConfig::preset("vit-cpu-tiny", 4).unwrap().init(&dev);
-    let low = NodeCache::compute(&base, &split, &pre(), 1, false, &dev).unwrap();
-    let direct = NodeCache::compute(&base, &split, &pre(), 3, false, &dev).unwrap();
-    let advanced = low.advance(&base, 3, false, &dev).unwrap();
+    let host = Residence::Host;
+    let low = NodeCache::compute(&base, &split, &pre(), 1, false, &dev, host).unwrap();
+    let direct = NodeCache::compute(&base, &split, &pre(), 3, false, &dev, host).unwrap();
+    let advanced = low.advance(&base, 3, false, &dev, host).unwrap();
     let rows: Vec<usize> = (0..split.len()).collect();
-    let values = |c: &NodeCache| c.gather(&rows, &dev).into_data().to_vec::<f32>().unwrap();
+    let values = |c: &NodeCache| {
+        c.gather(&rows, &dev)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
     assert_eq!(values(&direct), values(&advanced));
     assert_eq!(direct.bytes(), NodeCache::bytes_for(70, 17, 64));
 
@@ -237,7 +243,8 @@ fn node_caches_advance_exactly_and_forward_from_them_matches_the_whole_network()
             None => (4, vec![], true),
         };
         let at = |node, cls| {
-            std::sync::Arc::new(NodeCache::compute(&vit, &split, &pre(), node, cls, &dev).unwrap())
+            let cache = NodeCache::compute(&vit, &split, &pre(), node, cls, &dev, Residence::Host);
+            std::sync::Arc::new(cache.unwrap())
         };
         let cache = CachedNodes::new(at(node, cls), reads.iter().map(|&r| at(r, false)).collect());
         let (images, _) = split.batch(&rows, &pre(), &dev);
@@ -251,4 +258,211 @@ fn node_caches_advance_exactly_and_forward_from_them_matches_the_whole_network()
             .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{edges:?}: logits differ by {worst}");
     }
+}
+
+/// Images normalised on the device (uint8 moved, then normalised there) are exactly the
+/// images normalised on the host, with an ImageNet mean and std whose divisions round.
+#[test]
+fn device_normalisation_is_host_normalisation_bit_for_bit() {
+    let dev = device();
+    let split = task("val", 9);
+    let pre = Preprocessing {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+        ..pre()
+    };
+    let rows = [8, 0, 3, 3, 5];
+    for pre in [pre, self::pre()] {
+        for dev in [dev.clone(), dev.clone().autodiff()] {
+            let host = split.normalised_on_host(&rows, &pre, &dev);
+            let there = split.normalised_on_device(&rows, &pre, &dev);
+            assert_eq!(there.dims(), [5, 3, 16, 16]);
+            let bits = |t: Tensor<4>| -> Vec<u32> {
+                let v: Vec<f32> = t.into_data().try_to_vec().unwrap();
+                v.into_iter().map(f32::to_bits).collect()
+            };
+            assert_eq!(bits(host), bits(there));
+        }
+    }
+}
+
+/// Every value of a batch, and its labels, as bits.
+fn batch_bits(batch: Batch) -> (Vec<u32>, Vec<Vec<u32>>, Vec<i64>, usize) {
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let labels = batch
+        .labels
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap();
+    match batch.input {
+        graft_model::ModelInput::Images(x) => (
+            bits(x.into_data().try_to_vec().unwrap()),
+            vec![],
+            labels,
+            batch.rows,
+        ),
+        graft_model::ModelInput::Node { value, reads, .. } => (
+            bits(value.into_data().try_to_vec().unwrap()),
+            reads
+                .into_iter()
+                .map(|(_, r)| bits(r.into_data().try_to_vec().unwrap()))
+                .collect(),
+            labels,
+            batch.rows,
+        ),
+    }
+}
+
+/// The batches made one ahead are the batches made one at a time, in the same order, bit
+/// for bit: from images, and from caches kept on the host or on the device (here the CPU),
+/// which also equal each other, joined (train + val) or not.
+#[test]
+fn prefetched_batches_from_host_and_device_caches_are_the_same_batches() {
+    let _rng = rng_lock();
+    let dev = device();
+    dev.seed(7);
+    let (train, val) = (task("train", 70), task("val", 20));
+    let vit = VitConfig::preset("vit-cpu-tiny", 4).unwrap().init(&dev);
+    let cache = |split: &Split, residence| {
+        let at = |node| {
+            let c = NodeCache::compute(&vit, split, &pre(), node, false, &dev, residence);
+            std::sync::Arc::new(c.unwrap())
+        };
+        CachedNodes::new(at(3), vec![at(1)])
+    };
+    let host = cache(&train, Residence::Host);
+    let there = cache(&train, Residence::Device);
+    assert_eq!(there.entry.residence(), Residence::Device);
+    let joined_host = host.concat(&cache(&val, Residence::Host)).unwrap();
+    let joined_there = there.concat(&cache(&val, Residence::Device)).unwrap();
+    let joined_mixed = there.concat(&cache(&val, Residence::Host)).unwrap();
+    assert_eq!(joined_there.entry.residence(), Residence::Device);
+    assert_eq!(joined_mixed.entry.residence(), Residence::Host);
+    let ad = dev.clone().autodiff();
+    let mut order: Vec<usize> = (0..70).rev().collect();
+    order.swap(3, 40);
+    let one_at_a_time = |rows: Rows<'_>, order: &[usize]| {
+        order
+            .chunks(16)
+            .map(|idx| {
+                let (input, labels) = rows.batch(idx, &ad);
+                batch_bits(Batch {
+                    input,
+                    labels,
+                    rows: idx.len(),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let ahead = |rows: Rows<'_>, order: &[usize]| {
+        Batches::new(rows, order, 16, &ad)
+            .map(batch_bits)
+            .collect::<Vec<_>>()
+    };
+    let images = Rows::Images {
+        split: &train,
+        pre: &pre(),
+    };
+    let expected = one_at_a_time(images, &order);
+    assert_eq!(expected.len(), 5);
+    assert_eq!(expected[4].3, 6);
+    assert_eq!(ahead(images, &order), expected);
+    let expected = one_at_a_time(Rows::Node(&host), &order);
+    assert_eq!(ahead(Rows::Node(&host), &order), expected);
+    assert_eq!(ahead(Rows::Node(&there), &order), expected);
+    let order: Vec<usize> = (0..90).map(|k| (k * 37) % 90).collect();
+    let expected = one_at_a_time(Rows::Node(&joined_host), &order);
+    assert_eq!(ahead(Rows::Node(&joined_there), &order), expected);
+    assert_eq!(ahead(Rows::Node(&joined_mixed), &order), expected);
+}
+
+/// Every progress event of a fit, as numbers.
+#[derive(Debug, PartialEq)]
+enum Event {
+    Step(usize, usize, u32),
+    Epoch(EpochRecord, usize),
+}
+
+/// Training that reads the loss back every step, every 3 steps or once an epoch trains
+/// the same model, records the same losses, and reports the same steps with the same
+/// losses, in the same order, before each epoch's record.
+#[test]
+fn reading_the_loss_every_few_steps_trains_and_records_the_same() {
+    let _rng = rng_lock();
+    let dev = device();
+    let (train, val) = (task("train", 100), task("val", 24));
+    let run = |every: Option<usize>| {
+        dev.seed(11);
+        let model = VitConfig::preset("vit-cpu-tiny", 4)
+            .unwrap()
+            .init(&dev)
+            .with_trainable(Trainable::Full);
+        let cfg = config(2).with_loss_every(every);
+        let mut events = Vec::new();
+        let r = fit(model, &train, &val, &pre(), &cfg, &dev, |p| {
+            events.push(match p {
+                crate::Progress::Step { step, total, loss } => {
+                    Event::Step(step, total, loss.to_bits())
+                }
+                crate::Progress::Epoch { record, epochs } => Event::Epoch(
+                    EpochRecord {
+                        seconds: 0.0,
+                        ..record.clone()
+                    },
+                    epochs,
+                ),
+            })
+        })
+        .unwrap();
+        let head: Vec<f32> = r.model.head.weight.val().into_data().try_to_vec().unwrap();
+        let history: Vec<_> = r
+            .history
+            .into_iter()
+            .map(|e| EpochRecord { seconds: 0.0, ..e })
+            .collect();
+        (history, head, events)
+    };
+    let every_step = run(Some(1));
+    // 100 rows in batches of 32: 4 steps an epoch, the last of 4 rows.
+    assert_eq!(every_step.2.len(), 2 * (4 + 1));
+    assert_eq!(run(None), every_step);
+    assert_eq!(run(Some(3)), every_step);
+    assert_eq!(run(Some(1000)), every_step);
+}
+
+/// A loss that is not finite stops the fit with the same error, naming the same epoch,
+/// step and learning rate, however often the loss is read back.
+#[test]
+fn a_diverging_run_fails_the_same_however_often_the_loss_is_read() {
+    let _rng = rng_lock();
+    let dev = device();
+    let (train, val) = (task("train", 64), task("val", 16));
+    let run = |every| {
+        dev.seed(3);
+        let model = VitConfig::preset("vit-cpu-tiny", 4)
+            .unwrap()
+            .init(&dev)
+            .with_trainable(Trainable::Full);
+        let cfg = TrainConfig::new(3, 1e9)
+            .with_batch(16)
+            .with_warmup_epochs(0.0)
+            .with_loss_every(Some(every));
+        let mut steps = Vec::new();
+        let e = fit(model, &train, &val, &pre(), &cfg, &dev, |p| {
+            if let crate::Progress::Step { step, loss, .. } = p {
+                steps.push((step, loss.to_bits()));
+            }
+        })
+        .map(|r| r.history)
+        .unwrap_err();
+        (e.to_string(), steps)
+    };
+    let every_step = run(1);
+    assert!(
+        every_step.0.contains("training diverged"),
+        "{}",
+        every_step.0
+    );
+    assert_eq!(run(5), every_step);
 }
