@@ -88,9 +88,9 @@ fn a_fresh_rerun_starts_no_tensor_binary_and_work_goes_to_the_stage_binary() {
 }
 
 /// A bin directory with a copy of the front and, in place of each tensor stage binary, a
-/// script that appends its arguments to `record` and runs the real binary with them; the
-/// front is copied last, so it is newer than the scripts and answers for them.
-fn bin_dir_with_forwarders(dir: &Path, real: &Path, record: &Path) -> std::path::PathBuf {
+/// script that appends its arguments to [`started_file`] and runs the real binary with
+/// them; the front is copied last, so it is newer than the scripts and answers for them.
+fn bin_dir_with_forwarders(dir: &Path, real: &Path) -> std::path::PathBuf {
     let bins = dir.join("forwarding-bin");
     std::fs::create_dir_all(&bins).unwrap();
     for kind in ["pretrain", "probe", "finetune"] {
@@ -99,7 +99,7 @@ fn bin_dir_with_forwarders(dir: &Path, real: &Path, record: &Path) -> std::path:
             &script,
             format!(
                 "#!/bin/sh\necho \"$*\" >> \"{}\"\nexec \"{}\" \"$@\"\n",
-                record.display(),
+                started_file(dir, kind).display(),
                 real.join(format!("graft-{kind}")).display()
             ),
         )
@@ -110,6 +110,11 @@ fn bin_dir_with_forwarders(dir: &Path, real: &Path, record: &Path) -> std::path:
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::copy(real.join("graft-front"), bins.join("graft-front")).unwrap();
     bins
+}
+
+/// Where the forwarder of `graft-<kind>` records that it was started.
+fn started_file(dir: &Path, kind: &str) -> std::path::PathBuf {
+    dir.join(format!("started-{kind}"))
 }
 
 /// Arguments with which each tensor stage passes its checks on `cpu`: `dataset` is a prep
@@ -229,7 +234,7 @@ fn outcome(stdout: &str) -> String {
 
 /// Issue 25: the front (built with flex) never answers what only the stage's binary can
 /// know. Every setting of [`catalogue`] goes through the front and straight to each tensor
-/// binary, with `--check` and `--status`, each with and without `--json`: the same exit
+/// binary, with `--check` (with and without `--json`) and `--status --json`: the same exit
 /// code, the same error text and the same outcome (seconds aside). A setting whose answer is
 /// the backend's (a CUDA device this process would open) must reach the stage's binary;
 /// any other is answered by the front alone, which keeps a fresh rerun free of LibTorch's
@@ -246,73 +251,111 @@ fn the_front_answers_as_the_stage_binary_and_leaves_devices_to_it() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .find(|n| n.len() == 64)
         .expect("the prep artifact");
-    let record = dir.path().join("started");
-    let bins = bin_dir_with_forwarders(dir.path(), &real, &record);
-    let modes: [&[&str]; 4] = [
-        &["--check"],
-        &["--check", "--json"],
-        &["--status"],
-        &["--status", "--json"],
-    ];
-    let mut compared = 0;
-    for kind in ["pretrain", "probe", "finetune"] {
+    let bins = bin_dir_with_forwarders(dir.path(), &real);
+    let at = Setup {
+        dir: dir.path(),
+        real: &real,
+        bins: &bins,
+        store: &store,
+        dataset: &dataset,
+    };
+    // One thread per stage: a tch binary takes half a second to start.
+    let compared: usize = std::thread::scope(|s| {
+        let kinds = ["pretrain", "probe", "finetune"].map(|kind| s.spawn(move || at.compare(kind)));
+        kinds.into_iter().map(|k| k.join().unwrap()).sum()
+    });
+    assert_eq!(compared, 3 * (3 * 19 + 8));
+}
+
+/// Where [`Setup::compare`] finds the binaries and the store.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    dir: &'a Path,
+    real: &'a Path,
+    bins: &'a Path,
+    store: &'a Path,
+    dataset: &'a str,
+}
+
+impl Setup<'_> {
+    /// Every setting of the catalogue of `graft-<kind>` in every mode, through the front and
+    /// straight to the binary; returns how many calls were compared.
+    fn compare(self, kind: &str) -> usize {
+        // As a user types them (`--check`: the error on stderr) and as the runner sends them
+        // (`--json`: the outcome or the failure on stdout).
+        let modes: [&[&str]; 3] = [
+            &["--check"],
+            &["--check", "--json"],
+            &["--status", "--json"],
+        ];
+        let mut compared = 0;
         for (case, backend_decides) in catalogue(kind) {
-            let mut args: Vec<String> = vec!["--store".into(), store.display().to_string()];
-            args.extend(base_args(kind, &dataset));
+            let mut args: Vec<String> = vec!["--store".into(), self.store.display().to_string()];
+            args.extend(base_args(kind, self.dataset));
             args.extend(case.iter().map(|s| s.to_string()));
             for mode in modes {
                 let what = format!("graft-{kind} {} {}", mode.join(" "), case.join(" "));
+                let record = started_file(self.dir, kind);
                 let _ = std::fs::remove_file(&record);
-                let front = run(std::process::Command::new(bins.join("graft-front"))
+                let front = run(std::process::Command::new(self.bins.join("graft-front"))
                     .arg(kind)
                     .args(mode)
                     .args(&args)
                     .env_remove("GRAFT_STORE"));
-                let started = std::fs::read_to_string(&record).unwrap_or_default();
+                let started = !std::fs::read_to_string(&record)
+                    .unwrap_or_default()
+                    .is_empty();
                 let own = run(
-                    std::process::Command::new(real.join(format!("graft-{kind}")))
+                    std::process::Command::new(self.real.join(format!("graft-{kind}")))
                         .args(mode)
                         .args(&args)
                         .env_remove("GRAFT_STORE"),
                 );
+                same_answer(&what, mode, &front, &own);
                 assert_eq!(
-                    front.status.code(),
-                    own.status.code(),
-                    "{what}: exit codes differ\nfront: {}{}\nbinary: {}{}",
-                    stdout(&front),
-                    stderr(&front),
-                    stdout(&own),
-                    stderr(&own)
-                );
-                assert_eq!(
-                    said(&stderr(&front)),
-                    said(&stderr(&own)),
-                    "{what}: error text differs"
-                );
-                let answer = if mode.contains(&"--json") || own.status.success() {
-                    outcome(&stdout(&own))
-                } else {
-                    said(&stderr(&own)).join("\n")
-                };
-                assert!(!answer.is_empty(), "{what}: the binary said nothing");
-                assert_eq!(
-                    outcome(&stdout(&front)),
-                    outcome(&stdout(&own)),
-                    "{what}: outcome differs"
-                );
-                assert_eq!(
-                    !started.is_empty(),
+                    started,
                     backend_decides,
                     "{what}: the front {} the stage binary",
-                    if started.is_empty() {
-                        "answered for"
-                    } else {
-                        "started"
-                    }
+                    if started { "started" } else { "answered for" }
                 );
                 compared += 1;
             }
         }
+        compared
     }
-    assert_eq!(compared, 4 * (3 * 19 + 8));
+}
+
+/// The front's answer `front` and the binary's `own` to the call `what`: the same exit code,
+/// the same error lines, the same outcome (time aside), and not nothing.
+fn same_answer(
+    what: &str,
+    mode: &[&str],
+    front: &std::process::Output,
+    own: &std::process::Output,
+) {
+    assert_eq!(
+        front.status.code(),
+        own.status.code(),
+        "{what}: exit codes differ\nfront: {}{}\nbinary: {}{}",
+        stdout(front),
+        stderr(front),
+        stdout(own),
+        stderr(own)
+    );
+    assert_eq!(
+        said(&stderr(front)),
+        said(&stderr(own)),
+        "{what}: error text differs"
+    );
+    assert_eq!(
+        outcome(&stdout(front)),
+        outcome(&stdout(own)),
+        "{what}: outcome differs"
+    );
+    let answer = if mode.contains(&"--json") || own.status.success() {
+        outcome(&stdout(own))
+    } else {
+        said(&stderr(own)).join("\n")
+    };
+    assert!(!answer.is_empty(), "{what}: the binary said nothing");
 }
