@@ -1,6 +1,7 @@
 //! The report stage: reads each task's probe and fine-tune artifacts and publishes one
-//! self-contained `report.html` (inline SVG and CSS, nothing fetched), a `summary.md` and
-//! one CSV per table shown.
+//! self-contained `report.html` (inline SVG and CSS, nothing fetched), a `summary.md`, one
+//! CSV per table shown, and the table PETL papers print for VTAB-1k (per method and budget,
+//! per task, group means, parameters) as `results.md`, `results.csv` and `results.tex`.
 //!
 //! The flow is three pure steps between reading and writing: [`inputs::TaskData`] holds what
 //! one task's artifacts contain (read through the `graft_tables` types; a file that is
@@ -8,8 +9,9 @@
 //! aggregated per placement as [`analysis::PlacementStats`], curves per heuristic,
 //! Spearman correlations on the single-sweep's edges and 95 % confidence intervals over
 //! seeds from [`stats`]); [`figures::figures`] draws the six
-//! [`figures::Figure`]s with plotters and [`report::build`] writes the tables, the generated
-//! findings and the pages as [`report::ReportFiles`]. Every sentence and figure is made from
+//! [`figures::Figure`]s with plotters and [`report::build`] writes the tables (the results
+//! table from [`report::results`]), the generated findings and the pages as
+//! [`report::ReportFiles`]. Every sentence and figure is made from
 //! the report's own numbers, and every comparison of two methods or placements from the
 //! interval of their difference ("cannot tell" where it includes zero); where the data for
 //! one is missing (no sweep, one seed, one task) the report says so instead. [`Report`] is
@@ -91,7 +93,8 @@ impl Stage for Report {
     //    a baselines table and interval columns; the heat map states its range in points.
     // 4: ranks at 1e-2, 1e-3 and 1e-4 from the singular values, figure 6, eight scores.
     // 5: the sweep's spread beside the seed noise of its edges trained at several seeds.
-    const VERSION: u32 = 5;
+    // 6: the results table PETL papers print (results.md, .csv, .tex and in the pages).
+    const VERSION: u32 = 6;
     type Params = ReportParams;
 
     fn input_names(p: &ReportParams) -> Vec<String> {

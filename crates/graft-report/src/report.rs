@@ -2,11 +2,13 @@
 //! findings, and the two pages (`report.html`, `summary.md`). [`build`] runs the analysis
 //! and the figures and returns every file as text.
 //!
-//! [`tables`] builds the [`TableData`], [`findings`] the sentences, and the `page` module
-//! lays both out with the figures.
+//! [`tables`] builds the [`TableData`], [`findings`] the sentences, [`results`] the table
+//! PETL papers print (also `results.md`, `results.csv`, `results.tex`), and the `page`
+//! module lays them out with the figures.
 
 mod findings;
 mod page;
+pub mod results;
 mod tables;
 
 use crate::ReportError;
@@ -15,6 +17,7 @@ use crate::figures::figures;
 use crate::inputs::TaskData;
 
 pub use findings::{findings, protocol_text};
+pub use results::{ResultsTable, results_table};
 pub use tables::{Cell, Column, TableData, fmt_acc, tables};
 
 /// Everything the report writes, as `(file name, text)`, with what the manifest records.
@@ -35,15 +38,19 @@ pub fn build(tasks: Vec<TaskData>, title: &str) -> Result<ReportFiles, ReportErr
     let figs = figures(&a)?;
     let tabs = tables(&a);
     let finds = findings(&a);
+    let res = results_table(&a);
     let mut files = vec![
         (
             "report.html".to_owned(),
-            page::html(title, &a, &figs, &tabs, &finds),
+            page::html(title, &a, &figs, &tabs, &finds, &res),
         ),
         (
             "summary.md".to_owned(),
-            page::markdown(title, &a, &figs, &tabs, &finds),
+            page::markdown(title, &a, &figs, &tabs, &finds, &res),
         ),
+        ("results.md".to_owned(), results::markdown(&res)),
+        ("results.csv".to_owned(), results::csv(&res)),
+        ("results.tex".to_owned(), results::latex(&res, title)),
     ];
     for t in &tabs {
         files.push((t.file.clone(), t.to_csv()));
@@ -60,7 +67,9 @@ pub fn build(tasks: Vec<TaskData>, title: &str) -> Result<ReportFiles, ReportErr
             .filter(|f| f.drawn() == 0)
             .map(|f| f.number)
             .collect(),
-        tables: tabs.iter().map(|t| t.file.clone()).collect(),
+        tables: std::iter::once("results.csv".to_owned())
+            .chain(tabs.iter().map(|t| t.file.clone()))
+            .collect(),
         runs: a.tasks.iter().map(|t| t.runs).sum(),
         runs_failed: a.tasks.iter().map(|t| t.failed.len()).sum(),
         findings: finds

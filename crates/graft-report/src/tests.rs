@@ -424,7 +424,7 @@ fn golden_dir() -> PathBuf {
 }
 
 /// Compares `text` with `golden/<name>`, or rewrites it under `GRAFT_BLESS=1`.
-fn check_golden(name: &str, text: &str) {
+pub(crate) fn check_golden(name: &str, text: &str) {
     let path = golden_dir().join(name);
     if std::env::var_os("GRAFT_BLESS").is_some() {
         std::fs::create_dir_all(golden_dir()).unwrap();

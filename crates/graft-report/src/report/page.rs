@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::results::{self, ResultsTable};
 use super::tables::{Cell, TableData};
 use crate::analysis::Analysis;
 use crate::figures::{Figure, Panel};
@@ -9,7 +10,7 @@ use crate::figures::{Figure, Panel};
 /// Rows of one table in `summary.md`; the CSV and the HTML page have all.
 const MD_ROWS: usize = 60;
 
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -41,6 +42,7 @@ pub(crate) fn html(
     figs: &[Figure],
     tabs: &[TableData],
     finds: &[(Option<String>, String)],
+    res: &ResultsTable,
 ) -> String {
     let mut h = String::new();
     let _ = write!(
@@ -82,7 +84,9 @@ pub(crate) fn html(
     if current.is_some() {
         h.push_str("</ul>\n");
     }
-    h.push_str("</section>\n<section id=\"figures\">\n<h2>Figures</h2>\n");
+    h.push_str("</section>\n");
+    h.push_str(&results::html_section(res));
+    h.push_str("<section id=\"figures\">\n<h2>Figures</h2>\n");
     for f in figs {
         let _ = writeln!(
             h,
@@ -167,6 +171,7 @@ pub(crate) fn markdown(
     figs: &[Figure],
     tabs: &[TableData],
     finds: &[(Option<String>, String)],
+    res: &ResultsTable,
 ) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# {title}\n");
@@ -198,6 +203,11 @@ pub(crate) fn markdown(
         }
         let _ = writeln!(m, "- {s}");
     }
+    let _ = write!(
+        m,
+        "\n## Results table\n\nAlso `results.md`, `results.csv` and `results.tex`.\n\n{}",
+        results::markdown(res)
+    );
     m.push_str("\n## Figures\n\n");
     for f in figs {
         let mut parts = Vec::new();

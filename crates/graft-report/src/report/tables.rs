@@ -157,7 +157,7 @@ impl TableData {
     }
 }
 
-fn csv_line(fields: &[String]) -> String {
+pub(super) fn csv_line(fields: &[String]) -> String {
     let quoted: Vec<String> = fields
         .iter()
         .map(|f| {
