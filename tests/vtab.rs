@@ -372,6 +372,17 @@ fn check_vtab_report(store: &Path) {
         summary.contains("final (trained on train + val"),
         "{summary}"
     );
+    // The table PETL papers print: every task, the three group means (every group is
+    // complete), LoRA beside the placements, in each format.
+    let results = std::fs::read_to_string(report.join("results.md")).unwrap();
+    for column in ["Natural", "Specialized", "Structured", "Mean"] {
+        assert!(results.contains(column), "{column} missing:\n{results}");
+    }
+    assert!(results.to_lowercase().contains("lora"), "no LoRA row:\n{results}");
+    for f in ["results.csv", "results.tex"] {
+        assert!(report.join(f).exists(), "{f} missing");
+    }
+    assert!(html.contains("Results table"), "no results table in the page");
 }
 
 /// The five-task file as it was written by hand, on the same store: every stage of its five
