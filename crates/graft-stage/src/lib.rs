@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use clap::Args;
 use graft_store::{
-    Artifact, ArtifactId, Before, KeyInput, Lookup, PublishInfo, SlotRecord, StageKey, Store,
-    StoreError,
+    Access, Artifact, ArtifactId, Before, KeyInput, Lookup, PublishInfo, SlotRecord, StageKey,
+    Store, StoreError, holders_text,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -487,6 +487,25 @@ pub fn execute_or_delegate<S: Stage>(
         error,
     };
     let store = Store::open(&args.store).map_err(serr)?;
+    // Held while the stage verifies its inputs, looks up, runs and publishes (by hand too):
+    // `gc --yes` waits for it, so it never deletes an entry the stage has looked up or
+    // published. `--status` only reads.
+    let _lock = if args.status {
+        None
+    } else {
+        let wait = |h: &[graft_store::StoreHolder]| {
+            eprintln!(
+                "{}: waiting for {} to finish with the store",
+                S::NAME,
+                holders_text(h)
+            )
+        };
+        Some(
+            store
+                .lock_store(Access::Shared, &format!("stage {slot}"), wait)
+                .map_err(serr)?,
+        )
+    };
 
     // Inputs must exist and verify before anything is decided.
     let mut inputs = BTreeMap::new();
