@@ -121,7 +121,7 @@ fn run_row(
         images_per_second: result.images_per_second,
         peak_memory_bytes: result.peak_memory_bytes.map(|b| b as i64),
         backend: result.backend.clone(),
-        device: result.device.clone(),
+        device: graft_stage::device_class(&spec.device).to_owned(),
         run_artifact: artifact.map(|a| a.id().to_string()).unwrap_or_default(),
         weights_file,
     }
@@ -140,7 +140,7 @@ pub fn summary(
         task,
         preprocessing: info.preprocessing.clone(),
         backend: graft_backend::backend_name().into(),
-        device: p.device.clone(),
+        device: graft_stage::device_class(&p.device).to_owned(),
         seeds: crate::plan::all_seeds(p),
         program_version: graft_store::PROGRAM_VERSION.into(),
         base: base.to_string(),

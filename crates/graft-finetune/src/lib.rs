@@ -152,7 +152,8 @@ pub struct FinetuneParams {
     /// whose cache would not fit goes through the whole network, as without the cache.
     #[serde(default = "default_cache_memory_mib")]
     pub cache_memory_mib: usize,
-    /// `cpu`, `cuda` (with `jobs` > 1: one worker per GPU) or `cuda:k` (location).
+    /// `cpu`, `cuda` (with `jobs` > 1: one worker per GPU) or `cuda:k`: a location, whose
+    /// class (`cpu`, `cuda`) enters the stage's key and every run's.
     #[serde(default = "default_device")]
     pub device: String,
     /// Where runs train: `local` (worker processes here, `jobs` at a time) or `slurm` (one
@@ -328,6 +329,10 @@ impl Stage for Finetune {
             "slurm_args",
             "slurm_max_parallel",
         ]
+    }
+
+    fn device(p: &FinetuneParams) -> Option<&str> {
+        Some(&p.device)
     }
 
     fn fingerprints(p: &FinetuneParams) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
