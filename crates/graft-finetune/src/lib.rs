@@ -40,7 +40,7 @@ use graft_graph::{Edge, Graph, Placement};
 use graft_model::{AdapterAct, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, Publisher};
-use graft_tables::{MeanStd, Method, ProposalRow, RunRow, RunStatus, Table};
+use graft_tables::{MeanStd, Method, ProposalRow, RunMeasurement, RunRow, RunStatus, Table};
 use graft_train::TrainProtocol;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -229,7 +229,9 @@ impl Stage for Finetune {
     const NAME: &'static str = "finetune";
     // 2: runs.parquet has a `protocol` column, summary.json `train.protocol`.
     // 3: proposals.parquet carries each row's label, params and budgeted.
-    const VERSION: u32 = 3;
+    // 4: wall times, images/s, peak memory, the device index and epoch seconds left the
+    //    files for the manifest (`run_measurements`); `device` is the device class.
+    const VERSION: u32 = 4;
     type Params = FinetuneParams;
 
     fn input_names(p: &FinetuneParams) -> Vec<String> {
@@ -390,7 +392,7 @@ impl Stage for Finetune {
 
         let dispatched = dispatch::dispatch(p, out.store(), &specs, placements)?;
 
-        let run_rows = collect::write_tables(out, &specs, &dispatched, &mut rows)?;
+        let (run_rows, measurements) = collect::write_tables(out, &specs, &dispatched, &mut rows)?;
         let task = dataset
             .manifest()
             .params
@@ -436,6 +438,7 @@ impl Stage for Finetune {
             ("placements".to_owned(), json!(placements)),
             ("backend".to_owned(), json!(graft_backend::backend_name())),
             ("device".to_owned(), json!(p.device)),
+            (RunMeasurement::KEY.to_owned(), json!(measurements)),
         ]
         .into())
     }
