@@ -239,3 +239,150 @@ fn gc_deletes_nothing_when_it_cannot_tell_what_to_keep() {
         .count();
     assert_eq!(artifacts, 1, "{out}");
 }
+
+/// Waits for `child` up to `limit`; kills it and fails the test past that, with `what` it was
+/// and the output it left in `log`.
+fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+    log: &Path,
+) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} still running after {limit:?}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Starts `cmd` with stdout and stderr going to `<log>` (a file: a pipe nobody reads would
+/// block it).
+fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> std::process::Child {
+    let out = std::fs::File::create(log).unwrap();
+    cmd.stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+/// Issue 27, item 5: `graft gc --yes` started while a pipeline's fine-tune stage is between
+/// runs (one run published, the stage's artifact not yet) deletes nothing that run needs: the
+/// running pipeline holds the store, `gc --no-wait` refuses naming it, `gc --yes` waits for it
+/// and then deletes only what no pipeline reaches. The pipeline finishes, verifies, and a
+/// rerun finds every stage fresh.
+#[test]
+fn gc_started_during_a_run_waits_for_it_and_deletes_nothing_it_needs() {
+    use crate::finetune::{objects_of_stage, small_ci};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipes).unwrap();
+    // Something for gc to delete: a replaced target of another pipeline.
+    let pipe = small_pipeline(&pipes, "small");
+    let p = pipe.to_str().unwrap();
+    ok(graft(&store).args(["run", p, "-S", "tgt.seed=9"]));
+    let garbage = slot_artifact(&store, "small/tgt");
+    ok(graft(&store).args(["run", p]));
+
+    // The cut-down CI pipeline, its fine-tune stage long enough (some forty runs of three
+    // epochs, a few seconds) for gc to start while it is between runs.
+    let busy_ci = || {
+        let mut c = small_ci(&store);
+        for set in [
+            "prep.train=128",
+            "finetune.epochs=3",
+            "finetune.seeds=[0, 1]",
+        ] {
+            c.args(["-S", set]);
+        }
+        c
+    };
+    let run_log = dir.path().join("run.log");
+    let mut pipeline = spawn_logged(&mut busy_ci(), &run_log);
+    let start = Instant::now();
+    while objects_of_stage(&store, "finetune-run").is_empty() {
+        if let Some(status) = pipeline.try_wait().unwrap() {
+            panic!(
+                "the pipeline ended ({status}) before its first fine-tune run:\n{}",
+                std::fs::read_to_string(&run_log).unwrap()
+            );
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            let _ = pipeline.kill();
+            panic!("no fine-tune run after 15 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first_run = objects_of_stage(&store, "finetune-run");
+    assert!(
+        pipeline.try_wait().unwrap().is_none(),
+        "the fine-tune stage finished before gc could start: nothing was tested"
+    );
+
+    // Without waiting, gc names the pipeline that holds the store and deletes nothing.
+    let o = gc(&store, &pipes, &["--yes", "--no-wait"]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        err.contains("gc deletes nothing")
+            && err.contains(&format!("pipeline ci (pid {})", pipeline.id())),
+        "{err}"
+    );
+    assert!(store.join("objects").join(&garbage).exists());
+
+    // With --yes it waits for the pipeline.
+    let gc_log = dir.path().join("gc.log");
+    let mut collector = spawn_logged(
+        graft(&store).args(["gc", "--yes", "--pipelines", pipes.to_str().unwrap()]),
+        &gc_log,
+    );
+    let status = wait_bounded(
+        &mut pipeline,
+        Duration::from_secs(900),
+        "the pipeline",
+        &run_log,
+    );
+    let run_out = std::fs::read_to_string(&run_log).unwrap();
+    assert!(status.success(), "{run_out}");
+    let status = wait_bounded(&mut collector, Duration::from_secs(120), "gc", &gc_log);
+    let gc_out = std::fs::read_to_string(&gc_log).unwrap();
+    assert!(status.success(), "{gc_out}");
+    assert!(
+        gc_out.contains("gc: waiting for pipeline ci (pid "),
+        "gc did not wait for the pipeline:\n{gc_out}"
+    );
+    assert!(
+        gc_out.contains(&format!("removed {garbage}")),
+        "gc removed nothing:\n{gc_out}"
+    );
+
+    // Nothing the run needs is gone: every run it published is in the store and referred to
+    // by its fine-tune artifact, everything verifies, and a rerun is fresh throughout.
+    let runs = objects_of_stage(&store, "finetune-run");
+    assert!(runs.is_superset(&first_run));
+    let stage = slot_artifact(&store, "ci/finetune");
+    let manifest =
+        std::fs::read_to_string(store.join("objects").join(&stage).join("manifest.json")).unwrap();
+    for id in &runs {
+        assert!(
+            manifest.contains(id.as_str()),
+            "run {id} is not referred to"
+        );
+    }
+    ok(graft(&store).arg("verify"));
+    let again = ok(&mut busy_ci());
+    for line in again.lines().filter(|l| l.contains(" -> ")) {
+        assert!(line.contains("fresh"), "{again}");
+    }
+}

@@ -13,6 +13,10 @@
 //! defaults selects LibTorch. CUDA goes through LibTorch only: burn's CubeCL backends have
 //! no kernels for the [`fused`] operations (burn answers them with `unimplemented!`), so
 //! the `cuda` feature stops the build.
+//!
+//! Initial weights are drawn on the [`host`] (this build's CPU device), whatever device trains
+//! them, and [`seed`] seeds its generator: LibTorch draws on a CUDA device's own generator,
+//! which gives other numbers for the same seed, so a GPU run would start from other weights.
 
 #[cfg(feature = "cuda")]
 compile_error!(
@@ -159,6 +163,30 @@ pub fn cuda_devices() -> Option<usize> {
     None
 }
 
+/// This build's CPU device, without autodiff: LibTorch's CPU on `tch`, flex otherwise. Initial
+/// weights are drawn here and moved to the device that trains them (`graft_model` builds
+/// every randomly initialised parameter this way), so every device starts from the same
+/// weights for a seed.
+#[allow(deprecated, unreachable_code)] // burn marks tch deprecated; it is our fastest backend here
+pub fn host() -> Device {
+    #[cfg(feature = "tch")]
+    return Device::libtorch();
+    #[cfg(feature = "flex")]
+    return Device::flex();
+    Device::default()
+}
+
+/// Seeds the generators a run draws from: the [`host`]'s, which draws the initial weights,
+/// and `device`'s own when it is another device (LibTorch seeds both at once; CubeCL's CUDA
+/// backend has its own).
+pub fn seed(device: &Device, seed: u64) {
+    let host = host();
+    host.seed(seed);
+    if *device != host {
+        device.seed(seed);
+    }
+}
+
 /// The device for a `device` parameter in this build. A CUDA device that is not there is an
 /// error here, before any tensor is made on it. The process's heap keeps freed memory from
 /// here on ([`keep_freed_memory`]).
@@ -167,13 +195,8 @@ pub fn device(spec: &str) -> Result<Device, BackendError> {
     let parsed: DeviceSpec = spec.parse()?;
     keep_freed_memory();
     match parsed {
-        DeviceSpec::Cpu => {
-            #[cfg(feature = "tch")]
-            return Ok(Device::libtorch());
-            #[cfg(feature = "flex")]
-            return Ok(Device::flex());
-            Err(BackendError::NoCpu)
-        }
+        DeviceSpec::Cpu if cfg!(any(feature = "tch", feature = "flex")) => Ok(host()),
+        DeviceSpec::Cpu => Err(BackendError::NoCpu),
         DeviceSpec::Cuda(k) => {
             let Some(found) = cuda_devices() else {
                 return Err(BackendError::NoCuda {
@@ -200,6 +223,33 @@ pub fn device(spec: &str) -> Result<Device, BackendError> {
 mod tests {
     use super::*;
     use burn::tensor::{Tensor, TensorData};
+
+    /// The weights' generator is the CPU's: `device("cpu")` is the host itself, and seeding
+    /// any device seeds the host, so its draws repeat for a seed.
+    #[test]
+    fn the_host_is_the_cpu_device_and_seeding_seeds_it() {
+        let cpu = device("cpu").unwrap();
+        assert_eq!(host(), cpu);
+        assert!(!host().is_autodiff());
+        let draw = || {
+            Tensor::<1>::random([6], burn::tensor::Distribution::Default, &host())
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        seed(&cpu.clone().autodiff(), 9);
+        let a = draw();
+        seed(&cpu, 9);
+        assert_eq!(draw(), a);
+    }
+
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)]
+    #[test]
+    fn the_host_of_a_libtorch_build_is_libtorch_s_cpu() {
+        assert_eq!(host(), Device::libtorch());
+        assert_ne!(host(), Device::libtorch_cuda(0));
+    }
 
     #[test]
     fn parses_device_flags() {

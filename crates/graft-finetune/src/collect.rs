@@ -1,13 +1,17 @@
 //! Collection: every run's result (from its artifact, or a `failed` row when its worker
 //! failed) becomes a row of `runs.parquet` and its epochs rows of `epochs.parquet`; the
 //! proposal rows get the measured counts; [`summary`] says what the runs were trained on.
+//! What the runs measured (wall time, speed, memory, device index, epoch seconds) goes to the
+//! stage's manifest ([`RunMeasurement`]), never into these files: retraining the same runs
+//! gives the same files, hence the same artifact id.
 
 use std::collections::BTreeMap;
 
 use graft_stage::BoxError;
 use graft_store::{Artifact, ArtifactId, Publisher};
 use graft_tables::{
-    DatasetInfo, EpochRow, FinetuneSummary, ProposalRow, RunRow, RunStatus, Table, TrainSettings,
+    DatasetInfo, EpochRow, FinetuneSummary, ProposalRow, RunMeasurement, RunRow, RunStatus, Table,
+    TrainSettings,
 };
 
 use crate::FinetuneParams;
@@ -16,14 +20,16 @@ use crate::run::{self, RunResult, RunSpec};
 
 /// Writes `runs.parquet`, `epochs.parquet`, `proposals.parquet` (`rows` with the measured
 /// parameter counts and FLOPs of what was trained) and each run's adapter weights into
-/// `out`, and refers to every run artifact. Returns the run rows, in spec order.
+/// `out`, and refers to every run artifact. Returns the run rows, in spec order, and what
+/// each run measured (for the manifest), in the same order.
 pub fn write_tables(
     out: &Publisher,
     specs: &[RunSpec],
     dispatched: &Dispatched,
     rows: &mut [ProposalRow],
-) -> Result<Vec<RunRow>, BoxError> {
+) -> Result<(Vec<RunRow>, Vec<RunMeasurement>), BoxError> {
     let mut run_rows = Vec::new();
+    let mut measurements = Vec::new();
     let mut epoch_rows = Vec::new();
     let mut results: BTreeMap<String, RunResult> = BTreeMap::new();
     for (k, spec) in specs.iter().enumerate() {
@@ -39,12 +45,13 @@ pub fn write_tables(
         let mut weights_file = None;
         if let Some(a) = artifact {
             out.refer(a.id());
-            epoch_rows.extend(epochs_of(a, spec, &result)?);
+            epoch_rows.extend(epochs_of(a, spec)?);
             if result.weights {
                 weights_file = Some(copy_weights(out, a, spec)?);
             }
         }
         run_rows.push(run_row(spec, &result, artifact, weights_file));
+        measurements.push(measurement(spec, &result, artifact.is_some()));
         if result.status != RunStatus::Failed {
             results.entry(spec.placement_id.clone()).or_insert(result);
         }
@@ -59,7 +66,21 @@ pub fn write_tables(
     RunRow::write(&out.file(RunRow::FILE), &run_rows)?;
     EpochRow::write(&out.file(EpochRow::FILE), &epoch_rows)?;
     ProposalRow::write(&out.file(ProposalRow::FILE), rows)?;
-    Ok(run_rows)
+    Ok((run_rows, measurements))
+}
+
+/// What the run measured, from its manifest (`read_result`); nothing for a run without an
+/// artifact.
+fn measurement(spec: &RunSpec, result: &RunResult, trained: bool) -> RunMeasurement {
+    RunMeasurement {
+        placement_id: spec.placement_id.clone(),
+        seed: spec.seed as i64,
+        wall_seconds: trained.then_some(result.wall_seconds),
+        images_per_second: result.images_per_second,
+        peak_memory_bytes: result.peak_memory_bytes,
+        device: trained.then(|| result.device.clone()),
+        epoch_seconds: result.epoch_seconds.clone(),
+    }
 }
 
 /// The result of a run whose worker failed (`msg`) or that did not run.
@@ -71,15 +92,13 @@ fn failed_result(spec: &RunSpec, msg: Option<String>) -> RunResult {
     )
 }
 
-/// The run artifact's epochs, under the stage's placement id, with the seconds its
-/// manifest keeps.
-fn epochs_of(a: &Artifact, spec: &RunSpec, result: &RunResult) -> Result<Vec<EpochRow>, BoxError> {
+/// The run artifact's epochs, under the stage's placement id (their seconds stay 0: they
+/// are measurements, in the manifest).
+fn epochs_of(a: &Artifact, spec: &RunSpec) -> Result<Vec<EpochRow>, BoxError> {
     Ok(EpochRow::read(&a.file(EpochRow::FILE))?
         .into_iter()
-        .enumerate()
-        .map(|(k, mut e)| {
+        .map(|mut e| {
             e.placement_id = spec.placement_id.clone();
-            e.seconds = result.epoch_seconds.get(k).copied().unwrap_or(0.0);
             e
         })
         .collect())
@@ -117,11 +136,8 @@ fn run_row(
         val_accuracy: result.val_accuracy,
         test_accuracy: result.test_accuracy,
         train_loss: result.train_loss,
-        wall_seconds: result.wall_seconds,
-        images_per_second: result.images_per_second,
-        peak_memory_bytes: result.peak_memory_bytes.map(|b| b as i64),
         backend: result.backend.clone(),
-        device: result.device.clone(),
+        device: graft_stage::device_class(&spec.device).to_owned(),
         run_artifact: artifact.map(|a| a.id().to_string()).unwrap_or_default(),
         weights_file,
     }
@@ -140,7 +156,7 @@ pub fn summary(
         task,
         preprocessing: info.preprocessing.clone(),
         backend: graft_backend::backend_name().into(),
-        device: p.device.clone(),
+        device: graft_stage::device_class(&p.device).to_owned(),
         seeds: crate::plan::all_seeds(p),
         program_version: graft_store::PROGRAM_VERSION.into(),
         base: base.to_string(),

@@ -40,7 +40,7 @@ use graft_graph::{Edge, Graph, Placement};
 use graft_model::{AdapterAct, LoraConfig, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, Publisher};
-use graft_tables::{MeanStd, Method, ProposalRow, RunRow, RunStatus, Table};
+use graft_tables::{MeanStd, Method, ProposalRow, RunMeasurement, RunRow, RunStatus, Table};
 use graft_train::TrainProtocol;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -181,8 +181,9 @@ pub struct FinetuneParams {
     #[serde(default = "default_cache_device_memory_mib")]
     pub cache_device_memory_mib: usize,
     /// `cpu`, `cuda` (with `jobs` > `workers_per_gpu`: the workers spread over GPUs
-    /// `cuda:0`, `cuda:1`, ...) or `cuda:k` (location). With `executor = "slurm"` each array
-    /// task opens it on its node, among the `slurm_gpus_per_task` GPUs it is granted.
+    /// `cuda:0`, `cuda:1`, ...) or `cuda:k`: a location, whose class (`cpu`, `cuda`) enters
+    /// the stage's key and every run's. With `executor = "slurm"` each array task opens it on
+    /// its node, among the `slurm_gpus_per_task` GPUs it is granted.
     #[serde(default = "default_device")]
     pub device: String,
     /// Workers per GPU when `device = "cuda"` spreads `jobs` workers over GPUs, for models
@@ -290,7 +291,9 @@ impl Stage for Finetune {
     const NAME: &'static str = "finetune";
     // 2: runs.parquet has a `protocol` column, summary.json `train.protocol`.
     // 3: proposals.parquet carries each row's label, params and budgeted.
-    const VERSION: u32 = 3;
+    // 4: wall times, images/s, peak memory, the device index and epoch seconds left the
+    //    files for the manifest (`run_measurements`); `device` is the device class.
+    const VERSION: u32 = 4;
     type Params = FinetuneParams;
 
     fn input_names(p: &FinetuneParams) -> Vec<String> {
@@ -408,6 +411,10 @@ impl Stage for Finetune {
         ]
     }
 
+    fn device(p: &FinetuneParams) -> Option<&str> {
+        Some(&p.device)
+    }
+
     fn fingerprints(p: &FinetuneParams) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
         Ok(graft_train::base_fingerprints(p.checkpoint.as_deref())?)
     }
@@ -463,7 +470,7 @@ impl Stage for Finetune {
 
         let dispatched = dispatch::dispatch(p, out.store(), &specs, placements)?;
 
-        let run_rows = collect::write_tables(out, &specs, &dispatched, &mut rows)?;
+        let (run_rows, measurements) = collect::write_tables(out, &specs, &dispatched, &mut rows)?;
         let task = dataset
             .manifest()
             .params
@@ -509,6 +516,7 @@ impl Stage for Finetune {
             ("placements".to_owned(), json!(placements)),
             ("backend".to_owned(), json!(graft_backend::backend_name())),
             ("device".to_owned(), json!(p.device)),
+            (RunMeasurement::KEY.to_owned(), json!(measurements)),
         ]
         .into())
     }

@@ -87,8 +87,9 @@ pub struct Protocol {
     pub lora: Option<LoraConfig>,
 }
 
-/// Everything a run needs; all of it but `placement_id`, the paths and the device enters
-/// the run's key.
+/// Everything a run needs; all of it but `placement_id`, the paths and the device's index
+/// enters the run's key (the device's class does: `device_class = "cuda"`, nothing for the
+/// CPU, whose keys are those runs had before the class entered them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     pub placement_id: String,
@@ -136,6 +137,9 @@ impl RunSpec {
             "protocol".into(),
             serde_json::to_value(&self.protocol).unwrap_or(Value::Null),
         );
+        if let Some((name, class)) = graft_stage::device_key_param(&self.device) {
+            m.insert(name.into(), class);
+        }
         m
     }
 
@@ -339,7 +343,7 @@ pub fn train_run_with(
     let config = VitConfig::preset(&spec.preset, info.classes.len())
         .ok_or_else(|| FinetuneError::Spec(format!("unknown preset {:?}", spec.preset)))?;
     let device = graft_backend::device(&spec.device)?;
-    device.seed(spec.seed);
+    graft_backend::seed(&device, spec.seed);
     let mut model = config.init(&device);
     if spec.method != Method::AdaptersRandomInit {
         graft_model::checkpoint::load_timm(&mut model, &spec.base_path)?;

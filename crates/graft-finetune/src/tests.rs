@@ -207,7 +207,6 @@ fn run_keys_follow_what_is_trained_not_where() {
     let dir = Path::new("/nonexistent");
     let a = spec(dir, Method::Adapters, vec![Edge::new(0, 1)], 1e-3);
     let mut b = a.clone();
-    b.device = "cuda:1".into();
     b.placement_id = "another-name".into();
     b.base_path = "elsewhere".into();
     b.dataset_dir = "elsewhere".into();
@@ -242,6 +241,17 @@ fn run_keys_follow_what_is_trained_not_where() {
     assert_eq!(a.key(), c.key());
     changed(&|c| c.dataset = ArtifactId::parse(&"c".repeat(64)).unwrap());
     changed(&|c| c.base = ArtifactId::parse(&"d".repeat(64)).unwrap());
+    // The device's class is what it computes on (issue 27): the CPU and a GPU never share a
+    // run's key, two GPUs do, and a CPU run keeps the key it had before the class entered.
+    changed(&|c| c.device = "cuda".into());
+    let on = |device: &str| {
+        let mut c = a.clone();
+        c.device = device.into();
+        c.key()
+    };
+    assert_eq!(on("cuda:0"), on("cuda:1"));
+    assert_eq!(on("cuda"), on("cuda:1"));
+    assert!(!a.key_params().contains_key("device_class"));
 
     // A LoRA run's key holds its rank and alpha beside the shared protocol.
     let lora = spec(dir, Method::Lora, vec![], 1e-3);

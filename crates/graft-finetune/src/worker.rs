@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use graft_store::{ArtifactId, Store};
+use graft_store::{Access, ArtifactId, Store, holders_text};
 use graft_train::{EpochRecord, Progress, progress};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -468,6 +468,14 @@ pub fn worker_main(args: &[String]) -> Result<(), FinetuneError> {
         graft_backend::set_threads(n);
     }
     let store = Store::open(&store)?;
+    // Held while it trains and publishes: `gc --yes` waits (a Slurm task on another node
+    // holds it as the stage that submitted it does).
+    let _lock = store.lock_store(Access::Shared, "finetune worker", |h| {
+        eprintln!(
+            "finetune worker: waiting for {} to finish with the store",
+            holders_text(h)
+        )
+    })?;
     match (spec, serve) {
         (Some(spec), false) => {
             let spec: RunSpec = serde_json::from_str(&spec)

@@ -11,14 +11,16 @@
 //!
 //! Model code takes a burn `Device`; `graft-backend` picks it. Adapters start with
 //! W_up = 0 and b_up = 0, and LoRA with B = 0, so any placement (and LoRA) gives exactly the
-//! pretrained logits at init.
+//! pretrained logits at init. Every randomly initialised parameter (the ViT's, the
+//! adapters') is drawn on the CPU ([`on_host`]) and moved to the device: a CUDA run starts
+//! from the weights a CPU run with the same seed starts from.
 
 pub mod checkpoint;
 mod config;
 mod vit;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 pub use config::{AdapterAct, AdapterConfig, LoraConfig, PRESETS, Trainable, VitConfig};
 pub use vit::{Adapter, Attention, Block, Mlp, ModelInput, NodeTrace, PatchEmbed, QvLora, Vit};
@@ -67,6 +69,26 @@ pub(crate) fn materialize<M: Module>(module: M) -> M {
     }
     module.visit(&mut Touch);
     module
+}
+
+/// Builds a module on `graft_backend::host()` (the CPU, without autodiff), draws every
+/// parameter there now ([`materialize`], in module order) and moves it to `device` (`fork`:
+/// fresh leaves), onto its autodiff backend when it has one (`Module::train`; a moved tensor
+/// keeps the autodiff context it was made in). So the initial weights for a seed
+/// (`graft_backend::seed`) are the CPU generator's draws, whatever device trains them.
+pub fn on_host<M: Module>(device: &Device, build: impl FnOnce(&Device) -> M) -> M {
+    let host = graft_backend::host();
+    let module = materialize(build(&host));
+    let module = if *device == host {
+        module
+    } else {
+        module.fork(&device.clone().without_autodiff())
+    };
+    if device.is_autodiff() {
+        module.train()
+    } else {
+        module
+    }
 }
 
 /// Parameter counts in the style of PEFT's `print_trainable_parameters`.

@@ -262,9 +262,15 @@ pub struct Vit {
 }
 
 impl VitConfig {
-    /// A randomly initialised ViT without adapters, every weight drawn now (so the draw
-    /// order, and thus the weights for a seed, do not depend on what runs first).
+    /// A randomly initialised ViT without adapters for `device`, every weight drawn now on
+    /// the CPU ([`crate::on_host`]: the draw order, and thus the weights for a seed, depend
+    /// neither on what runs first nor on the device), every parameter trainable.
     pub fn init(&self, device: &Device) -> Vit {
+        crate::on_host(device, |host| self.build(host)).with_trainable(Trainable::Full)
+    }
+
+    /// The ViT with its parameters declared on `device` (drawn lazily).
+    fn build(&self, device: &Device) -> Vit {
         let d = self.dim;
         let ln = || {
             LayerNormConfig::new(d)
@@ -295,7 +301,7 @@ impl VitConfig {
             })
             .collect();
         let p = self.patch_size;
-        let vit = Vit {
+        Vit {
             patch_embed: PatchEmbed {
                 proj: Conv2dConfig::new([self.channels, d], [p, p])
                     .with_stride([p, p])
@@ -318,8 +324,7 @@ impl VitConfig {
             lora: Vec::new(),
             config: self.clone(),
             trainable: Trainable::Full,
-        };
-        crate::materialize(vit)
+        }
     }
 }
 
@@ -373,7 +378,8 @@ impl Vit {
         Placement::new(self.graph(), self.adapters.iter().map(Adapter::edge)).unwrap_or_default()
     }
 
-    /// Replaces the adapters with one new adapter per edge of `placement`.
+    /// Replaces the adapters with one new adapter per edge of `placement`, drawn on the CPU
+    /// in edge order and moved to the model's device ([`crate::on_host`]).
     pub fn with_placement(
         mut self,
         placement: &Placement,
@@ -384,24 +390,30 @@ impl Vit {
         for e in placement.edges() {
             graph.check(*e)?;
         }
-        self.adapters = placement
-            .edges()
-            .iter()
-            .map(|e| Adapter::new(*e, self.config.dim, config, &device))
-            .collect();
+        let dim = self.config.dim;
+        self.adapters = crate::on_host(&device, |host| {
+            placement
+                .edges()
+                .iter()
+                .map(|e| Adapter::new(*e, dim, config, host))
+                .collect::<Vec<_>>()
+        });
         let trainable = self.trainable;
-        Ok(crate::materialize(self).with_trainable(trainable))
+        Ok(self.with_trainable(trainable))
     }
 
     /// Adds LoRA of `config` to the query and value projections of every block (replacing
     /// any LoRA it had).
     pub fn with_lora(mut self, config: &LoraConfig) -> Vit {
         let device = self.cls_token.val().device();
-        self.lora = (0..self.config.depth)
-            .map(|_| QvLora::new(self.config.dim, config, &device))
-            .collect();
+        let (depth, dim) = (self.config.depth, self.config.dim);
+        self.lora = crate::on_host(&device, |host| {
+            (0..depth)
+                .map(|_| QvLora::new(dim, config, host))
+                .collect::<Vec<_>>()
+        });
         let trainable = self.trainable;
-        crate::materialize(self).with_trainable(trainable)
+        self.with_trainable(trainable)
     }
 
     /// Sets which parameters train: the adapters (and LoRA) and the head, everything, or the

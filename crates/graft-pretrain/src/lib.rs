@@ -37,7 +37,8 @@ pub struct PretrainParams {
     /// learnt too little is not worth adapting. Unset: no bar, and not in the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_test_accuracy: Option<f64>,
-    /// `cpu`, `cuda` or `cuda:k`: where it runs, not what it computes (left out of the key).
+    /// `cpu`, `cuda` or `cuda:k`. Its class (`cpu`, `cuda`) enters the key: the CPU and a
+    /// GPU compute other numbers; the index only says where it ran (a location).
     #[serde(default = "default_device")]
     pub device: String,
 }
@@ -102,6 +103,10 @@ impl Stage for Pretrain {
         &["device"]
     }
 
+    fn device(p: &PretrainParams) -> Option<&str> {
+        Some(&p.device)
+    }
+
     fn run(
         p: &PretrainParams,
         inputs: &BTreeMap<String, Artifact>,
@@ -125,7 +130,7 @@ impl Stage for Pretrain {
         let val = Split::read(dataset.dir(), "val", pre.image_size)?;
         let test = Split::read(dataset.dir(), "test", pre.image_size)?;
         let device = graft_backend::device(&p.device)?;
-        device.seed(p.seed);
+        graft_backend::seed(&device, p.seed);
         let model = config.init(&device).with_trainable(Trainable::Full);
         let tc = TrainConfig::from(&p.train).with_seed(p.seed);
         let bar = ProgressBar::new(0).with_style(
@@ -167,7 +172,7 @@ impl Stage for Pretrain {
             "val_accuracy": result.best_val_accuracy,
             "test_accuracy": test_accuracy,
             "backend": graft_backend::backend_name(),
-            "device": p.device,
+            "device": graft_stage::device_class(&p.device),
             "params": result.model.param_count().all,
         });
         std::fs::write(
@@ -263,17 +268,16 @@ mod tests {
     use super::*;
 
     /// The key a pretrain stage gets for `params` (JSON) on a fixed input, computed as
-    /// `graft_stage::execute` does: parse, validate, serialise, drop the location params.
+    /// `graft_stage::execute` does: parse, validate (not a CUDA device, which this build may
+    /// not have), serialise, drop the location params, add the device class.
     fn key_of(params: Value) -> String {
         let p: PretrainParams = serde_json::from_value(params).unwrap();
-        let p = Pretrain::validate(p).unwrap();
-        let mut canonical: BTreeMap<String, Value> = match serde_json::to_value(&p).unwrap() {
-            Value::Object(m) => m.into_iter().collect(),
-            other => panic!("{other}"),
+        let p = match p.device.as_str() {
+            "cpu" => Pretrain::validate(p).unwrap(),
+            _ => p,
         };
-        for name in Pretrain::location_params_of(&p) {
-            canonical.remove(name);
-        }
+        let recorded = graft_stage::recorded_params::<Pretrain>(&p).unwrap();
+        let canonical = graft_stage::key_params::<Pretrain>(&p, &recorded);
         let inputs = [(
             "dataset".to_owned(),
             ArtifactId::parse(&"ab".repeat(32)).unwrap(),
@@ -314,6 +318,17 @@ mod tests {
             key_of(with),
             "acd95988464e8ff32ff768779adc2b8f096adc764e95989988e4a6b6bff6c33c"
         );
+    }
+
+    /// The device's class is part of the key (issue 27): a CUDA backbone is not the CPU's.
+    /// Its index is not, and `cpu` keeps the keys above.
+    #[test]
+    fn the_device_class_is_in_the_key_and_its_index_is_not() {
+        let on = |device: &str| key_of(json!({ "seed": 1, "device": device }));
+        assert_eq!(on("cpu"), key_of(json!({ "seed": 1 })));
+        assert_ne!(on("cuda"), on("cpu"));
+        assert_eq!(on("cuda:0"), on("cuda"));
+        assert_eq!(on("cuda:1"), on("cuda:0"));
     }
 
     #[test]

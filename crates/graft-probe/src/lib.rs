@@ -92,7 +92,8 @@ pub struct ProbeParams {
     /// The base model's preset; read from the base artifact when it has one.
     #[serde(default)]
     pub preset: Option<String>,
-    /// `cpu`, `cuda` or `cuda:k` (location).
+    /// `cpu`, `cuda` or `cuda:k`: a location, whose class (`cpu`, `cuda`) enters the key
+    /// (and the head's).
     #[serde(default = "default_device")]
     pub device: String,
 }
@@ -159,6 +160,10 @@ impl Stage for Probe {
 
     fn location_params() -> &'static [&'static str] {
         &["checkpoint", "device"]
+    }
+
+    fn device(p: &ProbeParams) -> Option<&str> {
+        Some(&p.device)
     }
 
     fn fingerprints(p: &ProbeParams) -> Result<BTreeMap<String, ArtifactId>, BoxError> {
@@ -247,7 +252,7 @@ pub fn probe(
         out.refer(h.id());
     }
     let ad = device.clone().autodiff();
-    ad.seed(p.seed);
+    graft_backend::seed(&ad, p.seed);
     let mut model = config.init(&ad);
     graft_model::checkpoint::load_timm(&mut model, &base_path)?;
     if let Some(h) = &head {
@@ -535,13 +540,7 @@ fn ensure_head(
     (train, val, pre): (&Split, &Split, &Preprocessing),
     device: &Device,
 ) -> Result<Artifact, ProbeError> {
-    let params: BTreeMap<String, Value> = [
-        ("epochs".to_owned(), json!(p.head_epochs)),
-        ("lr".to_owned(), json!(p.head_lr)),
-        ("batch".to_owned(), json!(p.batch)),
-        ("seed".to_owned(), json!(p.seed)),
-    ]
-    .into();
+    let params = head_key_params(p);
     let inputs: BTreeMap<String, ArtifactId> = [
         ("dataset".to_owned(), dataset.clone()),
         ("base".to_owned(), base_id.clone()),
@@ -556,7 +555,7 @@ fn ensure_head(
     .key();
     let ensured = store.ensure(&key, false, |_, out| {
         let t0 = Instant::now();
-        device.seed(p.seed);
+        graft_backend::seed(device, p.seed);
         let mut model = config.init(device);
         graft_model::checkpoint::load_timm(&mut model, base_path)?;
         let model = model.with_trainable(Trainable::HeadOnly);
@@ -590,6 +589,22 @@ fn ensure_head(
         eprintln!("warning: {w}");
     }
     Ok(ensured.artifact)
+}
+
+/// The parameters of the head's key: its training knobs and seed, and the device's class
+/// when it is not the CPU (`graft_stage::device_key_param`).
+pub fn head_key_params(p: &ProbeParams) -> BTreeMap<String, Value> {
+    let mut params: BTreeMap<String, Value> = [
+        ("epochs".to_owned(), json!(p.head_epochs)),
+        ("lr".to_owned(), json!(p.head_lr)),
+        ("batch".to_owned(), json!(p.batch)),
+        ("seed".to_owned(), json!(p.seed)),
+    ]
+    .into();
+    if let Some((name, class)) = graft_stage::device_key_param(&p.device) {
+        params.insert(name.to_owned(), class);
+    }
+    params
 }
 
 /// Median seconds of one full fine-tuning step (forward, backward, AdamW) on `rows`.

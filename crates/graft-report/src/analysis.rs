@@ -242,7 +242,7 @@ pub struct TaskAnalysis {
     pub seeds: Vec<i64>,
     /// Mean wall time of a finished adapter run (seconds).
     pub adapter_run_seconds: Option<f64>,
-    /// Mean seconds per epoch from `epochs.parquet`.
+    /// Mean seconds per epoch, from the fine-tune manifest's run measurements.
     pub epoch_seconds: Option<f64>,
     /// Backbone forward FLOPs per image without adapters.
     pub backbone_flops: Option<i64>,
@@ -382,7 +382,8 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
                 .collect(),
             runs: runs.len(),
             failed,
-            wall_seconds: mean_std(runs.iter().map(|r| r.wall_seconds)).map(|m| m.mean),
+            wall_seconds: mean_std(runs.iter().filter_map(|r| wall_seconds(&data, r)))
+                .map(|m| m.mean),
         });
     }
     placements.sort_by(|a, b| {
@@ -480,10 +481,15 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         data.runs
             .iter()
             .filter(|r| r.status.is_ok() && r.method == Method::Adapters)
-            .map(|r| r.wall_seconds),
+            .filter_map(|r| wall_seconds(&data, r)),
     )
     .map(|m| m.mean);
-    let epoch_seconds = mean_std(data.epochs.iter().map(|e| e.seconds)).map(|m| m.mean);
+    let epoch_seconds = mean_std(
+        data.measurements
+            .iter()
+            .flat_map(|m| m.epoch_seconds.iter().copied()),
+    )
+    .map(|m| m.mean);
     let backbone_flops = placements
         .iter()
         .find(|p| p.method == Method::LinearProbe)
@@ -516,6 +522,15 @@ pub fn analyse_task(data: TaskData) -> TaskAnalysis {
         backbone_flops,
         data,
     }
+}
+
+/// The wall time run `r` took to train, as the fine-tune manifest measured it (`None` for a
+/// run it measured nothing for: failed, or written before measurements left the tables).
+fn wall_seconds(data: &TaskData, r: &RunRow) -> Option<f64> {
+    data.measurements
+        .iter()
+        .find(|m| m.placement_id == r.placement_id && m.seed == r.seed)
+        .and_then(|m| m.wall_seconds)
 }
 
 /// The placements a heuristic variant proposed at one budget, with their parameter counts.

@@ -1,12 +1,14 @@
 //! Reading a task's probe and fine-tune artifacts, through the types `graft_tables` defines
 //! for them (the ones their stages write with). A file that is absent (`summary.json`, the
 //! probe's costs, `model.json`) shows as "not recorded"; a file that is there but lacks a
-//! field is an error naming the file and the field.
+//! field is an error naming the file and the field. Timings are read from the manifests (the
+//! probe's costs, the fine-tune runs' measurements), where their stages keep them.
 
 use std::path::Path;
 
 use graft_tables::{
-    EpochRow, FinetuneSummary, ModelInfo, ProbeCost, ProbeRow, ProposalRow, RunRow, Table,
+    EpochRow, FinetuneSummary, ModelInfo, ProbeCost, ProbeRow, ProposalRow, RunMeasurement, RunRow,
+    Table,
 };
 
 use crate::ReportError;
@@ -21,6 +23,9 @@ pub struct TaskData {
     /// `None` when the probe artifact recorded no costs.
     pub cost: Option<ProbeCost>,
     pub runs: Vec<RunRow>,
+    /// What the runs measured (wall time, epoch seconds), from the fine-tune manifest; empty
+    /// when it records none.
+    pub measurements: Vec<RunMeasurement>,
     pub epochs: Vec<EpochRow>,
     pub proposals: Vec<ProposalRow>,
     /// `None` when the fine-tune artifact has no `summary.json`.
@@ -48,6 +53,11 @@ impl TaskData {
             model: read_model(&probe_dir.join(ModelInfo::FILE))?,
             cost: ProbeCost::read(probe_dir)?,
             runs: RunRow::read(&runs_path)?,
+            measurements: if finetune_dir.join(graft_store::MANIFEST_FILE).exists() {
+                RunMeasurement::read(finetune_dir)?
+            } else {
+                Vec::new()
+            },
             epochs: read_table_opt(&finetune_dir.join(EpochRow::FILE))?,
             proposals: read_table_opt(&finetune_dir.join(ProposalRow::FILE))?,
             summary: FinetuneSummary::read(finetune_dir)?,

@@ -93,7 +93,9 @@ impl Stage for Report {
     //    a baselines table and interval columns; the heat map states its range in points.
     // 4: ranks at 1e-2, 1e-3 and 1e-4 from the singular values, figure 6, eight scores.
     // 5: the sweep's spread beside the seed noise of its edges trained at several seeds.
-    // 6: the results table PETL papers print (results.md, .csv, .tex and in the pages).
+    // 6: the results table PETL papers print (results.md, .csv, .tex and in the pages); wall
+    //    and epoch seconds from the fine-tune manifest (fine-tune version 4), not its tables;
+    //    a failed run's time is not averaged in.
     const VERSION: u32 = 6;
     type Params = ReportParams;
 

@@ -10,8 +10,8 @@ use graft_graph::{Dims, Edge, EdgeKind, Graph, Placement, forward_flops};
 use graft_stage::{StageArgs, Status};
 use graft_store::{ArtifactId, KeyInput, PublishInfo, Store};
 use graft_tables::{
-    EdgeRow, EpochRow, Method, ModelInfo, ProbeRow, ProposalRow, RunRow, RunStatus, Table,
-    edge_rows,
+    EdgeRow, EpochRow, Method, ModelInfo, ProbeRow, ProposalRow, RunMeasurement, RunRow, RunStatus,
+    Table, edge_rows,
 };
 
 use crate::figures::Panel;
@@ -254,6 +254,7 @@ fn task_data(task: usize) -> TaskData {
 
     // One run per distinct placement and seed.
     let mut runs = Vec::new();
+    let mut measurements = Vec::new();
     let mut epochs = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (p, row) in props.iter().zip(&proposals) {
@@ -312,9 +313,6 @@ fn task_data(task: usize) -> TaskData {
                 val_accuracy: ok.then_some(a + 0.01),
                 test_accuracy: ok.then_some(a),
                 train_loss: ok.then_some(0.8),
-                wall_seconds: 10.0 + row.adapters as f64,
-                images_per_second: Some(400.0),
-                peak_memory_bytes: Some(1 << 30),
                 backend: "flex".into(),
                 device: "cpu".into(),
                 run_artifact: "a".repeat(64),
@@ -328,9 +326,18 @@ fn task_data(task: usize) -> TaskData {
                     train_loss: 1.0 / (epoch + 1) as f64,
                     val_accuracy: Some(a),
                     lr: 1e-3,
-                    seconds: 3.0,
+                    seconds: 0.0,
                 });
             }
+            measurements.push(RunMeasurement {
+                placement_id: row.placement_id.clone(),
+                seed,
+                wall_seconds: (!failed).then_some(10.0 + row.adapters as f64),
+                images_per_second: (!failed).then_some(400.0),
+                peak_memory_bytes: (!failed).then_some(1 << 30),
+                device: (!failed).then(|| "cpu".to_owned()),
+                epoch_seconds: if failed { vec![] } else { vec![3.0; 3] },
+            });
         }
     }
     let probe = g
@@ -413,6 +420,7 @@ fn task_data(task: usize) -> TaskData {
         }),
         cost,
         runs,
+        measurements,
         epochs,
         proposals,
         summary,
@@ -616,7 +624,12 @@ fn publish_task(store: &Store, t: &TaskData, with_json: bool) -> (ArtifactId, Ar
             .write(&dir.join(ModelInfo::FILE))
             .unwrap();
     });
-    let finetune = publish(store, "finetune", BTreeMap::new(), |dir| {
+    // So do the fine-tune runs' measurements.
+    let measured = [(
+        RunMeasurement::KEY.to_owned(),
+        serde_json::to_value(&t.measurements).unwrap(),
+    )];
+    let finetune = publish(store, "finetune", measured.into(), |dir| {
         RunRow::write(&dir.join(RunRow::FILE), &t.runs).unwrap();
         EpochRow::write(&dir.join(EpochRow::FILE), &t.epochs).unwrap();
         ProposalRow::write(&dir.join(ProposalRow::FILE), &t.proposals).unwrap();

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use graft_stage::{Outcome, Status};
-use graft_store::{ArtifactId, GcPlan, Store};
+use graft_store::{Access, ArtifactId, GcPlan, Store, holders_text};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -602,7 +602,8 @@ impl RunOptions {
     }
 
     /// Runs (or asks the status of) every stage in order, calling `report` after each.
-    /// Stops at the first failing stage.
+    /// Stops at the first failing stage. A run holds the store's lock shared throughout
+    /// (recorded as `pipeline <name>`), so `gc --yes` waits for it.
     pub fn execute(
         &self,
         pipeline: &Pipeline,
@@ -610,7 +611,22 @@ impl RunOptions {
     ) -> Result<Vec<(String, StageResult)>, RunnerError> {
         self.check(pipeline)?;
         // Opening the store cleans leftovers of killed stages before anything runs.
-        Store::open(&self.store)?;
+        let store = Store::open(&self.store)?;
+        // A running pipeline holds the store shared: `gc --yes` waits for it to finish, so it
+        // never deletes what a stage has looked up or published and not yet recorded.
+        let _lock = match self.mode {
+            Mode::Run => Some(store.lock_store(
+                Access::Shared,
+                &format!("pipeline {}", pipeline.name),
+                |h| {
+                    eprintln!(
+                        "graft: waiting for {} to finish with the store",
+                        holders_text(h)
+                    )
+                },
+            )?),
+            Mode::Status => None,
+        };
         let mut produced: BTreeMap<String, StageResult> = BTreeMap::new();
         let mut results = Vec::new();
         for spec in &pipeline.stages {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use graft_runner::{Mode, Pipeline, RunOptions, StageResult, describe, gc_lines, gc_roots};
-use graft_store::Store;
+use graft_store::{Access, Store, StoreLock, holders_text};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,7 @@ enum Cmd {
     Status(PipelineArgs),
     /// Remove artifacts that the last run of no pipeline in the store reaches (lists exactly
     /// that without --yes). Refuses to delete anything when it cannot tell what to keep.
+    /// With --yes it waits until no pipeline or stage is using the store.
     Gc {
         /// Directory of pipeline files, to say which kept pipelines and stages have no file
         /// there (besides the embedded default); every pipeline with slots in the store is kept.
@@ -38,6 +39,10 @@ enum Cmd {
         /// Delete; without it, only list.
         #[arg(long)]
         yes: bool,
+        /// With --yes: when a pipeline or stage is using the store, say which and delete
+        /// nothing, instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
         /// Stop keeping a pipeline (all its slots), one slot `pipeline/stage`, or every
         /// expansion of a matrix stage `pipeline/stage` (repeatable).
         #[arg(long, value_name = "NAME")]
@@ -87,9 +92,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Gc {
             pipelines,
             yes,
+            no_wait,
             forget,
         } => {
             let store = Store::open(&cli.store)?;
+            // Held while gc decides and deletes: nothing runs on the store meanwhile.
+            let _lock = if yes {
+                Some(gc_lock(&store, no_wait)?)
+            } else {
+                None
+            };
             let refuse = |e: &dyn std::fmt::Display| {
                 anyhow::anyhow!("gc deletes nothing: cannot tell what to keep: {e}")
             };
@@ -107,10 +119,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for line in gc_lines(&roots, &plan, yes) {
                 println!("{line}");
             }
+            if !yes {
+                let users = store.holders()?;
+                if !users.is_empty() {
+                    println!(
+                        "the store is in use by {}: what it publishes is kept, so --yes (which waits for it) may delete less",
+                        holders_text(&users)
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify => {
             let store = Store::open(&cli.store)?;
+            let _lock = store.lock_store(Access::Shared, "verify", |h| {
+                eprintln!("graft: waiting for {} to finish", holders_text(h))
+            })?;
             let mut bad = 0;
             let ids = store.objects()?;
             for id in &ids {
@@ -127,6 +151,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The store's lock for `gc --yes`, exclusive: it waits for the pipelines and stages using
+/// the store (saying which), or with `no_wait` refuses, naming them.
+fn gc_lock(store: &Store, no_wait: bool) -> anyhow::Result<StoreLock> {
+    if no_wait {
+        return store.try_lock_store(Access::Exclusive, "gc")?.map_err(|h| {
+            anyhow::anyhow!(
+                "gc deletes nothing: the store is in use by {}; rerun when it has finished, or without --no-wait to wait for it",
+                holders_text(&h)
+            )
+        });
+    }
+    Ok(store.lock_store(Access::Exclusive, "gc", |h| {
+        eprintln!(
+            "gc: waiting for {} to finish with the store",
+            holders_text(h)
+        )
+    })?)
 }
 
 fn pipeline(store: &std::path::Path, args: PipelineArgs, mode: Mode) -> anyhow::Result<ExitCode> {

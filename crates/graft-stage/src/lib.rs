@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use clap::Args;
 use graft_store::{
-    Artifact, ArtifactId, Before, KeyInput, Lookup, PublishInfo, SlotRecord, StageKey, Store,
-    StoreError,
+    Access, Artifact, ArtifactId, Before, KeyInput, Lookup, PublishInfo, SlotRecord, StageKey,
+    Store, StoreError, holders_text,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -64,6 +64,12 @@ pub trait Stage {
     /// [`Stage::location_params`].
     fn location_params_of(_params: &Self::Params) -> Vec<&'static str> {
         Self::location_params().to_vec()
+    }
+
+    /// The `device` parameter of a stage that computes with tensors (`cpu`, `cuda`,
+    /// `cuda:k`), whose class enters the key ([`device_class`]); `None` for the others.
+    fn device(_params: &Self::Params) -> Option<&str> {
+        None
     }
 
     /// Content fingerprints of external data (name -> blake3), added to the key's inputs.
@@ -363,6 +369,50 @@ fn flattened_field<P: serde::de::DeserializeOwned>(
         .cloned()
 }
 
+/// The class of a `device` parameter: `cpu` or `cuda`, without the index (`cuda:1` is
+/// `cuda`). Devices of one class compute the same numbers from the same weights; the CPU
+/// and a GPU do not (other kernels, other orders of sums), so the class is part of what a
+/// stage with tensors computes, while the index and the executor only say where it ran.
+pub fn device_class(device: &str) -> &str {
+    let device = device.trim();
+    device.split_once(':').map_or(device, |(class, _)| class)
+}
+
+/// The key parameter a device adds to a key: `device_class = "cuda"`, and nothing for the
+/// CPU, so that the keys of CPU runs are those they had before the class entered keys (as
+/// `protocol = "select"` is left out of a fine-tune run's key).
+pub fn device_key_param(device: &str) -> Option<(&'static str, Value)> {
+    match device_class(device) {
+        "cpu" => None,
+        class => Some(("device_class", Value::from(class))),
+    }
+}
+
+/// `params` as the manifest and the slot record them: every parameter, serialised.
+pub fn recorded_params<S: Stage>(params: &S::Params) -> Result<BTreeMap<String, Value>, String> {
+    match serde_json::to_value(params) {
+        Ok(Value::Object(m)) => Ok(m.into_iter().collect()),
+        _ => Err("parameters must serialise to a table".into()),
+    }
+}
+
+/// What of the `recorded` parameters enters `S`'s key: all of them but the location
+/// parameters, plus the class of the stage's device when it is not the CPU
+/// ([`device_key_param`]).
+pub fn key_params<S: Stage>(
+    params: &S::Params,
+    recorded: &BTreeMap<String, Value>,
+) -> BTreeMap<String, Value> {
+    let mut canonical = recorded.clone();
+    for name in S::location_params_of(params) {
+        canonical.remove(name);
+    }
+    if let Some((name, class)) = S::device(params).and_then(device_key_param) {
+        canonical.insert(name.to_owned(), class);
+    }
+    canonical
+}
+
 struct Resolved<P> {
     params: P,
     canonical: BTreeMap<String, Value>,
@@ -423,14 +473,8 @@ fn resolve<S: Stage>(
 ) -> Result<Resolved<S::Params>, StageError> {
     let perr = param_error::<S>;
     let params = S::validate(params).map_err(|e| perr(e.to_string()))?;
-    let recorded: BTreeMap<String, Value> = match serde_json::to_value(&params) {
-        Ok(Value::Object(m)) => m.into_iter().collect(),
-        _ => return Err(perr("parameters must serialise to a table".into())),
-    };
-    let mut canonical = recorded.clone();
-    for name in S::location_params_of(&params) {
-        canonical.remove(name);
-    }
+    let recorded = recorded_params::<S>(&params).map_err(perr)?;
+    let canonical = key_params::<S>(&params, &recorded);
 
     let mut input_ids = BTreeMap::new();
     for arg in &args.inputs {
@@ -516,6 +560,25 @@ pub fn execute_or_delegate<S: Stage>(
         error,
     };
     let store = Store::open(&args.store).map_err(serr)?;
+    // Held while the stage verifies its inputs, looks up, runs and publishes (by hand too):
+    // `gc --yes` waits for it, so it never deletes an entry the stage has looked up or
+    // published. `--status` only reads.
+    let _lock = if args.status {
+        None
+    } else {
+        let wait = |h: &[graft_store::StoreHolder]| {
+            eprintln!(
+                "{}: waiting for {} to finish with the store",
+                S::NAME,
+                holders_text(h)
+            )
+        };
+        Some(
+            store
+                .lock_store(Access::Shared, &format!("stage {slot}"), wait)
+                .map_err(serr)?,
+        )
+    };
 
     // Inputs must exist and verify before anything is decided.
     let mut inputs = BTreeMap::new();
@@ -810,6 +873,72 @@ mod tests {
             message: "bad id".into(),
         };
         assert_eq!(e.failure().at.as_deref(), Some("inputs.dataset"));
+    }
+
+    /// A stage with a device: its class enters the key (issue 27), its index does not, and
+    /// the CPU's keys are those the stage had before (no `device_class` entry).
+    #[test]
+    fn the_device_class_enters_the_key_and_the_index_does_not() {
+        #[derive(Serialize, Deserialize)]
+        struct P {
+            seed: u64,
+            device: String,
+        }
+        struct S;
+        impl Stage for S {
+            const NAME: &'static str = "s";
+            const VERSION: u32 = 1;
+            type Params = P;
+            fn input_names(_: &P) -> Vec<String> {
+                Vec::new()
+            }
+            fn validate(p: P) -> Result<P, BoxError> {
+                Ok(p)
+            }
+            fn location_params() -> &'static [&'static str] {
+                &["device"]
+            }
+            fn device(p: &P) -> Option<&str> {
+                Some(&p.device)
+            }
+            fn run(
+                _: &P,
+                _: &BTreeMap<String, Artifact>,
+                _: &graft_store::Publisher,
+            ) -> Result<BTreeMap<String, Value>, BoxError> {
+                Ok(BTreeMap::new())
+            }
+        }
+        let key = |device: &str| {
+            let p = P {
+                seed: 3,
+                device: device.into(),
+            };
+            let recorded = recorded_params::<S>(&p).unwrap();
+            assert_eq!(recorded["device"], device, "the manifest keeps the device");
+            let params = key_params::<S>(&p, &recorded);
+            KeyInput {
+                stage: S::NAME,
+                stage_version: S::VERSION,
+                params: &params,
+                inputs: &BTreeMap::new(),
+            }
+            .key()
+        };
+        let seed_only: BTreeMap<String, Value> = [("seed".to_owned(), Value::from(3))].into();
+        let before = KeyInput {
+            stage: S::NAME,
+            stage_version: S::VERSION,
+            params: &seed_only,
+            inputs: &BTreeMap::new(),
+        }
+        .key();
+        assert_eq!(key("cpu"), before);
+        assert_ne!(key("cuda"), key("cpu"));
+        assert_eq!(key("cuda:0"), key("cuda"));
+        assert_eq!(key("cuda:1"), key("cuda:0"));
+        assert_eq!(device_class("cuda:1"), "cuda");
+        assert_eq!(device_class("cpu"), "cpu");
     }
 
     #[test]

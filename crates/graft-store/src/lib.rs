@@ -10,6 +10,10 @@
 //!   key record written after it, so a killed stage never leaves anything that looks complete.
 //! - Each key has an advisory file lock ([`Store::lock_key`]) so two pipelines on one store
 //!   run a given stage once and agree on its id.
+//! - The store itself has one ([`Store::lock_store`]): shared by pipelines, stages and
+//!   workers while they look entries up and publish them, exclusive for `gc --yes`, which
+//!   therefore never deletes what a running stage has looked up or published. Each holder
+//!   records itself beside the lock ([`StoreHolder`]), so a waiting gc can say whom it waits for.
 //! - A corrupt artifact is a warning and a miss, on one path for stages and the entries they
 //!   publish for themselves alike: [`Store::ensure`] locks the key, looks it up, verifies it,
 //!   moves a corrupt entry to `corrupt/` (its warning names the file), builds and publishes.
@@ -43,7 +47,7 @@ pub use error::StoreError;
 pub use gc::{GcEntry, GcPlan};
 pub use id::{ArtifactId, StageKey};
 pub use key::{FileHash, Fingerprint, KEY_FORMAT_VERSION, KeyInput, hash_file};
-pub use lock::KeyLock;
+pub use lock::{Access, KeyLock, StoreHolder, StoreLock, holders_text};
 pub use manifest::{FileEntry, MANIFEST_FILE, Manifest};
 pub use publish::{PublishInfo, Publisher};
 pub use slots::SlotRecord;

@@ -25,7 +25,9 @@ pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 /// <root>/keys/<key>.json    stage key -> artifact id, written after the object
 /// <root>/slots/<name>.json  the last run of a named slot (pipeline/stage): reasons and gc roots
 /// <root>/tmp/<name>/        artifacts being written, each guarded by a lock on <name>.lock
-/// <root>/locks/             advisory locks: one per stage key, one for tmp housekeeping
+/// <root>/locks/             advisory locks: one per stage key, one for tmp housekeeping, and
+///                           store.lock (shared by runs, exclusive for gc) with its holders'
+///                           records in store.holders/
 /// <root>/corrupt/           artifacts that failed verification, moved aside for inspection
 /// ```
 #[derive(Debug, Clone)]

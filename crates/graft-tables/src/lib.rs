@@ -15,6 +15,7 @@
 mod cost;
 mod dataset;
 mod json;
+mod measure;
 mod rank;
 mod summary;
 
@@ -24,6 +25,7 @@ pub use dataset::{
     read_split, split_file, split_schema, write_split,
 };
 pub use json::{from_json_text, from_json_value, json_text, read_json, write_json};
+pub use measure::RunMeasurement;
 pub use rank::{RANK_TOLERANCES, relative_rank};
 pub use summary::{FinetuneSummary, TrainSettings};
 
@@ -257,7 +259,9 @@ impl Table for ProposalRow {
     }
 }
 
-/// One fine-tuning run: one placement (or baseline) with one seed.
+/// One fine-tuning run: one placement (or baseline) with one seed. Only what training
+/// computed: its wall time, speed, peak memory and the device index it ran on are
+/// measurements, in the stage's manifest ([`RunMeasurement`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRow {
     pub placement_id: String,
@@ -278,11 +282,8 @@ pub struct RunRow {
     pub test_accuracy: Option<f64>,
     /// Mean training loss of the best epoch.
     pub train_loss: Option<f64>,
-    pub wall_seconds: f64,
-    pub images_per_second: Option<f64>,
-    /// Peak resident memory of the process that trained the run.
-    pub peak_memory_bytes: Option<i64>,
     pub backend: String,
+    /// The device class the run computed on: `cpu` or `cuda` (the index is a measurement).
     pub device: String,
     /// The run's own artifact in the store (its cache unit).
     pub run_artifact: String,
@@ -308,9 +309,6 @@ impl Table for RunRow {
             Field::new("val_accuracy", DataType::Float64, true),
             Field::new("test_accuracy", DataType::Float64, true),
             Field::new("train_loss", DataType::Float64, true),
-            Field::new("wall_seconds", DataType::Float64, false),
-            Field::new("images_per_second", DataType::Float64, true),
-            Field::new("peak_memory_bytes", DataType::Int64, true),
             Field::new("backend", DataType::Utf8, false),
             Field::new("device", DataType::Utf8, false),
             Field::new("run_artifact", DataType::Utf8, false),
@@ -329,6 +327,9 @@ pub struct EpochRow {
     /// Null under the `final` protocol, which holds no split out.
     pub val_accuracy: Option<f64>,
     pub lr: f64,
+    /// 0: each epoch's seconds are a measurement, in the manifests (`epoch_seconds` of a run's,
+    /// [`RunMeasurement::epoch_seconds`] of the fine-tune stage's); the column stays so that
+    /// readers of older tables keep working.
     pub seconds: f64,
 }
 
@@ -545,9 +546,6 @@ mod tests {
             val_accuracy: None,
             test_accuracy: None,
             train_loss: None,
-            wall_seconds: 1.5,
-            images_per_second: None,
-            peak_memory_bytes: Some(1 << 40),
             backend: "flex".into(),
             device: "cpu".into(),
             run_artifact: "f".repeat(64),
