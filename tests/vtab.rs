@@ -378,11 +378,17 @@ fn check_vtab_report(store: &Path) {
     for column in ["Natural", "Specialized", "Structured", "Mean"] {
         assert!(results.contains(column), "{column} missing:\n{results}");
     }
-    assert!(results.to_lowercase().contains("lora"), "no LoRA row:\n{results}");
+    assert!(
+        results.to_lowercase().contains("lora"),
+        "no LoRA row:\n{results}"
+    );
     for f in ["results.csv", "results.tex"] {
         assert!(report.join(f).exists(), "{f} missing");
     }
-    assert!(html.contains("Results table"), "no results table in the page");
+    assert!(
+        html.contains("Results table"),
+        "no results table in the page"
+    );
 }
 
 /// The five-task file as it was written by hand, on the same store: every stage of its five
