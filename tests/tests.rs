@@ -16,5 +16,6 @@ mod heuristic_curve;
 mod invariants;
 mod pipeline;
 mod progress;
+mod replicates;
 mod store;
 mod vtab;

@@ -368,6 +368,21 @@ fn check_vtab_report(store: &Path) {
     for t in TASKS {
         assert!(summary.contains(t), "{t} missing from the summary");
     }
+    // The claims open the page, with the task as the replicate (one backbone, 19 tasks).
+    let claims_at = summary.find("## Claims").expect("no claims section");
+    assert!(
+        claims_at < summary.find("## Findings").unwrap(),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("The replicate is the task (19 tasks, all on one pretrained backbone)"),
+        "{summary}"
+    );
+    let claims = std::fs::read_to_string(report.join("claims.csv")).unwrap();
+    assert!(
+        claims.contains("C2,") && claims.contains(",pooled,"),
+        "{claims}"
+    );
     assert!(
         summary.contains("final (trained on train + val"),
         "{summary}"

@@ -318,7 +318,7 @@ pub struct CrossTask {
 #[derive(Debug, Clone, Default)]
 pub struct Analysis {
     pub tasks: Vec<TaskAnalysis>,
-    /// Every ordered pair of tasks with a sweep (a < b in task order).
+    /// Every ordered pair of tasks with a sweep (a < b in task order), of the same replicate.
     pub cross: Vec<CrossTask>,
 }
 
@@ -601,13 +601,16 @@ fn curves(proposals: &[ProposalRow], runs: &[RunRow]) -> Vec<Series> {
     out
 }
 
-/// Aggregates every task and the cross-task correlations.
+/// Aggregates every task and the cross-task correlations (between the tasks of one
+/// replicate, when the tasks belong to replicates).
 pub fn analyse(tasks: Vec<TaskData>) -> Analysis {
     let tasks: Vec<TaskAnalysis> = tasks.into_iter().map(analyse_task).collect();
     let mut cross = Vec::new();
     for (k, a) in tasks.iter().enumerate() {
         for b in &tasks[k + 1..] {
-            if a.single.is_empty() || b.single.is_empty() {
+            let same_replicate = a.data.replicate.as_ref().map(|r| &r.value)
+                == b.data.replicate.as_ref().map(|r| &r.value);
+            if a.single.is_empty() || b.single.is_empty() || !same_replicate {
                 continue;
             }
             let pairs: Vec<(f64, f64)> = a

@@ -13,10 +13,33 @@ use graft_tables::{
 
 use crate::ReportError;
 
+/// Which replicate a task's artifacts belong to, when the report pools over an axis other
+/// than the task (the backbone of `pipelines/replicates.toml`): `textures` of `backbone 3`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replicate {
+    /// The axis, as the report's `replicates.axis` names it (`backbone`).
+    pub axis: String,
+    /// This replicate's value on it (`3`).
+    pub value: String,
+    /// The task without the replicate (`textures`).
+    pub task: String,
+}
+
+impl Replicate {
+    /// `backbone 3`.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.axis, self.value)
+    }
+}
+
 /// Everything the report reads for one task.
 #[derive(Debug, Clone, Default)]
 pub struct TaskData {
+    /// The name the report shows: the task, or `textures (backbone 3)` for a task of one
+    /// replicate.
     pub task: String,
+    /// `None` when the task is its own replicate.
+    pub replicate: Option<Replicate>,
     pub probe: Vec<ProbeRow>,
     /// `None` when the probe artifact has no `model.json`.
     pub model: Option<ModelInfo>,
@@ -49,6 +72,7 @@ impl TaskData {
         }
         Ok(TaskData {
             task: task.to_owned(),
+            replicate: None,
             probe: read_table_opt(&probe_dir.join(ProbeRow::FILE))?,
             model: read_model(&probe_dir.join(ModelInfo::FILE))?,
             cost: ProbeCost::read(probe_dir)?,
@@ -62,6 +86,23 @@ impl TaskData {
             proposals: read_table_opt(&finetune_dir.join(ProposalRow::FILE))?,
             summary: FinetuneSummary::read(finetune_dir)?,
         })
+    }
+
+    /// The same task marked as replicate `value` on `axis`, named `task (axis value)`.
+    pub fn of_replicate(mut self, axis: &str, value: &str) -> TaskData {
+        let r = Replicate {
+            axis: axis.to_owned(),
+            value: value.to_owned(),
+            task: self.task.clone(),
+        };
+        self.task = format!("{} ({})", r.task, r.label());
+        self.replicate = Some(r);
+        self
+    }
+
+    /// The task without its replicate (`textures` of `textures (backbone 3)`).
+    pub fn base_task(&self) -> &str {
+        self.replicate.as_ref().map_or(&self.task, |r| &r.task)
     }
 
     /// Nodes of the residual graph, n = 2L + 1: from `model.json`, else from the largest

@@ -19,6 +19,7 @@
 
 pub mod analysis;
 pub mod bands;
+pub mod claims;
 pub mod figures;
 pub mod inputs;
 pub mod report;
@@ -69,6 +70,38 @@ pub struct ReportParams {
     /// The report's heading; by default `graft report: <tasks>`.
     #[serde(default)]
     pub title: Option<String>,
+    /// The axis the claims pool over when it is not the task (the backbone): task `t` of
+    /// replicate `v` reads inputs `probe-<v>-<t>` and `finetune-<v>-<t>`, the names a fan-in
+    /// over a matrix with the replicate's axis first and the task's second gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicates: Option<Replicates>,
+}
+
+/// `replicates = { axis = "backbone", values = [0, 1, 2, 3, 4] }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replicates {
+    /// What a replicate is, in the report's words (`backbone`).
+    pub axis: String,
+    /// The matrix values naming the replicates: strings or integers.
+    pub values: Vec<Value>,
+}
+
+impl Replicates {
+    /// The values as they appear in input names; an error names the value that is neither a
+    /// string nor an integer.
+    pub fn names(&self) -> Result<Vec<String>, String> {
+        self.values
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+                other => Err(format!(
+                    "replicates.values: {other} is neither a string nor an integer"
+                )),
+            })
+            .collect()
+    }
 }
 
 fn default_tasks() -> Vec<String> {
@@ -76,6 +109,25 @@ fn default_tasks() -> Vec<String> {
 }
 
 impl ReportParams {
+    /// Every task's input suffix with its replicate: `(suffix, task, replicate value)`.
+    pub fn cells(&self) -> Vec<(String, String, Option<String>)> {
+        match self.replicates.as_ref().and_then(|r| r.names().ok()) {
+            Some(values) => values
+                .iter()
+                .flat_map(|v| {
+                    self.tasks
+                        .iter()
+                        .map(move |t| (format!("{v}-{t}"), t.clone(), Some(v.clone())))
+                })
+                .collect(),
+            None => self
+                .tasks
+                .iter()
+                .map(|t| (t.clone(), t.clone(), None))
+                .collect(),
+        }
+    }
+
     pub fn title(&self) -> String {
         self.title
             .clone()
@@ -96,13 +148,15 @@ impl Stage for Report {
     // 6: the results table PETL papers print (results.md, .csv, .tex and in the pages); wall
     //    and epoch seconds from the fine-tune manifest (fine-tune version 4), not its tables;
     //    a failed run's time is not averaged in.
-    const VERSION: u32 = 6;
+    // 7: the claims section (claims.csv, forest plots) opens the pages; `replicates`;
+    //    cross-task correlations only between tasks of one replicate.
+    const VERSION: u32 = 7;
     type Params = ReportParams;
 
     fn input_names(p: &ReportParams) -> Vec<String> {
-        p.tasks
+        p.cells()
             .iter()
-            .flat_map(|t| [format!("probe-{t}"), format!("finetune-{t}")])
+            .flat_map(|(c, _, _)| [format!("probe-{c}"), format!("finetune-{c}")])
             .collect()
     }
 
@@ -125,6 +179,9 @@ impl Stage for Report {
                 return Err(format!("task {t:?} is listed twice").into());
             }
         }
+        if let Some(r) = &p.replicates {
+            validate_replicates(r)?;
+        }
         if p.title.as_ref().is_some_and(|t| t.trim().is_empty()) {
             return Err("title must not be empty when given".into());
         }
@@ -137,16 +194,20 @@ impl Stage for Report {
         out: &Publisher,
     ) -> Result<BTreeMap<String, Value>, BoxError> {
         let mut tasks = Vec::new();
-        for t in &p.tasks {
+        for (cell, task, replicate) in p.cells() {
             let get = |name: String| {
                 inputs.get(&name).ok_or_else(|| ReportError::NoInput {
-                    task: t.clone(),
+                    task: cell.clone(),
                     input: name,
                 })
             };
-            let probe = get(format!("probe-{t}"))?;
-            let finetune = get(format!("finetune-{t}"))?;
-            tasks.push(TaskData::read(t, probe.dir(), finetune.dir())?);
+            let probe = get(format!("probe-{cell}"))?;
+            let finetune = get(format!("finetune-{cell}"))?;
+            let data = TaskData::read(&task, probe.dir(), finetune.dir())?;
+            tasks.push(match (&p.replicates, replicate) {
+                (Some(r), Some(v)) => data.of_replicate(&r.axis, &v),
+                _ => data,
+            });
         }
         let files = build(tasks, &p.title())?;
         for (name, text) in &files.files {
@@ -170,6 +231,39 @@ impl Stage for Report {
         ]
         .into())
     }
+}
+
+fn validate_replicates(r: &Replicates) -> Result<(), BoxError> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
+    };
+    if !ok(&r.axis) {
+        return Err(format!(
+            "replicates.axis {:?} must be non-empty ascii letters, digits, spaces, '-', '_' or '.'",
+            r.axis
+        )
+        .into());
+    }
+    let names = r.names()?;
+    if names.is_empty() {
+        return Err("replicates.values must name at least one replicate".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for v in &names {
+        if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "replicates.values: {v:?} must be ascii letters, digits or '_' (it is part of \
+                 the input names probe-<value>-<task>)"
+            )
+            .into());
+        }
+        if !seen.insert(v) {
+            return Err(format!("replicates.values: {v:?} is listed twice").into());
+        }
+    }
+    Ok(())
 }
 
 /// A number for axis labels and tables: k/M/G suffixes from 10⁴ on, else at most three

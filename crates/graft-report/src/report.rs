@@ -3,8 +3,9 @@
 //! and the figures and returns every file as text.
 //!
 //! [`tables`] builds the [`TableData`], [`findings`] the sentences, [`results`] the table
-//! PETL papers print (also `results.md`, `results.csv`, `results.tex`), and the `page`
-//! module lays them out with the figures.
+//! PETL papers print (also `results.md`, `results.csv`, `results.tex`), [`crate::claims`]
+//! the claims section that opens both pages (also `claims.csv`), and the `page` module lays
+//! them out with the figures.
 
 mod findings;
 mod page;
@@ -13,8 +14,11 @@ mod tables;
 
 use crate::ReportError;
 use crate::analysis::analyse;
+use crate::claims;
 use crate::figures::figures;
 use crate::inputs::TaskData;
+
+pub(crate) use page::esc;
 
 pub use findings::{findings, protocol_text};
 pub use results::{ResultsTable, results_table};
@@ -39,15 +43,19 @@ pub fn build(tasks: Vec<TaskData>, title: &str) -> Result<ReportFiles, ReportErr
     let tabs = tables(&a);
     let finds = findings(&a);
     let res = results_table(&a);
+    let cl = claims::claims(&a);
+    let claims_html = claims::html(&cl, &claims::forest_svgs(&cl));
+    let claims_md = claims::markdown(&cl);
     let mut files = vec![
         (
             "report.html".to_owned(),
-            page::html(title, &a, &figs, &tabs, &finds, &res),
+            page::html(title, &a, &figs, &tabs, &finds, &res, &claims_html),
         ),
         (
             "summary.md".to_owned(),
-            page::markdown(title, &a, &figs, &tabs, &finds, &res),
+            page::markdown(title, &a, &figs, &tabs, &finds, &res, &claims_md),
         ),
+        ("claims.csv".to_owned(), claims::csv(&cl)),
         ("results.md".to_owned(), results::markdown(&res)),
         ("results.csv".to_owned(), results::csv(&res)),
         ("results.tex".to_owned(), results::latex(&res, title)),
@@ -67,7 +75,8 @@ pub fn build(tasks: Vec<TaskData>, title: &str) -> Result<ReportFiles, ReportErr
             .filter(|f| f.drawn() == 0)
             .map(|f| f.number)
             .collect(),
-        tables: std::iter::once("results.csv".to_owned())
+        tables: ["claims.csv".to_owned(), "results.csv".to_owned()]
+            .into_iter()
             .chain(tabs.iter().map(|t| t.file.clone()))
             .collect(),
         runs: a.tasks.iter().map(|t| t.runs).sum(),

@@ -2,7 +2,7 @@
 //! [`mean_std`], re-exported), average ranks,
 //! Spearman's ρ and its two-sided p-value from Student's t with n − 2 degrees of freedom
 //! (through the regularized incomplete beta function), Student's t quantiles by bisection on
-//! that tail, and 95 % confidence intervals of a mean and of a difference of means over seeds
+//! that tail, Snedecor's F and its quantiles, and 95 % confidence intervals of a mean and of a difference of means over seeds
 //! (paired by seed, or Welch's).
 
 /// The one mean and sample standard deviation, shared with the fine-tune stage's console.
@@ -220,6 +220,48 @@ pub fn compare_means(a: &[(i64, f64)], b: &[(i64, f64)]) -> Comparison {
     })
 }
 
+/// P(F ≤ f) for Snedecor's F with (`d1`, `d2`) degrees of freedom:
+/// I_{d1 f / (d1 f + d2)}(d1 / 2, d2 / 2).
+pub fn f_cdf(f: f64, d1: f64, d2: f64) -> f64 {
+    if f.is_nan() || d1 <= 0.0 || d2 <= 0.0 {
+        return f64::NAN;
+    }
+    if f <= 0.0 {
+        return 0.0;
+    }
+    if f.is_infinite() {
+        return 1.0;
+    }
+    regularized_incomplete_beta(d1 * f / (d1 * f + d2), d1 / 2.0, d2 / 2.0)
+}
+
+/// The `q` quantile of F(`d1`, `d2`) (3.89 for q 0.95, 2 and 12), by bisection on
+/// [`f_cdf`]; NaN for q outside (0, 1) or a degree of freedom ≤ 0.
+pub fn f_quantile(q: f64, d1: f64, d2: f64) -> f64 {
+    if !(q > 0.0 && q < 1.0 && d1 > 0.0 && d2 > 0.0) {
+        return f64::NAN;
+    }
+    let (mut lo, mut hi) = (0.0_f64, 1.0_f64);
+    while f_cdf(hi, d1, d2) < q {
+        hi *= 2.0;
+        if hi > 1e12 {
+            return f64::INFINITY;
+        }
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if f_cdf(mid, d1, d2) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo <= 1e-13 * hi {
+            break;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
 /// ln Γ(x) for x > 0 (Lanczos, g = 7, nine coefficients; relative error about 1e-15).
 pub fn ln_gamma(x: f64) -> f64 {
     const G: f64 = 7.0;
@@ -379,6 +421,17 @@ mod tests {
         close(student_t_quantile(0.05, 10.0), 2.228_138_851_986_273, 1e-9);
         close(student_t_quantile(0.05, 1e6), 1.959_966_4, 1e-6);
         assert!(student_t_quantile(0.05, 0.0).is_nan());
+    }
+
+    #[test]
+    fn f_quantiles_match_tables() {
+        // scipy.stats.f.ppf(0.95, 2, 12), (0.975, 23, 12), (0.025, 23, 12), (0.5, 1, 1).
+        close(f_quantile(0.95, 2.0, 12.0), 3.885_293_834_652_39, 1e-9);
+        close(f_quantile(0.975, 23.0, 12.0), 3.030_576_320_263_066, 1e-9);
+        close(f_quantile(0.025, 23.0, 12.0), 0.389_113_935_763_304_4, 1e-9);
+        close(f_quantile(0.5, 1.0, 1.0), 1.0, 1e-9);
+        close(f_cdf(3.885_293_834_652_39, 2.0, 12.0), 0.95, 1e-9);
+        assert!(f_quantile(1.0, 2.0, 3.0).is_nan() && f_cdf(1.0, 0.0, 3.0).is_nan());
     }
 
     #[test]

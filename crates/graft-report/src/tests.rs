@@ -424,6 +424,7 @@ fn task_data(task: usize) -> TaskData {
         epochs,
         proposals,
         summary,
+        replicate: None,
     }
 }
 
@@ -723,6 +724,7 @@ fn bad_parameters_are_rejected() {
     let p = |tasks: &[&str]| crate::ReportParams {
         tasks: tasks.iter().map(|s| s.to_string()).collect(),
         title: None,
+        replicates: None,
     };
     assert!(Report::validate(p(&[])).is_err());
     assert!(Report::validate(p(&["a", "a"])).is_err());
@@ -735,6 +737,41 @@ fn bad_parameters_are_rejected() {
     let d: crate::ReportParams = serde_json::from_str("{}").unwrap();
     assert_eq!(d.tasks, ["target"]);
     assert!(serde_json::from_str::<crate::ReportParams>(r#"{"task": "x"}"#).is_err());
+
+    // Replicates: inputs per value and task, values strings or integers, named errors.
+    let with = |values: serde_json::Value| crate::ReportParams {
+        replicates: Some(crate::Replicates {
+            axis: "backbone".into(),
+            values: serde_json::from_value(values).unwrap(),
+        }),
+        ..p(&["textures", "colours"])
+    };
+    let ok = Report::validate(with(serde_json::json!([0, "b1"]))).unwrap();
+    assert_eq!(
+        Report::input_names(&ok),
+        [
+            "probe-0-textures",
+            "finetune-0-textures",
+            "probe-0-colours",
+            "finetune-0-colours",
+            "probe-b1-textures",
+            "finetune-b1-textures",
+            "probe-b1-colours",
+            "finetune-b1-colours"
+        ]
+    );
+    for (bad, says) in [
+        (serde_json::json!([]), "at least one"),
+        (serde_json::json!([1, 1]), "listed twice"),
+        (serde_json::json!([1.5]), "neither a string nor an integer"),
+        (serde_json::json!(["a-b"]), "part of"),
+    ] {
+        let err = Report::validate(with(bad.clone())).unwrap_err().to_string();
+        assert!(
+            err.contains("replicates.values") && err.contains(says),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -263,13 +263,26 @@ pub fn protocol_text(t: &TaskAnalysis) -> String {
         .join(" and ")
 }
 
+/// One task's findings, in the order a reader asks: how the numbers were made, the
+/// baselines, the heuristics' budgets, single edges, the probe's correlations, its cost.
 fn task_findings(t: &TaskAnalysis) -> Vec<String> {
+    if t.runs == 0 {
+        return vec!["no fine-tuning runs were recorded, so there is nothing to report.".into()];
+    }
+    let mut out = runs_findings(t);
+    out.extend(baseline_findings(t));
+    out.extend(budget_findings(t));
+    out.extend(single_findings(t));
+    out.extend(correlation_findings(t));
+    out.push(cost_finding(t));
+    out.extend(flops_finding(t));
+    out
+}
+
+/// The protocol, the runs and seeds, what did not finish.
+fn runs_findings(t: &TaskAnalysis) -> Vec<String> {
     let mut out = Vec::new();
     let finished = t.runs - t.failed.len();
-    if t.runs == 0 {
-        out.push("no fine-tuning runs were recorded, so there is nothing to report.".into());
-        return out;
-    }
     out.push(format!(
         "accuracies come from the {} protocol.",
         protocol_text(t)
@@ -308,6 +321,12 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
                 .into(),
         );
     }
+    out
+}
+
+/// The linear probe's and full fine-tuning's accuracy, and the baselines compared.
+fn baseline_findings(t: &TaskAnalysis) -> Vec<String> {
+    let mut out = Vec::new();
     let mut base = Vec::new();
     if let Some(r) = &t.linear_probe {
         base.push(format!("the linear probe reaches {}", pct(&r.test)));
@@ -323,154 +342,176 @@ fn task_findings(t: &TaskAnalysis) -> Vec<String> {
         out.push(format!("{} test accuracy.", base.join(" and ")));
     }
     out.extend(baseline_sentences(t));
-    let bottleneck = train(t).map(|x| x.bottleneck);
-    if !t.series.is_empty() {
-        if let Some(r) = bottleneck {
-            out.push(format!("every adapter has bottleneck r = {r}."));
-        }
-        for s in &t.series {
-            if let Some(line) = budget_sentence(s, t) {
-                out.push(line);
-            }
-        }
+    out
+}
+
+/// The bottleneck and one sentence per budgeted heuristic.
+fn budget_findings(t: &TaskAnalysis) -> Vec<String> {
+    let mut out = Vec::new();
+    if t.series.is_empty() {
+        return out;
     }
+    if let Some(r) = train(t).map(|x| x.bottleneck) {
+        out.push(format!("every adapter has bottleneck r = {r}."));
+    }
+    out.extend(t.series.iter().filter_map(|s| budget_sentence(s, t)));
+    out
+}
+
+/// The best single edges and how many of the best three are recurrent.
+fn single_findings(t: &TaskAnalysis) -> Vec<String> {
     if t.single.is_empty() {
-        out.push("no edge was trained alone, so nothing is said about single placements.".into());
-    } else {
-        let n = t.nodes;
-        let best = t.best_single(3);
-        if let Some((e, m)) = best.first() {
-            let kind = e.kind().name();
-            let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
-                "an"
-            } else {
-                "a"
-            };
-            out.push(format!(
-                "{} of {} edges were trained alone; the best single edge is {e}, {article} {kind} \
-                 edge, at {} test accuracy.",
-                t.single.len(),
-                n * n,
-                pct(m)
-            ));
-        }
-        if best.len() == 3 {
-            let rec = best
-                .iter()
-                .filter(|(e, _)| e.kind() == EdgeKind::Recurrent)
-                .count();
-            let list: Vec<String> = best
-                .iter()
-                .map(|(e, _)| format!("{e} {}", e.kind().name()))
-                .collect();
-            out.push(format!(
-                "the best three single edges are {}: {} of them recurrent.",
-                list.join(", "),
-                match rec {
-                    0 => "none".to_owned(),
-                    k => k.to_string(),
-                }
-            ));
-        }
+        return vec![
+            "no edge was trained alone, so nothing is said about single placements.".into(),
+        ];
     }
-    if let Some(why) = &t.sweep_missing {
+    let mut out = Vec::new();
+    let n = t.nodes;
+    let best = t.best_single(3);
+    if let Some((e, m)) = best.first() {
+        let kind = e.kind().name();
+        let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
         out.push(format!(
+            "{} of {} edges were trained alone; the best single edge is {e}, {article} {kind} \
+             edge, at {} test accuracy.",
+            t.single.len(),
+            n * n,
+            pct(m)
+        ));
+    }
+    if best.len() == 3 {
+        let rec = best
+            .iter()
+            .filter(|(e, _)| e.kind() == EdgeKind::Recurrent)
+            .count();
+        let list: Vec<String> = best
+            .iter()
+            .map(|(e, _)| format!("{e} {}", e.kind().name()))
+            .collect();
+        out.push(format!(
+            "the best three single edges are {}: {} of them recurrent.",
+            list.join(", "),
+            match rec {
+                0 => "none".to_owned(),
+                k => k.to_string(),
+            }
+        ));
+    }
+    out
+}
+
+/// The sweep's spread against seed noise, each rank's correlation with single-adapter
+/// accuracy, and the strongest score when it is not a rank.
+fn correlation_findings(t: &TaskAnalysis) -> Vec<String> {
+    if let Some(why) = &t.sweep_missing {
+        return vec![format!(
             "the probe's scores are not correlated with single-adapter accuracy (not measured): \
              {why}."
-        ));
-    } else {
-        if let Some(n) = t.sweep_noise() {
-            out.push(sweep_noise_sentence(&n));
-        }
-        for c in t.correlations.iter().filter(|c| is_rank(c.score)) {
-            let name = format!(
-                "gradient rank at tolerance {}",
-                rank_tolerance(c.score).unwrap_or("?")
-            );
-            out.push(correlation_sentence(&name, c));
-        }
-        let abs_rho = |c: &crate::analysis::ScoreCorrelation| {
-            c.spearman.filter(|s| s.p.is_some()).map(|s| s.rho.abs())
-        };
-        // The first score with the largest |ρ|, so that a rank wins a tie.
-        let mut strongest: Option<&crate::analysis::ScoreCorrelation> = None;
-        for c in &t.correlations {
-            if let Some(r) = abs_rho(c)
-                && strongest.and_then(abs_rho).is_none_or(|b| r > b)
-            {
-                strongest = Some(c);
-            }
-        }
-        if let Some(c) = strongest
-            && !is_rank(c.score)
-            && let Some(s) = c.spearman
+        )];
+    }
+    let mut out = Vec::new();
+    if let Some(n) = t.sweep_noise() {
+        out.push(sweep_noise_sentence(&n));
+    }
+    for c in t.correlations.iter().filter(|c| is_rank(c.score)) {
+        let name = format!(
+            "gradient rank at tolerance {}",
+            rank_tolerance(c.score).unwrap_or("?")
+        );
+        out.push(correlation_sentence(&name, c));
+    }
+    let abs_rho = |c: &crate::analysis::ScoreCorrelation| {
+        c.spearman.filter(|s| s.p.is_some()).map(|s| s.rho.abs())
+    };
+    // The first score with the largest |ρ|, so that a rank wins a tie.
+    let mut strongest: Option<&crate::analysis::ScoreCorrelation> = None;
+    for c in &t.correlations {
+        if let Some(r) = abs_rho(c)
+            && strongest.and_then(abs_rho).is_none_or(|b| r > b)
         {
-            out.push(format!(
-                "of the {} probe scores, {} has the strongest correlation (ρ = {:.2}, {}).",
-                t.correlations.len(),
-                c.score.replace('_', " "),
-                s.rho,
-                s.p.map_or("p n/a".into(), p_is)
-            ));
+            strongest = Some(c);
         }
     }
-    if let Some(cost) = &t.data.cost {
-        let ps = cost.total_seconds;
-        let mut parts = vec![format!("the probe took {ps:.2} s")];
-        let steps = cost.cost_in_train_steps;
-        parts.push(format!("the time of {steps:.1} training steps"));
-        if let Some(r) = t.adapter_run_seconds.filter(|r| *r > 0.0) {
-            parts.push(format!(
-                "{:.1} % of one adapter fine-tuning run ({r:.1} s on average)",
-                100.0 * ps / r
-            ));
-        }
-        out.push(format!("{}.", parts.join(", ")));
-    } else {
-        out.push("the probe's cost was not recorded.".into());
+    if let Some(c) = strongest
+        && !is_rank(c.score)
+        && let Some(s) = c.spearman
+    {
+        out.push(format!(
+            "of the {} probe scores, {} has the strongest correlation (ρ = {:.2}, {}).",
+            t.correlations.len(),
+            c.score.replace('_', " "),
+            s.rho,
+            s.p.map_or("p n/a".into(), p_is)
+        ));
     }
-    let base_flops = t
+    out
+}
+
+/// The probe's time against training steps and an adapter run.
+fn cost_finding(t: &TaskAnalysis) -> String {
+    let Some(cost) = &t.data.cost else {
+        return "the probe's cost was not recorded.".into();
+    };
+    let ps = cost.total_seconds;
+    let mut parts = vec![format!("the probe took {ps:.2} s")];
+    let steps = cost.cost_in_train_steps;
+    parts.push(format!("the time of {steps:.1} training steps"));
+    if let Some(r) = t.adapter_run_seconds.filter(|r| *r > 0.0) {
+        parts.push(format!(
+            "{:.1} % of one adapter fine-tuning run ({r:.1} s on average)",
+            100.0 * ps / r
+        ));
+    }
+    format!("{}.", parts.join(", "))
+}
+
+/// What placements with and without recurrent edges cost in forward FLOPs.
+fn flops_finding(t: &TaskAnalysis) -> Option<String> {
+    let b = t
         .backbone_flops
         .or_else(|| t.placements.iter().map(|p| p.flops).min())
-        .filter(|f| *f > 0);
-    if let Some(b) = base_flops {
-        let ratio = |f: i64| f as f64 / b as f64;
-        let finished: Vec<_> = t.placements.iter().filter(|p| p.test.is_some()).collect();
-        let rec: Vec<f64> = finished
-            .iter()
-            .filter(|p| p.has_recurrent())
-            .map(|p| ratio(p.flops))
-            .collect();
-        let fwd: Vec<f64> = finished
-            .iter()
-            .filter(|p| !p.has_recurrent() && p.method == Method::Adapters)
-            .map(|p| ratio(p.flops))
-            .collect();
-        let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        if !rec.is_empty() {
-            let min = rec.iter().copied().fold(f64::INFINITY, f64::min);
-            let mut s = format!(
-                "placements with recurrent edges ({}) cost {:.2}× to {:.2}× the backbone's forward FLOPs",
-                rec.len(),
-                min,
-                max(&rec)
-            );
-            if !fwd.is_empty() {
-                s.push_str(&format!(
-                    ", forward-only placements at most {:.2}×",
-                    max(&fwd)
-                ));
-            }
-            out.push(s + ".");
-        } else if !fwd.is_empty() {
-            out.push(format!(
-                "no finished placement has a recurrent edge; forward-only placements cost at most \
-                 {:.2}× the backbone's forward FLOPs.",
+        .filter(|f| *f > 0)?;
+    let ratio = |f: i64| f as f64 / b as f64;
+    let finished: Vec<_> = t.placements.iter().filter(|p| p.test.is_some()).collect();
+    let rec: Vec<f64> = finished
+        .iter()
+        .filter(|p| p.has_recurrent())
+        .map(|p| ratio(p.flops))
+        .collect();
+    let fwd: Vec<f64> = finished
+        .iter()
+        .filter(|p| !p.has_recurrent() && p.method == Method::Adapters)
+        .map(|p| ratio(p.flops))
+        .collect();
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !rec.is_empty() {
+        let min = rec.iter().copied().fold(f64::INFINITY, f64::min);
+        let mut s = format!(
+            "placements with recurrent edges ({}) cost {:.2}× to {:.2}× the backbone's forward FLOPs",
+            rec.len(),
+            min,
+            max(&rec)
+        );
+        if !fwd.is_empty() {
+            s.push_str(&format!(
+                ", forward-only placements at most {:.2}×",
                 max(&fwd)
             ));
         }
+        Some(s + ".")
+    } else if !fwd.is_empty() {
+        Some(format!(
+            "no finished placement has a recurrent edge; forward-only placements cost at most \
+             {:.2}× the backbone's forward FLOPs.",
+            max(&fwd)
+        ))
+    } else {
+        None
     }
-    out
 }
 
 /// The findings, each one sentence made from the report's own numbers, per task (`None`:

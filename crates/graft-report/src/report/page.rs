@@ -10,7 +10,7 @@ use crate::figures::{Figure, Panel};
 /// Rows of one table in `summary.md`; the CSV and the HTML page have all.
 const MD_ROWS: usize = 60;
 
-pub(super) fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -34,7 +34,8 @@ figure h3{margin-top:0}figcaption{color:#444;font-style:italic;margin-top:.5em}\
 .tablewrap{overflow-x:auto}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}\
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}\
 th{background:#f4f4f4}tr:nth-child(even) td{background:#fafafa}td.num{text-align:right;white-space:nowrap}\
-.note{color:#555;font-size:.9em}";
+.note{color:#555;font-size:.9em}td.holds{color:#1a9850;font-weight:bold}\
+td.nothold{color:#d73027;font-weight:bold}td.cannot{color:#777}";
 
 pub(crate) fn html(
     title: &str,
@@ -43,6 +44,7 @@ pub(crate) fn html(
     tabs: &[TableData],
     finds: &[(Option<String>, String)],
     res: &ResultsTable,
+    claims: &str,
 ) -> String {
     let mut h = String::new();
     let _ = write!(
@@ -61,6 +63,7 @@ pub(crate) fn html(
             .collect::<Vec<_>>()
             .join(", "))
     );
+    h.push_str(claims);
     h.push_str("<section id=\"findings\">\n<h2>Findings</h2>\n");
     let mut current: Option<&Option<String>> = None;
     for (task, s) in finds {
@@ -172,6 +175,7 @@ pub(crate) fn markdown(
     tabs: &[TableData],
     finds: &[(Option<String>, String)],
     res: &ResultsTable,
+    claims: &str,
 ) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# {title}\n");
@@ -185,6 +189,7 @@ pub(crate) fn markdown(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    m.push_str(claims);
     m.push_str("## Findings\n");
     let mut current: Option<&Option<String>> = None;
     for (task, s) in finds {
