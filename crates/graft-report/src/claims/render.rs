@@ -128,6 +128,17 @@ fn notes(c: &Claims, cols: &[String]) -> Vec<String> {
              estimates; every replicate's is in the forest plots and in claims.csv."
         ));
     }
+    if let Some(r) = c
+        .rows
+        .iter()
+        .find(|r| r.pooled.is_none() && r.estimates.len() == 1)
+    {
+        out.push(format!(
+            "Where the pooled column says none and one replicate has an estimate, there is no \
+             pooled interval and the verdict is that replicate's alone ({}).",
+            r.pooled_basis
+        ));
+    }
     for (who, why) in &c.left_out {
         out.push(format!("Left out of every claim: {who}: {why}."));
     }
