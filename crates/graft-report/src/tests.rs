@@ -858,7 +858,14 @@ fn report_renders_in_chromium() {
         .iter()
         .map(|f| f.drawn())
         .sum();
-    assert_eq!(svgs, panels, "every drawn panel is an svg in the DOM");
+    let a = analyse(fixture());
+    let forests = crate::claims::forest_svgs(&crate::claims::claims(&a)).len();
+    assert!(forests > 0 && dom.contains("class=\"forest\""), "no forest plot");
+    assert_eq!(
+        svgs,
+        panels + forests,
+        "every drawn panel and forest plot is an svg in the DOM"
+    );
     for bad in ["ERR_", "This page isn", "parsererror", "error on line"] {
         assert!(!dom.contains(bad), "the page shows {bad:?}");
     }
