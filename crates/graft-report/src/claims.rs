@@ -229,8 +229,11 @@ fn left_out_reason(t: &TaskAnalysis) -> Option<String> {
     ))
 }
 
+/// The replicate axis, the scopes, every replicate's name, and the tasks left out with why.
+type Layout<'a> = (String, Vec<Scope<'a>>, Vec<String>, Vec<(String, String)>);
+
 /// The replicate axis, the scopes with their usable replicates, and those left out.
-fn scopes(a: &Analysis) -> (String, Vec<Scope<'_>>, Vec<String>, Vec<(String, String)>) {
+fn scopes(a: &Analysis) -> Layout<'_> {
     let axis = a
         .tasks
         .iter()

@@ -860,7 +860,10 @@ fn report_renders_in_chromium() {
         .sum();
     let a = analyse(fixture());
     let forests = crate::claims::forest_svgs(&crate::claims::claims(&a)).len();
-    assert!(forests > 0 && dom.contains("class=\"forest\""), "no forest plot");
+    assert!(
+        forests > 0 && dom.contains("class=\"forest\""),
+        "no forest plot"
+    );
     assert_eq!(
         svgs,
         panels + forests,

@@ -383,7 +383,9 @@ pub(super) fn task_dependence(scopes: &[Scope], axis: &str) -> Vec<ClaimRow> {
             }
         }
     }
-    let mut rows: Vec<(String, Vec<Estimate>, Vec<(String, String)>)> = Vec::new();
+    // (pair of tasks, estimates per replicate, replicates not measured with why).
+    type PairRow = (String, Vec<Estimate>, Vec<(String, String)>);
+    let mut rows: Vec<PairRow> = Vec::new();
     for (unit, tasks) in &by_replicate {
         for (k, (na, a)) in tasks.iter().enumerate() {
             for (nb, b) in &tasks[k + 1..] {
