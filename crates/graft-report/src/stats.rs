@@ -105,8 +105,15 @@ pub fn student_t_quantile(alpha: f64, df: f64) -> f64 {
     if !valid {
         return f64::NAN;
     }
+    bisect_positive(|t| student_t_two_sided(t, df) > alpha)
+}
+
+/// The x > 0 where `below(x)` turns from true to false (`below` true means the root lies
+/// above x): doubling from 1 to bracket it, then bisection to a relative 1e-13; infinity
+/// when no x below 1e12 brackets it.
+fn bisect_positive(below: impl Fn(f64) -> bool) -> f64 {
     let (mut lo, mut hi) = (0.0_f64, 1.0_f64);
-    while student_t_two_sided(hi, df) > alpha {
+    while below(hi) {
         hi *= 2.0;
         if hi > 1e12 {
             return f64::INFINITY;
@@ -114,7 +121,7 @@ pub fn student_t_quantile(alpha: f64, df: f64) -> f64 {
     }
     for _ in 0..200 {
         let mid = 0.5 * (lo + hi);
-        if student_t_two_sided(mid, df) > alpha {
+        if below(mid) {
             lo = mid;
         } else {
             hi = mid;
@@ -241,25 +248,7 @@ pub fn f_quantile(q: f64, d1: f64, d2: f64) -> f64 {
     if !(q > 0.0 && q < 1.0 && d1 > 0.0 && d2 > 0.0) {
         return f64::NAN;
     }
-    let (mut lo, mut hi) = (0.0_f64, 1.0_f64);
-    while f_cdf(hi, d1, d2) < q {
-        hi *= 2.0;
-        if hi > 1e12 {
-            return f64::INFINITY;
-        }
-    }
-    for _ in 0..200 {
-        let mid = 0.5 * (lo + hi);
-        if f_cdf(mid, d1, d2) < q {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-        if hi - lo <= 1e-13 * hi {
-            break;
-        }
-    }
-    0.5 * (lo + hi)
+    bisect_positive(|f| f_cdf(f, d1, d2) < q)
 }
 
 /// ln Γ(x) for x > 0 (Lanczos, g = 7, nine coefficients; relative error about 1e-15).
