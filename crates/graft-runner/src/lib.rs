@@ -912,7 +912,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
         let all = all_pipelines(&dir).unwrap();
         let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["default", "ci", "dtd", "vtab"]);
+        assert_eq!(names, ["default", "ci", "dtd", "replicates", "vtab"]);
     }
 
     fn testdata(name: &str) -> Pipeline {
