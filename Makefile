@@ -31,7 +31,7 @@ ARGS      ?=
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	LD_LIBRARY_PATH="$$($(PY) -c 'import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec("torch").origin), "lib"))'):$$LD_LIBRARY_PATH"
 
-.PHONY: pipeline status gc test test-flex test-tch bench bench-step bench-sweep bench-cache venv clean-venv chromium slurm-up slurm-down gpu-binaries
+.PHONY: pipeline status gc test test-flex test-tch bench bench-step bench-sweep bench-cache bench-pinning venv clean-venv chromium slurm-up slurm-down gpu-binaries
 
 $(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
@@ -123,7 +123,7 @@ chromium:
 
 # The tensor binaries are built first: a test runs the tch graft-finetune with an empty
 # environment (its rpath names the LibTorch it was linked against).
-TCH_TESTED := graft-backend graft-model graft-train graft-probe graft-finetune
+TCH_TESTED := graft-backend graft-model graft-train graft-pretrain graft-probe graft-finetune
 test-tch: venv
 	$(TCH_ENV) $(CARGO) build $(addprefix -p ,$(TCH_TESTED)) --bins --no-default-features --features tch
 	$(TCH_ENV) $(CARGO) test $(addprefix -p ,$(TCH_TESTED)) --no-default-features --features tch
@@ -147,6 +147,13 @@ bench-sweep: venv
 	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
 	$(TCH_ENV) bash bench/sweep.sh $(or $(TASK),ci)
+
+# What pinning LibTorch's CPU kernels to AVX2 costs: the default's pretrain in alternating
+# rounds, then the whole default once pinned and once with GRAFT_CPU_KERNELS=native.
+bench-pinning: venv
+	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
+	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
+	$(TCH_ENV) bash bench/pinning.sh $(or $(ROUNDS),2)
 
 # The fine-tune stage with and without the activation cache, and 1 worker x all cores
 # against 1 worker per core, on the same upstream artifacts (TASK=ci unless given).

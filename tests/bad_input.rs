@@ -574,3 +574,37 @@ fn bad_inputs_are_named_errors_that_leave_the_store_unchanged() {
         started.elapsed()
     );
 }
+
+/// An unknown `GRAFT_CPU_KERNELS` (issue 27) is refused by every tensor stage binary and by
+/// their front before anything else, `--check` included: one line naming the variable and
+/// what it accepts, a non-zero exit, nothing in the store.
+#[test]
+fn an_unknown_cpu_kernels_switch_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let calls: [(&str, &[&str]); 4] = [
+        ("graft-pretrain", &["--check"]),
+        ("graft-probe", &["--check"]),
+        ("graft-finetune", &["--check"]),
+        ("graft-front", &["finetune", "--check"]),
+    ];
+    for (bin, args) in calls {
+        let mut cmd = Command::new(bin_dir().join(bin));
+        cmd.env("GRAFT_CPU_KERNELS", "avx512")
+            .args(args)
+            .arg("--store")
+            .arg(&store);
+        let out = run_bounded(&mut cmd, Duration::from_secs(60));
+        let err = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "{bin} accepted GRAFT_CPU_KERNELS=avx512"
+        );
+        assert_eq!(
+            err.trim(),
+            "error: GRAFT_CPU_KERNELS=\"avx512\": expected avx2 (the default: reproducible on every x86-64 machine) or native (the machine's own kernels)",
+            "{bin}"
+        );
+        assert!(!store.exists(), "{bin} made the store");
+    }
+}

@@ -28,7 +28,9 @@ compile_error!(
 
 pub use burn::tensor::Device;
 
+pub mod canary;
 pub mod fused;
+pub mod numerics;
 pub mod transfer;
 
 pub use transfer::{is_gpu, upload, upload_int};

@@ -293,7 +293,9 @@ impl Stage for Finetune {
     // 3: proposals.parquet carries each row's label, params and budgeted.
     // 4: wall times, images/s, peak memory, the device index and epoch seconds left the
     //    files for the manifest (`run_measurements`); `device` is the device class.
-    const VERSION: u32 = 4;
+    // 5: the runs' version 3 (`run::RUN_VERSION`), which is not in this stage's key: bump
+    //    this one with it.
+    const VERSION: u32 = 5;
     type Params = FinetuneParams;
 
     fn input_names(p: &FinetuneParams) -> Vec<String> {

@@ -24,8 +24,12 @@ use crate::workbench::{CacheSettings, Workbench};
 
 /// Stage name of a run's own artifact.
 pub const RUN_STAGE: &str = "finetune-run";
-/// Bump when a run's output for the same spec would change.
-pub const RUN_VERSION: u32 = 2;
+/// Bump when a run's output for the same spec would change (the canary test in
+/// `tests.rs` fails when it changes without one), and `Finetune::VERSION` with it: the
+/// stage's key does not hold the runs' version.
+/// 3: the fused LayerNorm, softmax, attention and linear operations, and the tch build's
+/// CPU kernels pinned to AVX2 (`graft_backend::numerics`).
+pub const RUN_VERSION: u32 = 3;
 /// The run's facts inside its artifact.
 pub const RUN_FILE: &str = "run.json";
 /// The adapters and head of a run (adapter and linear-probe runs).
@@ -305,6 +309,10 @@ pub fn ensure_run(
                 (
                     "activation_cache".to_owned(),
                     serde_json::json!(result.activation_cache),
+                ),
+                (
+                    "cpu_kernels".to_owned(),
+                    serde_json::json!(graft_backend::numerics::record()),
                 ),
             ]
             .into(),

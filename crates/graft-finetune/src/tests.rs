@@ -419,12 +419,10 @@ fn a_slurm_submitter_checks_the_device_without_opening_it() {
     assert!(e.contains("device = \"cuda\""), "{e}");
 }
 
-/// Issue 12 item 7: the tch build of `graft-finetune` finds LibTorch through its rpath, so a
-/// worker trains a run from an empty environment (no `LD_LIBRARY_PATH`, no `PATH`).
-/// `make test-tch` builds the binary before the tests.
+/// The tch build of `graft-finetune` next to this test binary (`make test-tch` builds it
+/// before the tests).
 #[cfg(feature = "tch")]
-#[test]
-fn the_tch_binary_trains_a_run_with_an_empty_environment() {
+fn tch_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -444,6 +442,104 @@ fn the_tch_binary_trains_a_run_with_an_empty_environment() {
         "{} is not the tch build (it does not link LibTorch): `make test-tch` builds it",
         bin.display()
     );
+    bin
+}
+
+/// Issue 27 item 1: the tch worker trains one run into one artifact whatever the machine's
+/// instruction level and thread count. Each variant trains the same spec into a store of
+/// its own, with the environment of its worker process set as on another machine:
+/// graft's default (kernels pinned to AVX2) with 1 and 2 threads, and LibTorch's own choice
+/// on a machine without AVX-512 (`ATEN_CPU_CAPABILITY=avx2` and MKL's AVX2 path set by
+/// hand, graft's pin off). On a CPU with AVX-512 the machine's own kernels
+/// (`GRAFT_CPU_KERNELS=native`) must give other bytes, or the test could not see a pin that
+/// does not take effect.
+#[cfg(feature = "tch")]
+#[test]
+fn the_tch_worker_trains_one_artifact_whatever_the_kernels_and_threads() {
+    let bin = tch_binary();
+    let dir = {
+        let rng = rng_lock();
+        setup(&rng)
+    };
+    let s = spec(
+        dir.path(),
+        Method::Adapters,
+        vec![Edge::new(0, 1), Edge::new(4, 1)],
+        3e-3,
+    );
+    let spec_file = dir.path().join("spec.json");
+    std::fs::write(&spec_file, serde_json::to_string(&s).unwrap()).unwrap();
+    let avx2_machine: &[(&str, &str)] = &[
+        ("GRAFT_CPU_KERNELS", "native"),
+        ("ATEN_CPU_CAPABILITY", "avx2"),
+        ("MKL_CBWR", "AVX2,STRICT"),
+        ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+    ];
+    let train = |name: &str, threads: usize, env: &[(&str, &str)]| {
+        let store = dir.path().join(name);
+        let mut cmd = std::process::Command::new(&bin);
+        for (k, _) in graft_backend::numerics::PINS {
+            cmd.env_remove(k);
+        }
+        cmd.env_remove(graft_backend::numerics::PINNED_VAR)
+            .env_remove(graft_backend::numerics::MODE_VAR);
+        let out = cmd
+            .envs(env.iter().copied())
+            .arg("worker")
+            .arg("--store")
+            .arg(&store)
+            .arg("--threads")
+            .arg(threads.to_string())
+            .arg("--spec-file")
+            .arg(&spec_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {} worker failed ({}):\n{}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let store = graft_store::Store::open(&store).unwrap();
+        let graft_store::Lookup::Hit(a) = store.lookup(&s.key()).unwrap() else {
+            panic!("{name}: the run is not in the store");
+        };
+        (a.id().clone(), a.manifest().extra["cpu_kernels"].clone())
+    };
+    let (pinned_1, kernels) = train("pinned-1", 1, &[]);
+    assert_eq!(kernels["ATEN_CPU_CAPABILITY"], "avx2 (graft)", "{kernels}");
+    assert_eq!(kernels["MKL_CBWR"], "AVX2,STRICT (graft)", "{kernels}");
+    let (pinned_2, _) = train("pinned-2", 2, &[]);
+    let (avx2, kernels) = train("avx2-machine", 2, avx2_machine);
+    assert_eq!(
+        kernels["ATEN_CPU_CAPABILITY"], "avx2 (environment)",
+        "{kernels}"
+    );
+    assert_eq!(pinned_1, pinned_2, "1 and 2 threads gave two artifacts");
+    assert_eq!(
+        pinned_1, avx2,
+        "graft's pin and an AVX2 machine's own kernels gave two artifacts"
+    );
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let (native, kernels) = train("native", 2, &[("GRAFT_CPU_KERNELS", "native")]);
+        assert_eq!(kernels["ATEN_CPU_CAPABILITY"], "unset", "{kernels}");
+        assert_ne!(
+            native, pinned_1,
+            "this AVX-512 machine's own kernels gave the pinned artifact: the test cannot tell a pin that works from one that does nothing"
+        );
+    } else {
+        eprintln!("no AVX-512 on this CPU: the machine's own kernels are the pinned ones");
+    }
+}
+
+/// Issue 12 item 7: the tch build of `graft-finetune` finds LibTorch through its rpath, so a
+/// worker trains a run from an empty environment (no `LD_LIBRARY_PATH`, no `PATH`).
+/// `make test-tch` builds the binary before the tests.
+#[cfg(feature = "tch")]
+#[test]
+fn the_tch_binary_trains_a_run_with_an_empty_environment() {
+    let bin = tch_binary();
     // The base is drawn from the global random state: under the lock.
     let dir = {
         let rng = rng_lock();
@@ -918,4 +1014,44 @@ fn caches_go_to_the_gpu_while_they_fit_there() {
         Some(graft_train::Residence::Host)
     );
     assert_eq!(bench.place(3 * mib, true), None);
+}
+
+/// Issue 27 item 3: one adapter run (a parallel and a recurrent edge) on the tiny base and a
+/// generated task, its artifact id recorded per backend and CPU level with [`RUN_VERSION`]
+/// in `golden/canary.txt`. A change to the numbers without a bump fails here.
+#[test]
+fn canary() {
+    if !graft_backend::canary::in_stage_environment("tests::canary") {
+        return;
+    }
+    let rng = rng_lock();
+    let dir = setup(&rng);
+    let s = spec(
+        dir.path(),
+        Method::Adapters,
+        vec![Edge::new(0, 1), Edge::new(4, 1)],
+        3e-3,
+    );
+    let store = graft_store::Store::open(dir.path().join("store")).unwrap();
+    let (a, _) = ensure_run(&store, &s, &mut workbench::Workbench::new(s.cache), |_| {}).unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/canary.txt");
+    graft_backend::canary::check(
+        &golden,
+        RUN_STAGE,
+        RUN_VERSION,
+        &a.id().to_string(),
+        "graft_finetune::run::RUN_VERSION",
+    )
+    .unwrap_or_else(|m| panic!("{m}"));
+}
+
+/// The stage's key does not hold the runs' version, so a run bump needs a stage bump, or a
+/// store keeps the stage's old runs fresh: this pair was last bumped together.
+#[test]
+fn the_stage_version_moves_with_the_run_version() {
+    assert_eq!(
+        (RUN_VERSION, Finetune::VERSION),
+        (3, 5),
+        "RUN_VERSION changed: bump Finetune::VERSION with it, then this pair"
+    );
 }

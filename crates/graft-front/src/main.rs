@@ -33,6 +33,18 @@ fn main() -> ExitCode {
         }
     };
     let delegate = || become_binary(&binary, &rest);
+    // The stage binary would refuse an unknown GRAFT_CPU_KERNELS before anything else; so
+    // does its front, `--check` included.
+    if matches!(kind.as_str(), "pretrain" | "probe" | "finetune")
+        && let Err(e) = graft_backend::numerics::parse_mode(
+            std::env::var(graft_backend::numerics::MODE_VAR)
+                .ok()
+                .as_deref(),
+        )
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     // A stage binary built after this front may hold stage code this front does not (a new
     // stage version): it decides for itself.
     if newer_than_me(&binary) {

@@ -61,7 +61,10 @@ impl Stage for Pretrain {
     /// 2: the training knobs are `graft_train::TrainProtocol`, whose `weight_decay`
     /// default is 1e-4 (it was 0.05 here); pipelines that relied on the default get a new
     /// key and say so.
-    const VERSION: u32 = 2;
+    /// 3: the fused LayerNorm, softmax, attention and linear
+    /// operations compute other roundings than the composed ones they replaced, and the tch
+    /// build's CPU kernels are pinned to AVX2 (`graft_backend::numerics`).
+    const VERSION: u32 = 3;
     type Params = PretrainParams;
 
     fn input_names(_: &PretrainParams) -> Vec<String> {
@@ -192,6 +195,10 @@ impl Stage for Pretrain {
             ("val_accuracy".to_owned(), json!(result.best_val_accuracy)),
             ("backend".to_owned(), json!(graft_backend::backend_name())),
             ("device".to_owned(), json!(p.device)),
+            (
+                "cpu_kernels".to_owned(),
+                json!(graft_backend::numerics::record()),
+            ),
             ("train_seconds".to_owned(), json!(result.train_seconds)),
             (
                 "images_per_second".to_owned(),
@@ -261,16 +268,81 @@ fn write_history(
     Ok(())
 }
 
+#[cfg(all(test, feature = "tch", target_arch = "x86_64"))]
+mod reproducible;
+
 #[cfg(test)]
 mod tests {
     use graft_store::{ArtifactId, KeyInput};
 
     use super::*;
 
+    /// Runs stage `S` with `params` (JSON) and `inputs` on `store` in this process; the
+    /// artifact's id.
+    pub(crate) fn execute_stage<S: Stage>(
+        store: &std::path::Path,
+        params: Value,
+        inputs: &[String],
+    ) -> String {
+        let args = graft_stage::StageArgs {
+            store: store.to_path_buf(),
+            params: Vec::new(),
+            jobs: None,
+            device: None,
+            params_json: Some(params.to_string()),
+            inputs: inputs.to_vec(),
+            slot: None,
+            check: false,
+            status: false,
+            force: false,
+            json: false,
+        };
+        let outcome = graft_stage::execute::<S>(&args).unwrap();
+        outcome.artifact.unwrap().to_string()
+    }
+
+    /// Issue 27 item 3: a few epochs of the tiny preset on a generated source task, whose
+    /// artifact id (the blake3 of its files) is recorded per backend and CPU level with
+    /// [`Pretrain::VERSION`] in `golden/canary.txt`. A change to the numbers without a bump
+    /// fails here.
+    #[test]
+    fn canary() {
+        if !graft_backend::canary::in_stage_environment("tests::canary") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let dataset = execute_stage::<graft_prep::Prep>(
+            &store,
+            json!({ "source": "procedural", "task": "source", "image_size": 16, "seed": 0,
+                    "train": 128, "val": 32, "test": 32 }),
+            &[],
+        );
+        let id = execute_stage::<Pretrain>(
+            &store,
+            json!({ "preset": "vit-cpu-tiny", "epochs": 2, "batch": 32, "lr": 0.002, "seed": 3 }),
+            &[format!("dataset={dataset}")],
+        );
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/canary.txt");
+        graft_backend::canary::check(
+            &golden,
+            Pretrain::NAME,
+            Pretrain::VERSION,
+            &id,
+            "Pretrain::VERSION",
+        )
+        .unwrap_or_else(|m| panic!("{m}"));
+    }
+
     /// The key a pretrain stage gets for `params` (JSON) on a fixed input, computed as
     /// `graft_stage::execute` does: parse, validate (not a CUDA device, which this build may
     /// not have), serialise, drop the location params, add the device class.
     fn key_of(params: Value) -> String {
+        key_of_at(params, Pretrain::VERSION)
+    }
+
+    /// [`key_of`] with the stage version `version`.
+    fn key_of_at(params: Value, version: u32) -> String {
         let p: PretrainParams = serde_json::from_value(params).unwrap();
         let p = match p.device.as_str() {
             "cpu" => Pretrain::validate(p).unwrap(),
@@ -285,7 +357,7 @@ mod tests {
         .into();
         KeyInput {
             stage: Pretrain::NAME,
-            stage_version: Pretrain::VERSION,
+            stage_version: version,
             params: &canonical,
             inputs: &inputs,
         }
@@ -296,9 +368,11 @@ mod tests {
 
     /// The keys of pipelines that do not set `min_test_accuracy` are the keys they had
     /// before it existed (recorded at the commit that added it): their backbones stay
-    /// cached.
+    /// cached. They were recorded at stage version 2, so they are computed at it (version 3
+    /// moved every key on purpose).
     #[test]
     fn keys_without_min_test_accuracy_did_not_move() {
+        let key_of = |p| key_of_at(p, 2);
         let default = json!({
             "preset": "vit-cpu-small", "epochs": 7, "batch": 64, "lr": 0.002,
             "weight_decay": 0.05, "warmup_epochs": 1.0, "seed": 0

@@ -126,8 +126,9 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-/// Bump when the head step's output would change.
-pub const HEAD_VERSION: u32 = 1;
+/// Bump when the head step's output would change, and [`Probe::VERSION`] with it.
+/// 2: the fused operations and the pinned CPU kernels (see [`Probe::VERSION`]).
+pub const HEAD_VERSION: u32 = 2;
 
 /// The stage.
 pub struct Probe;
@@ -139,7 +140,12 @@ pub const ABOUT: &str =
 impl Stage for Probe {
     const NAME: &'static str = "probe";
     /// 2: `cost.json` left the artifact (timings live in the manifest only).
-    const VERSION: u32 = 2;
+    /// 3: the fused LayerNorm, softmax, attention and linear
+    /// operations compute other roundings than the composed ones they replaced, and the tch
+    /// build's CPU kernels are pinned to AVX2 (`graft_backend::numerics`).
+    /// Bump it with [`HEAD_VERSION`]: the scores read the head, whose version is not in this
+    /// stage's key.
+    const VERSION: u32 = 3;
     type Params = ProbeParams;
 
     fn input_names(p: &ProbeParams) -> Vec<String> {
@@ -330,6 +336,10 @@ pub fn probe(
     if let Ok(Value::Object(m)) = serde_json::to_value(&cost) {
         extra.extend(m);
     }
+    extra.insert(
+        "cpu_kernels".to_owned(),
+        serde_json::json!(graft_backend::numerics::record()),
+    );
     Ok(extra)
 }
 

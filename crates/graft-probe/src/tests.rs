@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use burn::tensor::{Distribution, TensorData};
 use graft_graph::Graph;
 
@@ -187,4 +189,95 @@ fn a_failed_trace_fails_the_probe_instead_of_leaving_zeros() {
         .err()
         .expect("an error");
     assert!(matches!(none, ProbeError::NoBatches), "{none}");
+}
+
+/// Issue 27 item 3: the probe stage on a random tiny base and a generated task, its scores'
+/// artifact and its linear-probe head's, recorded per backend and CPU level with
+/// [`Probe::VERSION`] and [`HEAD_VERSION`] in `golden/canary.txt` and
+/// `golden/canary-head.txt`. A change to the numbers without a bump fails here.
+#[test]
+fn canary() {
+    if !graft_backend::canary::in_stage_environment("tests::canary") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let run = |params: Value, inputs: Vec<String>, stage: fn(&graft_stage::StageArgs) -> String| {
+        let args = graft_stage::StageArgs {
+            store: store.clone(),
+            params: Vec::new(),
+            jobs: None,
+            device: None,
+            params_json: Some(params.to_string()),
+            inputs,
+            slot: None,
+            check: false,
+            status: false,
+            force: false,
+            json: false,
+        };
+        stage(&args)
+    };
+    fn id(o: graft_stage::Outcome) -> String {
+        o.artifact.unwrap().to_string()
+    }
+    let dataset = run(
+        json!({ "source": "procedural", "task": "textures", "image_size": 16, "seed": 1,
+                "train": 64, "val": 32, "test": 32 }),
+        Vec::new(),
+        |a| id(graft_stage::execute::<graft_prep::Prep>(a).unwrap()),
+    );
+    let base = dir.path().join("base.safetensors");
+    {
+        let dev = graft_backend::device("cpu").unwrap();
+        dev.seed(7);
+        let vit = VitConfig::preset("vit-cpu-tiny", 16).unwrap().init(&dev);
+        graft_model::checkpoint::save_timm(&vit, &base).unwrap();
+    }
+    let probe = run(
+        json!({ "preset": "vit-cpu-tiny", "checkpoint": base.display().to_string(),
+                "batch": 16, "batches": 2, "head_epochs": 2, "seed": 5 }),
+        vec![format!("dataset={dataset}")],
+        |a| id(graft_stage::execute::<Probe>(a).unwrap()),
+    );
+    let s = graft_store::Store::open(&store).unwrap();
+    let heads: Vec<String> = std::fs::read_dir(store.join("objects"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            let a = s.artifact(&ArtifactId::parse(name).unwrap()).unwrap();
+            a.manifest().stage == "probe-head"
+        })
+        .collect();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
+    let check = |file: &str, stage: &str, version: u32, output: &str, what: &str| {
+        graft_backend::canary::check(&golden.join(file), stage, version, output, what)
+            .unwrap_or_else(|m| panic!("{m}"))
+    };
+    check(
+        "canary.txt",
+        "probe",
+        Probe::VERSION,
+        &probe,
+        "Probe::VERSION",
+    );
+    check(
+        "canary-head.txt",
+        "probe-head",
+        HEAD_VERSION,
+        &heads[0],
+        "graft_probe::HEAD_VERSION",
+    );
+}
+
+/// The probe's key does not hold the head's version, so a head bump needs a probe bump, or
+/// a store keeps scores read from the old head fresh: this pair was last bumped together.
+#[test]
+fn the_probe_version_moves_with_the_head_version() {
+    assert_eq!(
+        (HEAD_VERSION, Probe::VERSION),
+        (2, 3),
+        "HEAD_VERSION changed: bump Probe::VERSION with it, then this pair"
+    );
 }
