@@ -188,3 +188,16 @@ fn a_failed_trace_fails_the_probe_instead_of_leaving_zeros() {
         .expect("an error");
     assert!(matches!(none, ProbeError::NoBatches), "{none}");
 }
+
+#[test]
+fn a_timm_name_missing_from_the_hugging_face_cache_is_refused_by_validate() {
+    let name = "timm/graft_no_such_model.test";
+    let p: ProbeParams =
+        serde_json::from_value(serde_json::json!({"checkpoint": name, "preset": "vit-cpu-tiny"}))
+            .unwrap();
+    let e = validate(p).unwrap_err().to_string();
+    assert!(e.contains(&format!("checkpoint = {name:?}")), "{e}");
+    let p: ProbeParams = serde_json::from_value(serde_json::json!({"checkpoint": name})).unwrap();
+    let e = validate(p).unwrap_err().to_string();
+    assert!(e.contains("needs preset"), "{e}");
+}
