@@ -348,6 +348,10 @@ fn bad_parameters_name_the_field() {
         e.contains("no-such.safetensors") && e.contains("no such file") && e.contains("README"),
         "{e}"
     );
+    // A timm name not in the Hugging Face cache is refused at `--check`, naming the field.
+    let name = "timm/graft_no_such_model.test";
+    let e = parse(json!({"checkpoint": name, "preset": "vit-cpu-tiny"})).unwrap_err();
+    assert!(e.starts_with(&format!("checkpoint = {name:?}")), "{e}");
     let e = parse(json!({"protocol": "best"})).unwrap_err();
     assert!(e.contains("best") && e.contains("final"), "{e}");
     assert_eq!(

@@ -281,3 +281,16 @@ fn the_probe_version_moves_with_the_head_version() {
         "HEAD_VERSION changed: bump Probe::VERSION with it, then this pair"
     );
 }
+
+#[test]
+fn a_timm_name_missing_from_the_hugging_face_cache_is_refused_by_validate() {
+    let name = "timm/graft_no_such_model.test";
+    let p: ProbeParams =
+        serde_json::from_value(serde_json::json!({"checkpoint": name, "preset": "vit-cpu-tiny"}))
+            .unwrap();
+    let e = validate(p).unwrap_err().to_string();
+    assert!(e.contains(&format!("checkpoint = {name:?}")), "{e}");
+    let p: ProbeParams = serde_json::from_value(serde_json::json!({"checkpoint": name})).unwrap();
+    let e = validate(p).unwrap_err().to_string();
+    assert!(e.contains("needs preset"), "{e}");
+}

@@ -13,6 +13,7 @@ mod base;
 pub mod batches;
 pub mod cache;
 mod data;
+pub mod hub;
 pub mod progress;
 
 use std::time::Instant;
@@ -27,7 +28,10 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use base::{BaseModel, base_fingerprints, check_base_params, file_fingerprint, resolve_base};
+pub use base::{
+    BaseModel, base_fingerprints, check_base_params, checkpoint_file, file_fingerprint,
+    resolve_base,
+};
 pub use batches::{Batch, Batches, LossReadback};
 pub use cache::{CachedNodes, NodeCache, Residence, Rows};
 pub use data::{DatasetInfo, Preprocessing, Split};
