@@ -15,7 +15,7 @@
 //! stage binary is newer than this one (built since, perhaps from changed stage code).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
 }
 
 /// Whether `binary` was modified after this program.
-fn newer_than_me(binary: &PathBuf) -> bool {
+fn newer_than_me(binary: &Path) -> bool {
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     match (
         modified(binary),

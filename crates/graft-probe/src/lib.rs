@@ -394,8 +394,15 @@ pub struct EdgeGradients {
     pub g: Vec<f32>,
     /// With fewer rows than `dim`: the R factors of Δ_jᵀ and X_iᵀ per node, for the exact
     /// m×m shortcut.
-    pub factors: Option<(Vec<faer::Mat<f64>>, Vec<faer::Mat<f64>>)>,
+    pub factors: Option<NodeFactors>,
 }
+
+/// The R factors of Δ_jᵀ and of X_iᵀ, one per node (see [`EdgeGradients::factors`]).
+pub type NodeFactors = (Vec<faer::Mat<f64>>, Vec<faer::Mat<f64>>);
+
+/// A check of one edge's singular values (or the error computing them) that may replace
+/// them with an error naming the edge.
+type EdgeCheck<'a> = dyn Fn(Edge, Result<Vec<f64>, String>) -> Result<Vec<f64>, String> + Sync + 'a;
 
 impl EdgeGradients {
     /// G_ij as a row-major d×d matrix.
@@ -502,7 +509,7 @@ fn edge_scores_with(
     dim: usize,
     rule: TolRule,
     tol: f64,
-    check: &(dyn Fn(Edge, Result<Vec<f64>, String>) -> Result<Vec<f64>, String> + Sync),
+    check: &EdgeCheck<'_>,
 ) -> Result<Vec<ProbeRow>, ProbeError> {
     faer::set_global_parallelism(faer::Par::Seq);
     let n = grads.nodes;
