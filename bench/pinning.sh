@@ -19,8 +19,11 @@ echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 # The default's prep-source and pretrain stages, as a pipeline of their own.
 pipe="$work/pretrain.toml"
-sed -n '/^\[stages.prep-source\]/,/^\[stages.prep\]/p' pipelines/default.toml | sed '$d' > "$work/source.part"
-sed -n '/^\[stages.pretrain\]/,/^\[stages.probe/p' pipelines/default.toml | sed '$d' > "$work/pretrain.part"
+section() { # the tables [stages.<name>] and [stages.<name>.*] of the default
+  awk -v s="$1" '/^\[/ { p = (index($0, "[stages." s "]") == 1 || index($0, "[stages." s ".") == 1) } p' pipelines/default.toml
+}
+section prep-source > "$work/source.part"
+section pretrain > "$work/pretrain.part"
 { echo 'description = "the embedded default'"'"'s pretrain"'; cat "$work/source.part" "$work/pretrain.part"; } > "$pipe"
 { echo 'description = "the embedded default'"'"'s source data"'; cat "$work/source.part"; } > "$work/source.toml"
 "$bin" --store "$work/source" run "$work/source.toml" >/dev/null
