@@ -10,7 +10,7 @@
 //! stage pretrain
 //! version 6
 //! flex-avx512-l1d32K-l2-1024K 4f0e...
-//! tch-avx2 91ab...
+//! tch-avx2-AuthenticAMD 91ab...
 //! ```
 //!
 //! [`check`] compares a new output with it. One line per backend and CPU level
@@ -30,20 +30,37 @@ use crate::numerics::{MODE_VAR, Mode, PINNED_VAR, PINS, pins_to_set};
 /// Set in the process [`in_stage_environment`] starts, which runs the canary itself.
 pub const CHILD_VAR: &str = "GRAFT_CANARY_CHILD";
 
-/// The backend and CPU level that decide this process's numbers: `tch-<ATEN_CPU_CAPABILITY>`
-/// (`tch-native-avx512` when it is unset), and for flex the widest of `avx512`, `avx2`
-/// (with FMA) or `baseline` the CPU has, with its L1 data and L2 cache sizes
-/// (`flex-avx512-l1d48K-l2-2048K`): flex's matrix products (the `gemm` crate) size their
-/// blocks by the caches, and the block sizes set the order of a product's sums.
+/// The backend and CPU level that decide this process's numbers. For tch,
+/// `ATEN_CPU_CAPABILITY` (`native-avx512` when it is unset) and the CPU's vendor
+/// (`tch-avx2-AuthenticAMD`): MKL documents its reproducible mode for Intel CPUs, and
+/// whether its AVX2 branch gives another vendor's CPU the same bytes is not measured. For
+/// flex, the widest of `avx512`, `avx2` (with FMA) or `baseline` the CPU has, with its L1
+/// data and L2 cache sizes (`flex-avx512-l1d48K-l2-2048K`): flex's matrix products (the
+/// `gemm` crate) size their blocks by the caches, and the block sizes set the order of a
+/// product's sums.
 pub fn level() -> String {
     let native = native_level();
     match crate::backend_name() {
         "tch" => match std::env::var("ATEN_CPU_CAPABILITY") {
-            Ok(v) if !v.is_empty() => format!("tch-{v}"),
-            _ => format!("tch-native-{native}"),
+            Ok(v) if !v.is_empty() => format!("tch-{v}-{}", vendor()),
+            _ => format!("tch-native-{native}-{}", vendor()),
         },
         other => format!("{other}-{native}{}", cache_sizes()),
     }
+}
+
+/// The CPU's vendor as Linux reports it (`GenuineIntel`, `AuthenticAMD`), else `unknown`.
+fn vendor() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("vendor_id"))
+                .and_then(|rest| rest.split(':').nth(1))
+                .map(|v| v.trim().to_owned())
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// `-l1d<size>-l2-<size>` as Linux reports CPU 0's caches; empty where it does not.
