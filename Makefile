@@ -109,10 +109,11 @@ test: test-flex test-tch
 	@echo "external checks: $$(grep -s '^ran ' $(GRAFT_EXTERNAL_LOG) | wc -l) ran, $$(grep -s '^skipped ' $(GRAFT_EXTERNAL_LOG) | wc -l) skipped"
 	@sed 's/^/  /' $(GRAFT_EXTERNAL_LOG) 2>/dev/null || true
 
+# --no-fail-fast: a failing test target does not hide the results of the targets after it.
 test-flex: venv chromium
 	@rm -f $(GRAFT_EXTERNAL_LOG)
 	$(CARGO) build --workspace --bins
-	GRAFT_CHROMIUM="$$(command -v chromium || true)" $(CARGO) test --workspace
+	GRAFT_CHROMIUM="$$(command -v chromium || true)" $(CARGO) test --workspace --no-fail-fast
 
 # Debian's Chromium for the report's browser test; without it that test fails (say
 # GRAFT_ALLOW_MISSING=chromium to run the others knowingly without it).
@@ -126,7 +127,7 @@ chromium:
 TCH_TESTED := graft-backend graft-model graft-train graft-pretrain graft-probe graft-finetune
 test-tch: venv
 	$(TCH_ENV) $(CARGO) build $(addprefix -p ,$(TCH_TESTED)) --bins --no-default-features --features tch
-	$(TCH_ENV) $(CARGO) test $(addprefix -p ,$(TCH_TESTED)) --no-default-features --features tch
+	$(TCH_ENV) $(CARGO) test $(addprefix -p ,$(TCH_TESTED)) --no-default-features --features tch --no-fail-fast
 
 bench: venv
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS) $(TENSOR_BINS))
