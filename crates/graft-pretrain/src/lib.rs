@@ -284,19 +284,7 @@ mod tests {
         params: Value,
         inputs: &[String],
     ) -> String {
-        let args = graft_stage::StageArgs {
-            store: store.to_path_buf(),
-            params: Vec::new(),
-            jobs: None,
-            device: None,
-            params_json: Some(params.to_string()),
-            inputs: inputs.to_vec(),
-            slot: None,
-            check: false,
-            status: false,
-            force: false,
-            json: false,
-        };
+        let args = graft_stage::StageArgs::run_json(store, &params, inputs);
         let outcome = graft_stage::execute::<S>(&args).unwrap();
         outcome.artifact.unwrap().to_string()
     }

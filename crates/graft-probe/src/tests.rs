@@ -203,20 +203,7 @@ fn canary() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let run = |params: Value, inputs: Vec<String>, stage: fn(&graft_stage::StageArgs) -> String| {
-        let args = graft_stage::StageArgs {
-            store: store.clone(),
-            params: Vec::new(),
-            jobs: None,
-            device: None,
-            params_json: Some(params.to_string()),
-            inputs,
-            slot: None,
-            check: false,
-            status: false,
-            force: false,
-            json: false,
-        };
-        stage(&args)
+        stage(&graft_stage::StageArgs::run_json(&store, &params, &inputs))
     };
     fn id(o: graft_stage::Outcome) -> String {
         o.artifact.unwrap().to_string()

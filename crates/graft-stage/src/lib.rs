@@ -125,6 +125,27 @@ pub struct StageArgs {
     pub json: bool,
 }
 
+impl StageArgs {
+    /// A plain run on `store` with all parameters as one JSON object and `inputs`
+    /// (`name=id`), as the runner passes them: what a test that runs a stage in its own
+    /// process needs.
+    pub fn run_json(store: &std::path::Path, params: &Value, inputs: &[String]) -> StageArgs {
+        StageArgs {
+            store: store.to_path_buf(),
+            params: Vec::new(),
+            jobs: None,
+            device: None,
+            params_json: Some(params.to_string()),
+            inputs: inputs.to_vec(),
+            slot: None,
+            check: false,
+            status: false,
+            force: false,
+            json: false,
+        }
+    }
+}
+
 /// Errors of the protocol; the stage's own errors arrive as [`StageError::Run`].
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
