@@ -225,7 +225,8 @@ pub struct CacheUse {
     /// The nodes whose cached values the run read beside it ([`graft_graph::PlainStart`]).
     #[serde(default)]
     pub reads: Vec<usize>,
-    /// Tokens kept per row (1: the class token alone, for the linear probe).
+    /// Tokens kept per row (the pooled tokens alone for the linear probe: the class token,
+    /// and the distillation token where there is one).
     pub tokens: usize,
     /// The splits served from the cache (a split too big for the budget is not).
     pub splits: Vec<String>,
@@ -453,7 +454,11 @@ pub fn train_run_with(
         .map(|(node, reads, cls)| CacheUse {
             node,
             reads,
-            tokens: if cls { 1 } else { config.tokens() },
+            tokens: if cls {
+                config.pooled_tokens()
+            } else {
+                config.tokens()
+            },
             splits: used,
             bytes: caches.iter().flatten().map(|c| c.bytes()).sum(),
             device_bytes: caches.iter().flatten().map(device_bytes).sum(),

@@ -223,7 +223,7 @@ impl Workbench {
             return Ok(Some(e.cache.clone()));
         }
         let tokens = if class_token_only {
-            1
+            model.config.pooled_tokens()
         } else {
             model.config.tokens()
         };

@@ -22,7 +22,7 @@ use burn::store::{
 use graft_graph::{Edge, Placement};
 use serde::{Deserialize, Serialize};
 
-use crate::{AdapterConfig, LoraConfig, ModelError, QvLora, Vit, VitConfig};
+use crate::{AdapterConfig, KeyMismatch, LoraConfig, ModelError, QvLora, Vit, VitConfig};
 
 /// What a load did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,16 +39,11 @@ struct HeaderEntry {
     dtype: String,
 }
 
+/// A safetensors header's tensors: key -> (shape, dtype).
+pub type HeaderTensors = BTreeMap<String, (Vec<usize>, String)>;
+
 /// Keys, shapes and dtypes of a safetensors file, and its metadata, from the header alone.
-pub fn read_header(
-    path: &Path,
-) -> Result<
-    (
-        BTreeMap<String, (Vec<usize>, String)>,
-        BTreeMap<String, String>,
-    ),
-    ModelError,
-> {
+pub fn read_header(path: &Path) -> Result<(HeaderTensors, BTreeMap<String, String>), ModelError> {
     let err = |message: String| ModelError::Checkpoint {
         path: path.display().to_string(),
         message,
@@ -86,9 +81,23 @@ pub fn timm_keys(c: &VitConfig) -> BTreeMap<String, Vec<usize>> {
     let (d, m, p) = (c.dim, c.mlp_dim(), c.patch_size);
     let mut k = BTreeMap::new();
     k.insert("cls_token".into(), vec![1, 1, d]);
-    k.insert("pos_embed".into(), vec![1, c.tokens(), d]);
+    k.insert("pos_embed".into(), vec![1, c.embedded_tokens(), d]);
     k.insert("patch_embed.proj.weight".into(), vec![d, c.channels, p, p]);
-    k.insert("patch_embed.proj.bias".into(), vec![d]);
+    if !c.pre_norm {
+        k.insert("patch_embed.proj.bias".into(), vec![d]);
+    }
+    if c.dist_token {
+        k.insert("dist_token".into(), vec![1, 1, d]);
+        k.insert("head_dist.weight".into(), vec![c.classes, d]);
+        k.insert("head_dist.bias".into(), vec![c.classes]);
+    }
+    if c.reg_tokens > 0 {
+        k.insert("reg_token".into(), vec![1, c.reg_tokens, d]);
+    }
+    if c.pre_norm {
+        k.insert("norm_pre.weight".into(), vec![d]);
+        k.insert("norm_pre.bias".into(), vec![d]);
+    }
     for b in 0..c.depth {
         let mut put = |name: &str, shape: Vec<usize>| k.insert(format!("blocks.{b}.{name}"), shape);
         for n in ["norm1", "norm2"] {
@@ -103,6 +112,10 @@ pub fn timm_keys(c: &VitConfig) -> BTreeMap<String, Vec<usize>> {
         put("mlp.fc1.bias", vec![m]);
         put("mlp.fc2.weight", vec![d, m]);
         put("mlp.fc2.bias", vec![d]);
+        if c.layer_scale {
+            put("ls1.gamma", vec![d]);
+            put("ls2.gamma", vec![d]);
+        }
     }
     k.insert("norm.weight".into(), vec![d]);
     k.insert("norm.bias".into(), vec![d]);
@@ -141,27 +154,123 @@ fn not_adapter(path: &str, _container: &str) -> bool {
     !is_adapter(path)
 }
 
+/// Whether a parameter path is one of the heads (`head`, DeiT's `head_dist`).
+fn is_head(path: &str) -> bool {
+    path.starts_with("head.") || path.starts_with("head_dist.")
+}
+
 fn backbone_only(path: &str, _container: &str) -> bool {
-    !is_adapter(path) && !path.starts_with("head.")
+    !is_adapter(path) && !is_head(path)
 }
 
 fn adapters_and_head(path: &str, _container: &str) -> bool {
-    is_adapter(path) || path.starts_with("head.")
+    is_adapter(path) || is_head(path)
+}
+
+/// Whether a key belongs to one of the ViT families graft knows ([`crate::FAMILIES`]),
+/// whatever its shape.
+fn known_key(key: &str) -> bool {
+    const TOP: &[&str] = &[
+        "cls_token",
+        "dist_token",
+        "reg_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm_pre.weight",
+        "norm_pre.bias",
+        "norm.weight",
+        "norm.bias",
+        "head.weight",
+        "head.bias",
+        "head_dist.weight",
+        "head_dist.bias",
+    ];
+    const BLOCK: &[&str] = &[
+        "norm1.weight",
+        "norm1.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "attn.qkv.weight",
+        "attn.qkv.bias",
+        "attn.proj.weight",
+        "attn.proj.bias",
+        "mlp.fc1.weight",
+        "mlp.fc1.bias",
+        "mlp.fc2.weight",
+        "mlp.fc2.bias",
+        "ls1.gamma",
+        "ls2.gamma",
+    ];
+    let block = key
+        .strip_prefix("blocks.")
+        .and_then(|rest| rest.split_once('.'))
+        .filter(|(n, _)| n.parse::<usize>().is_ok())
+        .map(|(_, name)| name);
+    match block {
+        Some(name) => BLOCK.contains(&name),
+        None => TOP.contains(&key),
+    }
+}
+
+/// The family options a checkpoint's keys show (what its state dict alone can tell:
+/// not QuickGELU nor the LayerNorm epsilon), as "family (options)" for messages.
+fn layout_of(keys: &HeaderTensors) -> String {
+    let has = |k: &str| keys.contains_key(k);
+    let mut options = Vec::new();
+    if has("dist_token") {
+        options.push("distillation token".to_owned());
+    }
+    if let Some((shape, _)) = keys.get("reg_token") {
+        options.push(format!(
+            "{} register tokens",
+            shape.get(1).copied().unwrap_or(0)
+        ));
+    }
+    if has("blocks.0.ls1.gamma") {
+        options.push("layer scale".to_owned());
+    }
+    if has("norm_pre.weight") {
+        options.push("pre-norm".to_owned());
+    }
+    if has("cls_token") && !has("patch_embed.proj.bias") {
+        options.push("no patch-embedding bias".to_owned());
+    }
+    let family = if has("dist_token") {
+        "deit-distilled"
+    } else if has("blocks.0.ls1.gamma") || has("reg_token") {
+        "dinov2"
+    } else if has("norm_pre.weight") {
+        "clip"
+    } else {
+        "vit"
+    };
+    if options.is_empty() {
+        family.to_owned()
+    } else {
+        format!("{family} ({})", options.join(", "))
+    }
 }
 
 /// Loads a timm ViT safetensors file into `vit` (its adapters are left as they are).
 pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
     let shown = path.display().to_string();
     let (tensors, metadata) = read_header(path)?;
+    if let Some(key) = tensors.keys().find(|k| !known_key(k)) {
+        return Err(ModelError::UnknownFamily {
+            path: shown,
+            key: key.clone(),
+        });
+    }
     let expected = timm_keys(&vit.config);
     let mut missing = Vec::new();
     let mut shapes = Vec::new();
     for (key, shape) in &expected {
         match tensors.get(key) {
-            None if key.starts_with("head.") => {}
+            None if is_head(key) => {}
             None => missing.push(key.clone()),
             Some((found, dtype)) => {
-                if found != shape && !key.starts_with("head.") {
+                if found != shape && !is_head(key) {
                     shapes.push(format!("{key} {found:?} (expected {shape:?})"));
                 }
                 if dtype != "F32" {
@@ -176,20 +285,27 @@ pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
         .cloned()
         .collect();
     if !missing.is_empty() || !unexpected.is_empty() || !shapes.is_empty() {
-        return Err(ModelError::Mismatch {
+        let c = &vit.config;
+        return Err(ModelError::Mismatch(Box::new(KeyMismatch {
             path: shown,
-            preset: format!(
-                "d={} L={} patch={} image={}",
-                vit.config.dim, vit.config.depth, vit.config.patch_size, vit.config.image_size
+            model: format!(
+                "{} d={} L={} patch={} image={}",
+                c.family(),
+                c.dim,
+                c.depth,
+                c.patch_size,
+                c.image_size
             ),
+            layout: layout_of(&tensors),
             missing,
             unexpected,
             shapes,
-        });
+        })));
     }
-    let head_fits = ["head.weight", "head.bias"]
-        .iter()
-        .all(|k| tensors.get(*k).map(|t| &t.0) == expected.get(*k));
+    let head_fits = expected
+        .keys()
+        .filter(|k| is_head(k))
+        .all(|k| tensors.get(k).map(|t| &t.0) == expected.get(k));
     let head_kept_fresh = if head_fits {
         None
     } else if let Some((shape, _)) = tensors.get("head.weight") {
@@ -356,7 +472,7 @@ pub fn load_adapters(vit: Vit, path: &Path) -> Result<(Vit, AdapterMeta), ModelE
         .missing
         .iter()
         .map(|(p, _)| p.clone())
-        .filter(|p| is_adapter(p) || p.starts_with("head."))
+        .filter(|p| is_adapter(p) || is_head(p))
         .collect();
     if !result.errors.is_empty() || !missing.is_empty() || !result.unused.is_empty() {
         let mut msgs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();

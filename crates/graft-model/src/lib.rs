@@ -22,7 +22,9 @@ mod vit;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 
-pub use config::{AdapterAct, AdapterConfig, LoraConfig, PRESETS, Trainable, VitConfig};
+pub use config::{
+    AdapterAct, AdapterConfig, FAMILIES, LoraConfig, MlpAct, PRESETS, Trainable, VitConfig,
+};
 pub use vit::{Adapter, Attention, Block, Mlp, ModelInput, NodeTrace, PatchEmbed, QvLora, Vit};
 
 /// Errors of the model crate. Every variant names the file, edge or key at fault.
@@ -37,18 +39,32 @@ pub enum ModelError {
     #[error("{path}: {message}")]
     Checkpoint { path: String, message: String },
     #[error(
-        "{path} does not fit {preset}:{missing}{unexpected}{shapes}",
-        missing = list("missing keys", missing),
-        unexpected = list("unexpected keys", unexpected),
-        shapes = list("shape mismatches", shapes)
+        "{path}: key {key:?} belongs to none of the ViT families graft knows ({known}); \
+         graft loads timm's VisionTransformer state dicts of these families only",
+        known = FAMILIES.join("; ")
     )]
-    Mismatch {
-        path: String,
-        preset: String,
-        missing: Vec<String>,
-        unexpected: Vec<String>,
-        shapes: Vec<String>,
-    },
+    UnknownFamily { path: String, key: String },
+    #[error("{0}")]
+    Mismatch(Box<KeyMismatch>),
+}
+
+/// A checkpoint whose keys or shapes do not fit the model: every difference at once.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} ({layout}) does not fit {model}:{missing}{unexpected}{shapes}",
+    missing = list("missing keys", missing),
+    unexpected = list("unexpected keys", unexpected),
+    shapes = list("shape mismatches", shapes)
+)]
+pub struct KeyMismatch {
+    pub path: String,
+    /// The model's family and sizes.
+    pub model: String,
+    /// The family and options the file's keys show.
+    pub layout: String,
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+    pub shapes: Vec<String>,
 }
 
 fn list(what: &str, items: &[String]) -> String {
@@ -114,11 +130,12 @@ impl Vit {
     /// Trainable and total parameters for the current [`Trainable`] mode.
     pub fn param_count(&self) -> ParamCount {
         let all = self.num_params();
+        let heads = self.head.num_params() + self.head_dist.as_ref().map_or(0, Module::num_params);
         let trainable = match self.trainable {
             Trainable::Full => all,
-            Trainable::HeadOnly => self.head.num_params(),
+            Trainable::HeadOnly => heads,
             Trainable::Adapters => {
-                self.head.num_params()
+                heads
                     + self.adapters.iter().map(Module::num_params).sum::<usize>()
                     + self.lora.iter().map(Module::num_params).sum::<usize>()
             }

@@ -353,7 +353,10 @@ fn worst_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check_against_timm(test: &str, config: VitConfig, seed: u64) {
+/// `config`'s logits for timm's, on weights timm drew: a plain `VisionTransformer` of
+/// `config`'s shape, or, with `timm_model`, timm's registered model of that name (its family's
+/// options) at `config`'s sizes.
+fn check_against_timm(test: &str, config: VitConfig, seed: u64, timm_model: Option<&str>) {
     let backend = if cfg!(feature = "tch") { "tch" } else { "flex" };
     let Some((py, running)) = graft_external::require(
         &format!("graft-model {test} ({backend})"),
@@ -362,11 +365,14 @@ fn check_against_timm(test: &str, config: VitConfig, seed: u64) {
     ) else {
         return;
     };
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "image_size": config.image_size, "patch_size": config.patch_size, "dim": config.dim,
         "depth": config.depth, "heads": config.heads, "classes": config.classes, "seed": seed,
-    })
-    .to_string();
+    });
+    if let Some(name) = timm_model {
+        json["timm"] = name.into();
+    }
+    let json = json.to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     reference(&py, &["make", &json, d]);
@@ -418,7 +424,12 @@ fn check_against_timm(test: &str, config: VitConfig, seed: u64) {
 
 #[test]
 fn matches_timm_tiny() {
-    check_against_timm("matches_timm_tiny", VitConfig::new(16, 4, 64, 2, 2, 7), 1);
+    check_against_timm(
+        "matches_timm_tiny",
+        VitConfig::new(16, 4, 64, 2, 2, 7),
+        1,
+        None,
+    );
 }
 
 #[test]
@@ -427,7 +438,211 @@ fn matches_timm_small() {
         "matches_timm_small",
         VitConfig::new(32, 8, 192, 4, 3, 10),
         2,
+        None,
     );
+}
+
+// ---- the ViT families, against timm's registered models ----
+
+/// Each family preset with the timm model it has the layout of (`VitConfig::preset`'s table).
+const FAMILY_PRESETS: &[(&str, &str)] = &[
+    ("vit-l16", "vit_large_patch16_224"),
+    ("vit-b16", "vit_base_patch16_224"),
+    ("vit-s16", "vit_small_patch16_224"),
+    ("vit-ti16", "vit_tiny_patch16_224"),
+    ("deit-b16", "deit_base_patch16_224"),
+    ("deit-s16", "deit_small_patch16_224"),
+    ("deit-ti16", "deit_tiny_patch16_224"),
+    ("deit-b16-distilled", "deit_base_distilled_patch16_224"),
+    ("deit-s16-distilled", "deit_small_distilled_patch16_224"),
+    ("dinov2-s14", "vit_small_patch14_dinov2"),
+    ("dinov2-b14", "vit_base_patch14_dinov2"),
+    ("dinov2-l14", "vit_large_patch14_dinov2"),
+    ("dinov2-s14-reg4", "vit_small_patch14_reg4_dinov2"),
+    ("dinov2-b14-reg4", "vit_base_patch14_reg4_dinov2"),
+    ("clip-b16", "vit_base_patch16_clip_224"),
+    ("clip-b16-quickgelu", "vit_base_patch16_clip_quickgelu_224"),
+    ("clip-l14", "vit_large_patch14_clip_224"),
+    ("clip-l14-quickgelu", "vit_large_patch14_clip_quickgelu_224"),
+];
+
+/// `preset`'s family options at a small size (16 px, patches of 4, d 64, 2 blocks), against
+/// timm's `model` at that size: the logits of timm's weights, and timm's logits of graft's
+/// checkpoint.
+fn family_matches_timm(test: &str, preset: &str, seed: u64) {
+    let model = FAMILY_PRESETS
+        .iter()
+        .find(|(p, _)| *p == preset)
+        .map(|(_, m)| *m)
+        .expect("listed preset");
+    let full = VitConfig::preset(preset, 7).expect("preset");
+    let small = VitConfig {
+        image_size: 16,
+        patch_size: 4,
+        dim: 64,
+        depth: 2,
+        heads: 2,
+        ..full
+    };
+    check_against_timm(test, small, seed, Some(model));
+}
+
+#[test]
+fn deit_matches_timm() {
+    family_matches_timm("deit_matches_timm", "deit-s16", 3);
+}
+
+#[test]
+fn deit_distilled_matches_timm() {
+    family_matches_timm("deit_distilled_matches_timm", "deit-b16-distilled", 4);
+}
+
+#[test]
+fn dinov2_matches_timm() {
+    family_matches_timm("dinov2_matches_timm", "dinov2-s14", 5);
+}
+
+#[test]
+fn dinov2_with_registers_matches_timm() {
+    family_matches_timm("dinov2_with_registers_matches_timm", "dinov2-b14-reg4", 6);
+}
+
+#[test]
+fn clip_matches_timm() {
+    family_matches_timm("clip_matches_timm", "clip-b16", 7);
+}
+
+#[test]
+fn clip_quickgelu_matches_timm() {
+    family_matches_timm("clip_quickgelu_matches_timm", "clip-l14-quickgelu", 8);
+}
+
+/// Every family preset at its own size has the keys and shapes of timm's registered model's
+/// state dict (built on PyTorch's meta device: no weights are drawn).
+#[test]
+fn every_family_preset_has_its_timm_models_keys() {
+    let backend = if cfg!(feature = "tch") { "tch" } else { "flex" };
+    let Some((py, running)) = graft_external::require(
+        &format!("graft-model every_family_preset_has_its_timm_models_keys ({backend})"),
+        graft_external::VENV,
+        graft_external::venv_python(),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("keys.json");
+    let mut args = vec!["keys".to_owned(), "1000".into(), out.display().to_string()];
+    args.extend(FAMILY_PRESETS.iter().map(|(_, m)| m.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    reference(&py, &args);
+    let timm: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<usize>>> =
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    for (preset, model) in FAMILY_PRESETS {
+        let ours = crate::checkpoint::timm_keys(&VitConfig::preset(preset, 1000).unwrap());
+        assert_eq!(&ours, &timm[*model], "{preset} against timm's {model}");
+    }
+    // Every preset but the CPU ones is listed.
+    for preset in crate::PRESETS {
+        assert!(
+            preset.starts_with("vit-cpu") || FAMILY_PRESETS.iter().any(|(p, _)| p == preset),
+            "{preset} has no timm model to check against"
+        );
+    }
+    running.passed();
+}
+
+/// A state dict of another family is refused with the layout its keys show; one of a family
+/// graft does not know is refused naming the first key it cannot place and the families it
+/// knows.
+#[test]
+fn other_and_unknown_families_are_named() {
+    let dev = device();
+    let dir = tempfile::tempdir().unwrap();
+    let small = |preset| VitConfig {
+        image_size: 16,
+        patch_size: 4,
+        dim: 64,
+        depth: 2,
+        heads: 2,
+        ..VitConfig::preset(preset, 5).unwrap()
+    };
+    let dinov2 = dir.path().join("dinov2.safetensors");
+    save_timm(&small("dinov2-s14-reg4").init(&dev), &dinov2).unwrap();
+    let mut vit = small("vit-b16").init(&dev);
+    let e = load_timm(&mut vit, &dinov2).unwrap_err().to_string();
+    assert!(
+        e.contains("(dinov2 (4 register tokens, layer scale)) does not fit vit d=64"),
+        "{e}"
+    );
+    assert!(
+        e.contains("blocks.0.ls1.gamma") && e.contains("reg_token"),
+        "{e}"
+    );
+
+    // A Swin-like state dict: its keys are not a ViT's.
+    let swin = dir.path().join("swin.safetensors");
+    let t = |shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        (vec![0u8; 4 * n], shape)
+    };
+    let tensors = [
+        ("patch_embed.proj.weight", t(vec![64, 3, 4, 4])),
+        (
+            "layers.0.blocks.0.attn.relative_position_bias_table",
+            t(vec![49, 2]),
+        ),
+        ("norm.weight", t(vec![64])),
+    ];
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, (bytes, shape))| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap();
+            (k.to_string(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &swin).unwrap();
+    let e = load_timm(&mut vit, &swin).unwrap_err().to_string();
+    assert!(
+        e.contains("swin.safetensors: key \"layers.0.blocks.0.attn.relative_position_bias_table\" belongs to none"),
+        "{e}"
+    );
+    for family in ["vit", "deit-distilled", "dinov2", "clip"] {
+        assert!(e.contains(family), "{e}");
+    }
+}
+
+/// The distilled DeiT's logits are the mean of its two heads, each on its own token, and
+/// both heads train.
+#[test]
+fn distilled_logits_average_the_two_heads() {
+    let dev = device();
+    let c = VitConfig {
+        image_size: 16,
+        patch_size: 4,
+        dim: 64,
+        depth: 2,
+        heads: 2,
+        ..VitConfig::preset("deit-s16-distilled", 5).unwrap()
+    };
+    let vit = c.init(&dev).with_trainable(Trainable::HeadOnly);
+    let last = vit.nodes(images(&dev, 2, 16)).pop().unwrap();
+    assert_eq!(
+        last.dims(),
+        [2, 18, 64],
+        "16 patches, the class and distillation tokens"
+    );
+    // With `head_dist` a copy of `head`, the mean of the two heads is the head on the mean of
+    // the two tokens (`pool`); with its own, it is not.
+    let mut same = vit.clone();
+    same.head_dist = Some(same.head.clone());
+    let pooled = same.head.forward(same.pool(last.clone()));
+    assert!(max_diff(same.logits(last.clone()), pooled) < 1e-5);
+    let pooled = vit.head.forward(vit.pool(last.clone()));
+    assert!(max_diff(vit.logits(last), pooled) > 1e-4);
+    let heads = vit.head.num_params() + vit.head_dist.as_ref().unwrap().num_params();
+    assert_eq!(vit.param_count().trainable, heads);
 }
 
 // ---- LoRA on the query and value projections ----

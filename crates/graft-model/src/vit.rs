@@ -2,12 +2,12 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::Gradients;
-use burn::tensor::activation::{gelu, relu};
+use burn::tensor::activation::{gelu, relu, sigmoid};
 use burn::tensor::{Device, Tensor};
 use graft_backend::fused::attention;
 use graft_graph::{Edge, EdgeKind, Placement, PlainStart};
 
-use crate::{AdapterAct, AdapterConfig, LoraConfig, ModelError, Trainable, VitConfig};
+use crate::{AdapterAct, AdapterConfig, LoraConfig, MlpAct, ModelError, Trainable, VitConfig};
 
 /// Patch embedding: a p x p convolution with stride p.
 #[derive(Module, Debug)]
@@ -89,18 +89,40 @@ impl Attention {
     }
 }
 
-/// The block's MLP: fc1, exact GELU, fc2.
+/// The block's MLP: fc1, exact GELU (or QuickGELU), fc2.
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc1: Linear,
     pub fc2: Linear,
+    #[module(skip)]
+    pub act: MlpAct,
 }
 
 impl Mlp {
     /// # Shapes
     /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        tokenwise(&self.fc2, gelu(tokenwise(&self.fc1, x)))
+        let h = tokenwise(&self.fc1, x); // [batch, tokens, mlp_dim]
+        let h = match self.act {
+            MlpAct::Gelu => gelu(h),
+            MlpAct::QuickGelu => h.clone() * sigmoid(h * 1.702),
+        };
+        tokenwise(&self.fc2, h)
+    }
+}
+
+/// Layer scale: a learned per-channel factor on a sub-layer's output (timm's `LayerScale`,
+/// parameter `gamma`).
+#[derive(Module, Debug)]
+pub struct LayerScale {
+    pub gamma: Param<Tensor<1>>,
+}
+
+impl LayerScale {
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        x * self.gamma.val().unsqueeze::<3>()
     }
 }
 
@@ -112,6 +134,9 @@ pub struct Block {
     pub attn: Attention,
     pub norm2: LayerNorm,
     pub mlp: Mlp,
+    /// Layer scale of the attention and MLP sub-layers (families with layer scale).
+    pub ls1: Option<LayerScale>,
+    pub ls2: Option<LayerScale>,
 }
 
 /// LoRA on one block's query and value projections (Hu et al.): the fused `qkv` projection's
@@ -255,6 +280,14 @@ pub struct Vit {
     pub adapters: Vec<Adapter>,
     /// LoRA of block k at `lora[k]` (empty without LoRA).
     pub lora: Vec<QvLora>,
+    /// `[1, 1, dim]`: DeiT's distillation token, read by `head_dist`.
+    pub dist_token: Option<Param<Tensor<3>>>,
+    /// `[1, registers, dim]`: DINOv2's register tokens.
+    pub reg_token: Option<Param<Tensor<3>>>,
+    /// The LayerNorm on the embedded tokens (CLIP's `ln_pre`).
+    pub norm_pre: Option<LayerNorm>,
+    /// DeiT's distillation head, on the distillation token.
+    pub head_dist: Option<Linear>,
     #[module(skip)]
     pub config: VitConfig,
     #[module(skip)]
@@ -285,6 +318,19 @@ impl VitConfig {
                 })
                 .init(device)
         };
+        // timm's `init_values` for DINOv2.
+        let ls = || {
+            self.layer_scale.then(|| LayerScale {
+                gamma: Initializer::Constant { value: 1e-5 }.init([d], device),
+            })
+        };
+        let normal = |shape: [usize; 3]| {
+            Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            }
+            .init(shape, device)
+        };
         let blocks = (0..self.depth)
             .map(|_| Block {
                 norm1: ln(),
@@ -297,7 +343,10 @@ impl VitConfig {
                 mlp: Mlp {
                     fc1: lin(d, self.mlp_dim()),
                     fc2: lin(self.mlp_dim(), d),
+                    act: self.mlp_act,
                 },
+                ls1: ls(),
+                ls2: ls(),
             })
             .collect();
         let p = self.patch_size;
@@ -305,23 +354,20 @@ impl VitConfig {
             patch_embed: PatchEmbed {
                 proj: Conv2dConfig::new([self.channels, d], [p, p])
                     .with_stride([p, p])
+                    .with_bias(!self.pre_norm)
                     .init(device),
             },
-            cls_token: Initializer::Normal {
-                mean: 0.0,
-                std: 0.02,
-            }
-            .init([1, 1, d], device),
-            pos_embed: Initializer::Normal {
-                mean: 0.0,
-                std: 0.02,
-            }
-            .init([1, self.tokens(), d], device),
+            cls_token: normal([1, 1, d]),
+            pos_embed: normal([1, self.embedded_tokens(), d]),
             blocks,
             norm: ln(),
             head: lin(d, self.classes),
             adapters: Vec::new(),
             lora: Vec::new(),
+            dist_token: self.dist_token.then(|| normal([1, 1, d])),
+            reg_token: (self.reg_tokens > 0).then(|| normal([1, self.reg_tokens, d])),
+            norm_pre: self.pre_norm.then(ln),
+            head_dist: self.dist_token.then(|| lin(d, self.classes)),
             config: self.clone(),
             trainable: Trainable::Full,
         }
@@ -335,8 +381,9 @@ impl VitConfig {
 pub enum ModelInput {
     /// `[batch, channels, height, width]`
     Images(Tensor<4>),
-    /// The plain value of node `node`: `[batch, tokens, dim]`, or `[batch, 1, dim]` (the
-    /// class token alone) at the last node of a model without adapters; and `reads`, the
+    /// The plain value of node `node`: `[batch, tokens, dim]`, or `[batch, pooled, dim]`
+    /// ([`VitConfig::pooled_tokens`]: the class token, and the distillation token where there
+    /// is one) at the last node of a model without adapters; and `reads`, the
     /// plain values `[batch, tokens, dim]` of the nodes [`PlainStart::reads`] names (empty
     /// when `node` is at or below every node the adapters touch).
     Node {
@@ -424,6 +471,7 @@ impl Vit {
             Trainable::Adapters | Trainable::HeadOnly => self.no_grad(),
         };
         m.head = m.head.set_require_grad(true);
+        m.head_dist = m.head_dist.map(|h| h.set_require_grad(true));
         if mode == Trainable::Adapters {
             m.adapters = m
                 .adapters
@@ -440,15 +488,30 @@ impl Vit {
         m
     }
 
-    /// x_0: patch embedding, class token, position embedding.
+    /// x_0: patch embedding, the prefix tokens (class, distillation, registers) before the
+    /// patches, position embedding (over the patches alone with `no_embed_class`), and the
+    /// pre-norm where the family has one.
     ///
     /// # Shapes
     /// images `[batch, channels, height, width]` -> `[batch, tokens, dim]`
     pub fn embed(&self, images: Tensor<4>) -> Tensor<3> {
-        let x = self.patch_embed.forward(images);
+        let x = self.patch_embed.forward(images); // [batch, patches, dim]
         let b = x.dims()[0];
-        let cls = self.cls_token.val().repeat_dim(0, b);
-        Tensor::cat(vec![cls, x], 1) + self.pos_embed.val()
+        let prefix: Vec<Tensor<3>> = [Some(&self.cls_token), self.dist_token.as_ref()]
+            .into_iter()
+            .chain([self.reg_token.as_ref()])
+            .flatten()
+            .map(|t| t.val().repeat_dim(0, b))
+            .collect(); // [batch, 1 or registers, dim] each
+        let x = if self.config.no_embed_class {
+            Tensor::cat([prefix, vec![x + self.pos_embed.val()]].concat(), 1)
+        } else {
+            Tensor::cat([prefix, vec![x]].concat(), 1) + self.pos_embed.val()
+        };
+        match &self.norm_pre {
+            Some(norm) => self.layer_norm(norm, x),
+            None => x,
+        }
     }
 
     /// Sub-layer k (1..=2L) with its residual: x_k = x_{k-1} + F_k(x_{k-1}), with the
@@ -467,15 +530,20 @@ impl Vit {
     fn sublayer_with(&self, k: usize, x: Tensor<3>, lora: bool) -> Tensor<3> {
         let b = (k - 1) / 2;
         let block = &self.blocks[b];
-        let f = if k % 2 == 1 {
+        let (f, scale) = if k % 2 == 1 {
             let lora = self.lora.get(b).filter(|_| lora);
-            block
+            let f = block
                 .attn
-                .forward_with(self.layer_norm(&block.norm1, x.clone()), lora)
+                .forward_with(self.layer_norm(&block.norm1, x.clone()), lora);
+            (f, &block.ls1)
         } else {
-            block.mlp.forward(self.layer_norm(&block.norm2, x.clone()))
+            let f = block.mlp.forward(self.layer_norm(&block.norm2, x.clone()));
+            (f, &block.ls2)
         };
-        x + f
+        match scale {
+            Some(ls) => x + ls.forward(f),
+            None => x + f,
+        }
     }
 
     /// One pass over nodes `start..=2L`: `nodes` holds the nodes below `start` on entry and
@@ -571,7 +639,8 @@ impl Vit {
     ///
     /// # Shapes
     /// x_entry and reads `[batch, tokens, dim]` -> n nodes `[batch, tokens, dim]` (`tokens`
-    /// may be 1 at `entry = 2L` without adapters: the class token is all the head reads)
+    /// may be [`VitConfig::pooled_tokens`] at `entry = 2L` without adapters: the pooled tokens
+    /// are all the heads read)
     pub fn nodes_from(
         &self,
         entry: usize,
@@ -633,20 +702,50 @@ impl Vit {
                     .nodes_from(node, value, reads)
                     .pop()
                     .expect("n >= 1 nodes");
-                rows(&self.head, self.pool(last))
+                self.logits(last)
             }
         }
     }
 
-    /// Class-token features after the final LayerNorm.
+    /// The pooled tokens after the final LayerNorm, one `[batch, dim]` each: the class
+    /// token, then the distillation token where there is one.
+    ///
+    /// # Shapes
+    /// last node `[batch, tokens, dim]` -> [`VitConfig::pooled_tokens`] x `[batch, dim]`
+    fn pooled(&self, last: Tensor<3>) -> Vec<Tensor<2>> {
+        let [b, _, d] = last.dims();
+        let normed = self.layer_norm(&self.norm, last);
+        (0..self.config.pooled_tokens())
+            .map(|t| normed.clone().narrow(1, t, 1).reshape([b, d]))
+            .collect()
+    }
+
+    /// Features before the head after the final LayerNorm: the class token's (with a
+    /// distillation token, the mean of both, as timm's `pre_logits`).
     ///
     /// # Shapes
     /// last node `[batch, tokens, dim]` -> `[batch, dim]`
     pub fn pool(&self, last: Tensor<3>) -> Tensor<2> {
-        let [b, _, d] = last.dims();
-        self.layer_norm(&self.norm, last)
-            .narrow(1, 0, 1)
-            .reshape([b, d])
+        match self.pooled(last).as_slice() {
+            [cls] => cls.clone(),
+            [cls, dist] => (cls.clone() + dist.clone()) / 2.0,
+            _ => unreachable!("one or two tokens are pooled"),
+        }
+    }
+
+    /// The head on the class token; with a distillation token, the mean of `head` on the
+    /// class token and `head_dist` on the distillation token (timm's DeiT in eval mode).
+    ///
+    /// # Shapes
+    /// last node `[batch, tokens, dim]` -> logits `[batch, classes]`
+    pub fn logits(&self, last: Tensor<3>) -> Tensor<2> {
+        match (&self.head_dist, self.pooled(last).as_slice()) {
+            (Some(head_dist), [cls, dist]) => {
+                (rows(&self.head, cls.clone()) + rows(head_dist, dist.clone())) / 2.0
+            }
+            (None, [cls]) => rows(&self.head, cls.clone()),
+            _ => unreachable!("the pooled tokens are the heads' tokens"),
+        }
     }
 
     /// One of the model's LayerNorms as a single operation with its own backward step
@@ -670,7 +769,7 @@ impl Vit {
     /// images `[batch, channels, height, width]` -> logits `[batch, classes]`
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let last = self.nodes(images).pop().expect("n >= 1 nodes");
-        rows(&self.head, self.pool(last))
+        self.logits(last)
     }
 
     /// # Shapes
@@ -715,7 +814,7 @@ impl Vit {
             x = tap(x, &mut nodes, &mut taps);
             plain.push(x.clone());
         }
-        let logits = rows(&self.head, self.pool(x));
+        let logits = self.logits(x);
         Ok(NodeTrace {
             logits,
             nodes,

@@ -60,8 +60,9 @@ pub struct NodeCache {
 impl NodeCache {
     /// The plain value of `node` for every row of `split`, from images, with `model`'s
     /// backbone (its adapters are ignored) on `device` (not an autodiff device: no graph is
-    /// recorded), kept as `residence` says. `class_token_only` keeps token 0 alone, which is
-    /// all the head reads from the last node.
+    /// recorded), kept as `residence` says. `class_token_only` keeps the pooled tokens alone
+    /// (the class token, and the distillation token where there is one), which is all the
+    /// heads read from the last node.
     pub fn compute(
         model: &Vit,
         split: &Split,
@@ -245,7 +246,7 @@ struct CacheShape {
 impl CacheShape {
     fn of(node: usize, model: &Vit, class_token_only: bool) -> CacheShape {
         let tokens = match class_token_only {
-            true => 1,
+            true => model.config.pooled_tokens(),
             false => model.config.tokens(),
         };
         CacheShape {

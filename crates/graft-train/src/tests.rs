@@ -201,8 +201,34 @@ fn node_caches_advance_exactly_and_forward_from_them_matches_the_whole_network()
     let _rng = rng_lock();
     let dev = device();
     dev.seed(5);
+    // The plain ViT, and the families with extra tokens, layer scale and a pre-norm at its size.
+    let tiny = VitConfig::preset("vit-cpu-tiny", 4).unwrap();
+    for family in [
+        "deit-s16-distilled",
+        "dinov2-s14-reg4",
+        "clip-b16-quickgelu",
+    ] {
+        let c = VitConfig::preset(family, 4).unwrap();
+        let (dim, depth, heads) = (tiny.dim, tiny.depth, tiny.heads);
+        let (image_size, patch_size) = (tiny.image_size, tiny.patch_size);
+        let c = VitConfig {
+            image_size,
+            patch_size,
+            dim,
+            depth,
+            heads,
+            ..c
+        };
+        caches_match_the_whole_network(c.init(&dev), &dev);
+    }
+    caches_match_the_whole_network(tiny.init(&dev), &dev);
+}
+
+/// [`node_caches_advance_exactly_and_forward_from_them_matches_the_whole_network`] for one
+/// 2-block backbone.
+fn caches_match_the_whole_network(base: graft_model::Vit, dev: &Device) {
+    let dev = dev.clone();
     let split = task("val", 70); // more than one chunk of 64 rows
-    let base = VitConfig::preset("vit-cpu-tiny", 4).unwrap().init(&dev);
     let host = Residence::Host;
     let low = NodeCache::compute(&base, &split, &pre(), 1, false, &dev, host).unwrap();
     let direct = NodeCache::compute(&base, &split, &pre(), 3, false, &dev, host).unwrap();
@@ -215,7 +241,8 @@ fn node_caches_advance_exactly_and_forward_from_them_matches_the_whole_network()
             .unwrap()
     };
     assert_eq!(values(&direct), values(&advanced));
-    assert_eq!(direct.bytes(), NodeCache::bytes_for(70, 17, 64));
+    let tokens = base.config.tokens();
+    assert_eq!(direct.bytes(), NodeCache::bytes_for(70, tokens, 64));
 
     // Adapters with non-zero up-projections, so that they change the logits.
     for edges in [
@@ -256,7 +283,8 @@ fn node_caches_advance_exactly_and_forward_from_them_matches_the_whole_network()
             .zip(&cached)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        assert!(worst < 1e-4, "{edges:?}: logits differ by {worst}");
+        let family = base.config.family();
+        assert!(worst < 1e-4, "{family} {edges:?}: logits differ by {worst}");
     }
 }
 
