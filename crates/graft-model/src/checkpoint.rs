@@ -252,17 +252,33 @@ fn layout_of(keys: &HeaderTensors) -> String {
     }
 }
 
-/// Loads a timm ViT safetensors file into `vit` (its adapters are left as they are).
-pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
-    let shown = path.display().to_string();
-    let (tensors, metadata) = read_header(path)?;
-    if let Some(key) = tensors.keys().find(|k| !known_key(k)) {
-        return Err(ModelError::UnknownFamily {
-            path: shown,
-            key: key.clone(),
-        });
-    }
-    let expected = timm_keys(&vit.config);
+/// The presets whose timm keys and shapes are the file's, heads aside (several when they
+/// differ only where a state dict cannot show it: QuickGELU, DeiT's weights in ViT's layout).
+pub(crate) fn fitting_presets(tensors: &HeaderTensors) -> Vec<&'static str> {
+    let body = |k: &&String| !is_head(k);
+    let file: BTreeMap<&String, &Vec<usize>> = tensors
+        .iter()
+        .filter(|(k, _)| body(k))
+        .map(|(k, (s, _))| (k, s))
+        .collect();
+    crate::PRESETS
+        .iter()
+        .copied()
+        .filter(|name| {
+            let Some(c) = VitConfig::preset(name, 1) else {
+                return false;
+            };
+            let keys = timm_keys(&c);
+            let ours: BTreeMap<&String, &Vec<usize>> =
+                keys.iter().filter(|(k, _)| body(k)).collect();
+            ours == file
+        })
+        .collect()
+}
+
+/// Every key of `config`'s timm layout against the file's, all differences in one error.
+fn check_keys(config: &VitConfig, tensors: &HeaderTensors, path: &Path) -> Result<(), ModelError> {
+    let expected = timm_keys(config);
     let mut missing = Vec::new();
     let mut shapes = Vec::new();
     for (key, shape) in &expected {
@@ -284,24 +300,40 @@ pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
         .filter(|k| !expected.contains_key(*k))
         .cloned()
         .collect();
-    if !missing.is_empty() || !unexpected.is_empty() || !shapes.is_empty() {
-        let c = &vit.config;
-        return Err(ModelError::Mismatch(Box::new(KeyMismatch {
-            path: shown,
-            model: format!(
-                "{} d={} L={} patch={} image={}",
-                c.family(),
-                c.dim,
-                c.depth,
-                c.patch_size,
-                c.image_size
-            ),
-            layout: layout_of(&tensors),
-            missing,
-            unexpected,
-            shapes,
-        })));
+    if missing.is_empty() && unexpected.is_empty() && shapes.is_empty() {
+        return Ok(());
     }
+    let c = config;
+    Err(ModelError::Mismatch(Box::new(KeyMismatch {
+        path: path.display().to_string(),
+        model: format!(
+            "{} d={} L={} patch={} image={}",
+            c.family(),
+            c.dim,
+            c.depth,
+            c.patch_size,
+            c.image_size
+        ),
+        layout: layout_of(tensors),
+        fits: fitting_presets(tensors),
+        missing,
+        unexpected,
+        shapes,
+    })))
+}
+
+/// Loads a timm ViT safetensors file into `vit` (its adapters are left as they are).
+pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
+    let shown = path.display().to_string();
+    let (tensors, metadata) = read_header(path)?;
+    if let Some(key) = tensors.keys().find(|k| !known_key(k)) {
+        return Err(ModelError::UnknownFamily {
+            path: shown,
+            key: key.clone(),
+        });
+    }
+    check_keys(&vit.config, &tensors, path)?;
+    let expected = timm_keys(&vit.config);
     let head_fits = expected
         .keys()
         .filter(|k| is_head(k))

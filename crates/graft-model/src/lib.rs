@@ -51,7 +51,12 @@ pub enum ModelError {
 /// A checkpoint whose keys or shapes do not fit the model: every difference at once.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{path} ({layout}) does not fit {model}:{missing}{unexpected}{shapes}",
+    "{path} ({layout}) does not fit {model}:{missing}{unexpected}{shapes}{hint}",
+    hint = if fits.is_empty() {
+        String::new()
+    } else {
+        format!("\n  the file fits preset {}", fits.join(" or "))
+    },
     missing = list("missing keys", missing),
     unexpected = list("unexpected keys", unexpected),
     shapes = list("shape mismatches", shapes)
@@ -62,6 +67,8 @@ pub struct KeyMismatch {
     pub model: String,
     /// The family and options the file's keys show.
     pub layout: String,
+    /// The presets the file's keys and shapes fit.
+    pub fits: Vec<&'static str>,
     pub missing: Vec<String>,
     pub unexpected: Vec<String>,
     pub shapes: Vec<String>,

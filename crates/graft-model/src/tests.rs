@@ -578,6 +578,7 @@ fn other_and_unknown_families_are_named() {
         e.contains("blocks.0.ls1.gamma") && e.contains("reg_token"),
         "{e}"
     );
+    assert!(!e.contains("fits preset"), "no preset has this size: {e}");
 
     // A Swin-like state dict: its keys are not a ViT's.
     let swin = dir.path().join("swin.safetensors");
@@ -611,6 +612,44 @@ fn other_and_unknown_families_are_named() {
     for family in ["vit", "deit-distilled", "dinov2", "clip"] {
         assert!(e.contains(family), "{e}");
     }
+}
+
+/// A file's keys and shapes name the presets it fits, all of those a state dict cannot tell
+/// apart; the mismatch error names them.
+#[test]
+fn a_file_names_the_presets_it_fits() {
+    let header = |preset| -> crate::checkpoint::HeaderTensors {
+        let keys = crate::checkpoint::timm_keys(&VitConfig::preset(preset, 1000).unwrap());
+        keys.into_iter()
+            .map(|(k, s)| (k, (s, "F32".to_owned())))
+            .collect()
+    };
+    let fits = crate::checkpoint::fitting_presets;
+    assert_eq!(fits(&header("dinov2-s14")), ["dinov2-s14"]);
+    assert_eq!(fits(&header("dinov2-b14-reg4")), ["dinov2-b14-reg4"]);
+    assert_eq!(fits(&header("deit-b16")), ["vit-b16", "deit-b16"]);
+    assert_eq!(
+        fits(&header("clip-l14")),
+        ["clip-l14", "clip-l14-quickgelu"]
+    );
+    assert_eq!(fits(&header("vit-cpu-p8")), ["vit-cpu-p8"]);
+    let mut headless = header("deit-b16-distilled");
+    headless.retain(|k, _| !k.starts_with("head"));
+    assert_eq!(fits(&headless), ["deit-b16-distilled"]);
+    let e = ModelError::Mismatch(Box::new(crate::KeyMismatch {
+        path: "m.safetensors".into(),
+        model: "vit d=768 L=12 patch=16 image=224".into(),
+        layout: "dinov2 (layer scale)".into(),
+        fits: fits(&header("dinov2-s14")),
+        missing: vec![],
+        unexpected: vec!["blocks.0.ls1.gamma".into()],
+        shapes: vec![],
+    }));
+    assert!(
+        e.to_string()
+            .ends_with("\n  the file fits preset dinov2-s14"),
+        "{e}"
+    );
 }
 
 /// The distilled DeiT's logits are the mean of its two heads, each on its own token, and
