@@ -259,6 +259,31 @@ impl LoraConfig {
     }
 }
 
+/// The dtype the model's matrix products and attention compute in, as under PyTorch's
+/// `torch.autocast`: in `bf16` or `fp16` the linear layers (the blocks', the adapters', LoRA's
+/// and the head's) and attention run in that dtype, while the residual stream, LayerNorm, layer
+/// scale, the loss, the trained parameters and their gradients stay f32. The patch
+/// embedding stays f32 too (about 1% of a ViT-B/16's FLOPs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    Fp16,
+}
+
+impl Precision {
+    /// The low dtype the products run in; `None` for f32.
+    pub fn low(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(burn::tensor::FloatDType::BF16),
+            Precision::Fp16 => Some(burn::tensor::FloatDType::F16),
+        }
+    }
+}
+
 /// Which parameters train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

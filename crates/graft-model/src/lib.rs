@@ -23,7 +23,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 
 pub use config::{
-    AdapterAct, AdapterConfig, FAMILIES, LoraConfig, MlpAct, PRESETS, Trainable, VitConfig,
+    AdapterAct, AdapterConfig, FAMILIES, LoraConfig, MlpAct, PRESETS, Precision, Trainable,
+    VitConfig,
 };
 pub use vit::{Adapter, Attention, Block, Mlp, ModelInput, NodeTrace, PatchEmbed, QvLora, Vit};
 

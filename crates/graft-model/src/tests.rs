@@ -2,11 +2,11 @@ use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use graft_graph::{Edge, EdgeKind, Graph, Placement};
 
 use crate::checkpoint::{adapter_meta, load_adapters, load_timm, save_adapters, save_timm};
-use crate::{AdapterConfig, LoraConfig, ModelError, Trainable, Vit, VitConfig};
+use crate::{AdapterConfig, LoraConfig, ModelError, Precision, Trainable, Vit, VitConfig};
 
 fn device() -> Device {
     graft_backend::device("cpu").expect("cpu backend")
@@ -901,4 +901,75 @@ fn lora_round_trips_through_the_adapter_file_and_stays_out_of_timm_files() {
     assert_eq!(adapter_meta(&plain_path).unwrap().lora, None);
     let (back, _) = load_adapters(m, &plain_path).unwrap();
     assert!(back.lora.is_empty());
+}
+
+// ---- precision: autocast's semantics ----
+
+/// `||a - b|| / ||a||` of two tensors' values.
+fn relative_error<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let norm = |t: Tensor<D>| t.powi_scalar(2).sum().sqrt().into_scalar::<f32>();
+    norm(a.clone() - b) / norm(a)
+}
+
+/// In bf16 and fp16 the frozen blocks' linear weights are stored in the low dtype once,
+/// trained parameters and their gradients stay f32, and the logits (f32) and gradients are
+/// the f32 model's within the low dtype's rounding: relative errors under 3e-2 for bf16 (8
+/// significant bits, about 4e-3 per rounding) and 4e-3 for fp16 (11 bits), over every edge
+/// kind, LoRA and the head.
+#[test]
+fn low_precision_keeps_f32_values_within_its_rounding() {
+    let dev = device().autodiff();
+    dev.seed(11);
+    let placement = Placement::new(Graph::new(2), ONE_OF_EACH).unwrap();
+    let mut base = VitConfig::preset("vit-cpu-tiny", 5)
+        .unwrap()
+        .init(&dev)
+        .with_placement(&placement, &AdapterConfig::new())
+        .unwrap()
+        .with_trainable(Trainable::Adapters);
+    for a in &mut base.adapters {
+        let shape = a.up.weight.val().dims();
+        let drawn = Tensor::random(shape, Distribution::Normal(0.0, 0.1), &dev);
+        a.up.weight = Param::from_tensor(drawn).set_require_grad(true);
+    }
+    let base = with_drawn_lora(base, &LoraConfig::new(), &dev);
+    let run = |m: &Vit| {
+        dev.seed(12);
+        let (grads, loss) = grads_of(m, &dev);
+        let down = |k: usize| m.adapters[k].down.weight.val().grad(&grads).unwrap();
+        let lora = m.lora[1].v_b.weight.val().grad(&grads).unwrap();
+        (loss, [down(0), down(1), down(2), down(3)], lora)
+    };
+    let (loss, grads, lora) = run(&base);
+    for (precision, tolerance) in [(Precision::Bf16, 3e-2), (Precision::Fp16, 4e-3)] {
+        let low = base.clone().with_precision(precision);
+        let dtype = precision.low().map(DType::from).unwrap();
+        assert_eq!(low.blocks[1].mlp.fc2.weight.val().dtype(), dtype);
+        assert_eq!(
+            low.blocks[0].attn.qkv.bias.as_ref().unwrap().val().dtype(),
+            dtype
+        );
+        for trained in [low.adapters[2].up.weight.val(), low.head.weight.val()] {
+            assert_eq!(trained.dtype(), DType::F32, "{precision:?}");
+        }
+        let (low_loss, low_grads, low_lora) = run(&low);
+        assert!(
+            ((loss - low_loss) / loss).abs() < tolerance,
+            "{precision:?}: loss {low_loss} against {loss}"
+        );
+        for (k, (g, l)) in grads.iter().zip(low_grads).enumerate() {
+            assert_eq!(l.dtype(), DType::F32);
+            let e = relative_error(g.clone(), l);
+            assert!(
+                e < tolerance,
+                "{precision:?}: adapter {k}'s gradient off by {e}"
+            );
+        }
+        let e = relative_error(lora.clone(), low_lora);
+        assert!(e < tolerance, "{precision:?}: LoRA's gradient off by {e}");
+        // A backbone made trainable again is f32 again, and so are its gradients.
+        let full = low.with_trainable(Trainable::Full);
+        assert_eq!(full.blocks[1].mlp.fc2.weight.val().dtype(), DType::F32);
+        assert_eq!(full.precision, precision);
+    }
 }

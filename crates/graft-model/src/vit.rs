@@ -3,11 +3,13 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::Gradients;
 use burn::tensor::activation::{gelu, relu, sigmoid};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use graft_backend::fused::attention;
 use graft_graph::{Edge, EdgeKind, Placement, PlainStart};
 
-use crate::{AdapterAct, AdapterConfig, LoraConfig, MlpAct, ModelError, Trainable, VitConfig};
+use crate::{
+    AdapterAct, AdapterConfig, LoraConfig, MlpAct, ModelError, Precision, Trainable, VitConfig,
+};
 
 /// Patch embedding: a p x p convolution with stride p.
 #[derive(Module, Debug)]
@@ -29,13 +31,27 @@ impl PatchEmbed {
 /// `x w + b` ([`graft_backend::fused::linear`], LibTorch's `addmm` on tch, as PyTorch's
 /// `nn.Linear`); burn's `Linear` is a product and then a separate bias addition.
 ///
+/// The product runs in `x`'s dtype: weights in another (f32 weights under bf16 autocast, see
+/// [`Precision`]) are cast to it here.
+///
 /// # Shapes
 /// `[rows, in]` -> `[rows, out]`
 fn rows(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    let dtype = x.dtype();
     match &layer.bias {
-        Some(b) => graft_backend::fused::linear(x, layer.weight.val(), b.val()),
-        None => layer.forward(x),
+        Some(b) => graft_backend::fused::linear(
+            x,
+            as_dtype(layer.weight.val(), dtype),
+            as_dtype(b.val(), dtype),
+        ),
+        None if layer.weight.val().dtype() == dtype => layer.forward(x),
+        None => burn::tensor::module::linear(x, as_dtype(layer.weight.val(), dtype), None),
     }
+}
+
+/// `t` in `dtype`; no operation when it is in it already.
+fn as_dtype<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
 /// A linear layer on every token as one `[batch·tokens, in] x [in, out]` product, as
@@ -139,6 +155,29 @@ pub struct Block {
     pub ls2: Option<LayerScale>,
 }
 
+impl Block {
+    /// The block with its linear layers' weights and biases in `dtype`.
+    fn with_linear_dtype(self, dtype: DType) -> Block {
+        let cast = |layer: Linear| Linear {
+            weight: layer.weight.map(|w| as_dtype(w, dtype)),
+            bias: layer.bias.map(|b| b.map(|b| as_dtype(b, dtype))),
+        };
+        Block {
+            attn: Attention {
+                qkv: cast(self.attn.qkv),
+                proj: cast(self.attn.proj),
+                heads: self.attn.heads,
+            },
+            mlp: Mlp {
+                fc1: cast(self.mlp.fc1),
+                fc2: cast(self.mlp.fc2),
+                act: self.mlp.act,
+            },
+            ..self
+        }
+    }
+}
+
 /// LoRA on one block's query and value projections (Hu et al.): the fused `qkv` projection's
 /// output gains s·B_q A_q x in its query part and s·B_v A_v x in its value part, the key part
 /// unchanged. A (`q_a`, `v_a`: d -> r) is drawn Kaiming-uniform like PyTorch's `Linear` (and
@@ -197,8 +236,9 @@ impl QvLora {
     /// # Shapes
     /// `[rows, dim]` -> `[rows, 3·dim]`
     pub fn delta(&self, x: Tensor<2>) -> Tensor<2> {
+        let dtype = x.dtype();
         let a = Tensor::cat(vec![self.q_a.weight.val(), self.v_a.weight.val()], 1); // [dim, 2r]
-        let h = x.matmul(a); // [rows, 2r]
+        let h = x.matmul(as_dtype(a, dtype)); // [rows, 2r]
         let (bq, bv) = (self.q_b.weight.val(), self.v_b.weight.val()); // [r, dim] each
         let [r, d] = bq.dims();
         let zeros = Tensor::<2>::zeros([r, 2 * d], &bq.device());
@@ -211,7 +251,7 @@ impl QvLora {
         ); // [2r, 3·dim]
         let scale = self.config().scale();
         let b = if scale == 1.0 { b } else { b * scale };
-        h.matmul(b)
+        h.matmul(as_dtype(b, dtype))
     }
 }
 
@@ -258,9 +298,11 @@ impl Adapter {
         let y = if self.scale == 1.0 {
             rows(&self.up, h) // s = 1 (the default): the up projection alone
         } else {
-            let y = burn::tensor::module::linear(h, self.up.weight.val(), None) * self.scale;
+            let dtype = h.dtype();
+            let w = as_dtype(self.up.weight.val(), dtype);
+            let y = burn::tensor::module::linear(h, w, None) * self.scale;
             match &self.up.bias {
-                Some(b) => y + b.val().unsqueeze::<2>(),
+                Some(b) => y + as_dtype(b.val(), dtype).unsqueeze::<2>(),
                 None => y,
             }
         }; // [batch·tokens, dim]
@@ -290,6 +332,9 @@ pub struct Vit {
     pub head_dist: Option<Linear>,
     #[module(skip)]
     pub config: VitConfig,
+    /// What the products compute in ([`Vit::with_precision`]).
+    #[module(skip)]
+    pub precision: Precision,
     #[module(skip)]
     pub trainable: Trainable,
 }
@@ -369,6 +414,7 @@ impl VitConfig {
             norm_pre: self.pre_norm.then(ln),
             head_dist: self.dist_token.then(|| lin(d, self.classes)),
             config: self.clone(),
+            precision: Precision::F32,
             trainable: Trainable::Full,
         }
     }
@@ -463,6 +509,50 @@ impl Vit {
         self.with_trainable(trainable)
     }
 
+    /// Sets what the products compute in ([`Precision`], autocast's semantics). With a
+    /// frozen backbone its blocks' linear weights and biases are cast to the low dtype here,
+    /// once, as the weights PyTorch's autocast would cast on every step; trained parameters
+    /// stay f32 and are cast where they are used. Set it after [`Vit::with_trainable`]: a
+    /// backbone made trainable again is cast back to f32 (its values rounded to the low dtype).
+    pub fn with_precision(mut self, precision: Precision) -> Vit {
+        self.precision = precision;
+        let frozen = self.trainable != Trainable::Full;
+        let dtype = match precision.low() {
+            Some(low) if frozen => DType::from(low),
+            _ => DType::F32,
+        };
+        let stored = self.blocks.first().map(|b| b.attn.qkv.weight.val().dtype());
+        if stored.is_some_and(|stored| stored != dtype) {
+            self.blocks = self
+                .blocks
+                .into_iter()
+                .map(|b| b.with_linear_dtype(dtype))
+                .collect();
+        }
+        self
+    }
+
+    /// `x` in the low dtype of [`Vit::precision`] (where a product starts).
+    fn low<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self.precision.low() {
+            Some(low) => as_dtype(x, low.into()),
+            None => x,
+        }
+    }
+
+    /// `x` in f32 (where a product's output joins the residual stream or the loss).
+    fn f32<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        as_dtype(x, DType::F32)
+    }
+
+    /// Adapter `a` on `x`, in the model's precision; f32 out.
+    ///
+    /// # Shapes
+    /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
+    fn adapter(&self, a: &Adapter, x: Tensor<3>) -> Tensor<3> {
+        self.f32(a.forward(self.low(x)))
+    }
+
     /// Sets which parameters train: the adapters (and LoRA) and the head, everything, or the
     /// head.
     pub fn with_trainable(self, mode: Trainable) -> Vit {
@@ -485,7 +575,8 @@ impl Vit {
                 .collect();
         }
         m.trainable = mode;
-        m
+        let precision = m.precision;
+        m.with_precision(precision)
     }
 
     /// x_0: patch embedding, the prefix tokens (class, distillation, registers) before the
@@ -532,14 +623,13 @@ impl Vit {
         let block = &self.blocks[b];
         let (f, scale) = if k % 2 == 1 {
             let lora = self.lora.get(b).filter(|_| lora);
-            let f = block
-                .attn
-                .forward_with(self.layer_norm(&block.norm1, x.clone()), lora);
-            (f, &block.ls1)
+            let h = self.low(self.layer_norm(&block.norm1, x.clone()));
+            (block.attn.forward_with(h, lora), &block.ls1)
         } else {
-            let f = block.mlp.forward(self.layer_norm(&block.norm2, x.clone()));
-            (f, &block.ls2)
+            let h = self.low(self.layer_norm(&block.norm2, x.clone()));
+            (block.mlp.forward(h), &block.ls2)
         };
+        let f = self.f32(f);
         match scale {
             Some(ls) => x + ls.forward(f),
             None => x + f,
@@ -568,18 +658,18 @@ impl Vit {
             for a in &self.adapters {
                 match a.edge().kind() {
                     EdgeKind::Parallel | EdgeKind::LongRange if a.dst == k => {
-                        x = x + a.forward(nodes[a.src].clone())
+                        x = x + self.adapter(a, nodes[a.src].clone())
                     }
                     EdgeKind::Recurrent if a.dst == k => {
                         if let Some(first) = first {
-                            x = x + a.forward(first[a.src].clone());
+                            x = x + self.adapter(a, first[a.src].clone());
                         }
                     }
                     _ => {}
                 }
             }
             for a in self.adapters.iter().filter(|a| a.src == k && a.dst == k) {
-                x = x.clone() + a.forward(x);
+                x = x.clone() + self.adapter(a, x);
             }
             nodes.push(x);
         }
@@ -741,9 +831,10 @@ impl Vit {
     pub fn logits(&self, last: Tensor<3>) -> Tensor<2> {
         match (&self.head_dist, self.pooled(last).as_slice()) {
             (Some(head_dist), [cls, dist]) => {
-                (rows(&self.head, cls.clone()) + rows(head_dist, dist.clone())) / 2.0
+                let head = |layer, x: &Tensor<2>| self.f32(rows(layer, self.low(x.clone())));
+                (head(&self.head, cls) + head(head_dist, dist)) / 2.0
             }
-            (None, [cls]) => rows(&self.head, cls.clone()),
+            (None, [cls]) => self.f32(rows(&self.head, self.low(cls.clone()))),
             _ => unreachable!("the pooled tokens are the heads' tokens"),
         }
     }
@@ -806,10 +897,10 @@ impl Vit {
                 x = self.sublayer(k, plain[k - 1].clone());
             }
             for a in self.adapters.iter().filter(|a| a.dst == k && a.src < k) {
-                x = x + a.forward(plain[a.src].clone());
+                x = x + self.adapter(a, plain[a.src].clone());
             }
             for a in self.adapters.iter().filter(|a| a.src == k && a.dst == k) {
-                x = x.clone() + a.forward(x);
+                x = x.clone() + self.adapter(a, x);
             }
             x = tap(x, &mut nodes, &mut taps);
             plain.push(x.clone());
