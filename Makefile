@@ -31,7 +31,7 @@ ARGS      ?=
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	LD_LIBRARY_PATH="$$($(PY) -c 'import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec("torch").origin), "lib"))'):$$LD_LIBRARY_PATH"
 
-.PHONY: pipeline status gc test test-flex test-tch bench bench-step bench-sweep bench-cache bench-pinning venv clean-venv chromium slurm-up slurm-down gpu-binaries
+.PHONY: pipeline status gc test test-flex test-tch bench bench-step bench-sweep bench-cache bench-pinning bench-precision venv clean-venv chromium slurm-up slurm-down gpu-binaries
 
 $(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
@@ -151,6 +151,10 @@ bench-sweep: venv
 
 # What pinning LibTorch's CPU kernels to AVX2 costs: the default's pretrain in alternating
 # rounds, then the whole default once pinned and once with GRAFT_CPU_KERNELS=native.
+# The ViT-B/16 adapter step in f32 and bf16, graft against PyTorch eager and autocast.
+bench-precision: venv
+	bash bench/precision.sh $(or $(PRESET),vit-b16) $(or $(BATCH),16) $(or $(ROUNDS),5)
+
 bench-pinning: venv
 	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))

@@ -7,6 +7,8 @@
   python bench/torch_vit.py --graft vit-b16 --mode probe --device cuda   (the probe's passes:
       backbone frozen, one forward with a zero tap at every residual node, one backward,
       then G = Δᵀ X for all n² edges as one [n·d, n·d] product, like graft-probe per batch)
+  python bench/torch_vit.py --graft vit-b16 --mode adapters --autocast bf16   (the forward and
+      the loss under torch.autocast in bf16, as timm's train.py --amp)
 Prints one JSON line: model, batch, device, threads, seconds per step (median), images/s.
 """
 import argparse
@@ -95,6 +97,8 @@ def main():
     ap.add_argument("--graft", default=None, help="a graft preset instead of a timm model name")
     ap.add_argument("--mode", default="full", choices=["full", "adapters", "probe"])
     ap.add_argument("--classes", type=int, default=47)
+    ap.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
+                    help="run the training step's forward and loss under torch.autocast")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -127,6 +131,10 @@ def main():
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    def autocast():
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.autocast)
+        return torch.autocast(a.device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+
     def step():
         """Seconds of the forward (to the loss), the backward and the optimiser step."""
         if a.mode == "probe":
@@ -135,7 +143,8 @@ def main():
             return time.perf_counter() - t, 0.0, 0.0
         t0 = time.perf_counter()
         optim.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with autocast():
+            loss = loss_fn(model(x), y)
         loss.item()
         t1 = time.perf_counter()
         loss.backward()
@@ -150,7 +159,7 @@ def main():
     parts = [step() for _ in range(a.steps)]
     s = statistics.median(sum(p) for p in parts)
     fwd, bwd, opt = (statistics.median(p[k] for p in parts) for k in range(3))
-    print(json.dumps({"impl": "pytorch+timm", "torch": torch.__version__, "model": a.model, "batch": a.batch,
+    print(json.dumps({"impl": "pytorch+timm", "torch": torch.__version__, "model": a.model, "autocast": a.autocast, "batch": a.batch,
                       "device": a.device, "threads": torch.get_num_threads(), "step_s": round(s, 5),
                       "forward_s": round(fwd, 5), "backward_s": round(bwd, 5), "optim_s": round(opt, 5),
                       "images_per_s": round(a.batch / s, 1)}))

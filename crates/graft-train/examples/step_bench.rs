@@ -1,8 +1,9 @@
 //! Times fine-tuning steps (forward, backward, AdamW) of a preset on random images, the Rust
 //! side of `bench/finetune_speed.sh` (its PyTorch twin is `bench/torch_vit.py --graft`).
 //!
-//! cargo run --release -p graft-train --example step_bench -- vit-cpu-small 64 adapters [cpu [steps]]
-//! Prints one JSON line: backend, preset, batch, mode, median seconds per step, images/s.
+//! cargo run --release -p graft-train --example step_bench -- vit-cpu-small 64 adapters [cpu [steps [precision]]]
+//! Prints one JSON line: backend, preset, batch, mode, precision (f32, bf16 or fp16:
+//! `Vit::with_precision`), median seconds per step, images/s.
 
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use graft_model::{AdapterConfig, Trainable, VitConfig};
+use graft_model::{AdapterConfig, Precision, Trainable, VitConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device_name = args.get(3).map_or("cpu", String::as_str);
     // Timed steps (default 10; more for a profiler), after 3 warm-up steps.
     let steps: usize = args.get(4).map_or(Ok(10), |s| s.parse())?;
+    let precision_name = args.get(5).map_or("f32", String::as_str);
+    let precision: Precision = serde_json::from_value(precision_name.into())
+        .map_err(|_| format!("precision {precision_name:?}: f32, bf16 or fp16"))?;
     let (warmup, classes) = (3, 12);
     let device = graft_backend::device(device_name)?;
     let ad = device.clone().autodiff();
@@ -34,7 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init(&device)
         .with_placement(&placement, &AdapterConfig::new())?
         .train()
-        .with_trainable(trainable);
+        .with_trainable(trainable)
+        .with_precision(precision);
     let mut model = model;
     let mut optim = AdamWConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
@@ -68,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let step = median(&mut times);
     println!(
-        "{{\"impl\": \"graft+{}\", \"preset\": \"{preset}\", \"batch\": {batch}, \"mode\": \"{mode}\", \"device\": \"{device_name}\", \"step_s\": {step:.5}, \"forward_s\": {:.5}, \"backward_s\": {:.5}, \"optim_s\": {:.5}, \"images_per_s\": {:.1}}}",
+        "{{\"impl\": \"graft+{}\", \"preset\": \"{preset}\", \"batch\": {batch}, \"mode\": \"{mode}\", \"precision\": \"{precision_name}\", \"device\": \"{device_name}\", \"step_s\": {step:.5}, \"forward_s\": {:.5}, \"backward_s\": {:.5}, \"optim_s\": {:.5}, \"images_per_s\": {:.1}}}",
         graft_backend::backend_name(),
         median(&mut fwd),
         median(&mut bwd),
