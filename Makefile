@@ -5,6 +5,7 @@
 #                              SVD libraries); figures go to BENCHMARKS.md by hand
 #   make bench-sweep [TASK=ci]  a pipeline's whole fine-tune sweep, graft against PyTorch
 #   make bench-cache [TASK=ci]  the fine-tune stage with and without the activation cache
+#   make bench-precision       the ViT-B/16 adapter step in f32 and bf16, graft against PyTorch
 # PyTorch 2.9.0 (for burn-tch and the reference scripts) is installed by pip into
 # .venv on first use; nothing is downloaded by the programs themselves.
 #   make ... PYTHON=/path/to/python   use that interpreter's PyTorch instead (bring your own:
