@@ -12,7 +12,7 @@
 //! PyTorch layout, with the placement, the adapter (and LoRA) hyper-parameters, the preset and
 //! the base checkpoint's id in the safetensors metadata.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::Path;
 
@@ -167,84 +167,58 @@ fn adapters_and_head(path: &str, _container: &str) -> bool {
     is_adapter(path) || is_head(path)
 }
 
-/// Whether a key belongs to one of the ViT families graft knows ([`crate::FAMILIES`]),
-/// whatever its shape.
-fn known_key(key: &str) -> bool {
-    const TOP: &[&str] = &[
-        "cls_token",
-        "dist_token",
-        "reg_token",
-        "pos_embed",
-        "patch_embed.proj.weight",
-        "patch_embed.proj.bias",
-        "norm_pre.weight",
-        "norm_pre.bias",
-        "norm.weight",
-        "norm.bias",
-        "head.weight",
-        "head.bias",
-        "head_dist.weight",
-        "head_dist.bias",
-    ];
-    const BLOCK: &[&str] = &[
-        "norm1.weight",
-        "norm1.bias",
-        "norm2.weight",
-        "norm2.bias",
-        "attn.qkv.weight",
-        "attn.qkv.bias",
-        "attn.proj.weight",
-        "attn.proj.bias",
-        "mlp.fc1.weight",
-        "mlp.fc1.bias",
-        "mlp.fc2.weight",
-        "mlp.fc2.bias",
-        "ls1.gamma",
-        "ls2.gamma",
-    ];
-    let block = key
-        .strip_prefix("blocks.")
-        .and_then(|rest| rest.split_once('.'))
-        .filter(|(n, _)| n.parse::<usize>().is_ok())
-        .map(|(_, name)| name);
-    match block {
-        Some(name) => BLOCK.contains(&name),
-        None => TOP.contains(&key),
-    }
+/// The first of a file's keys that no family graft knows ([`crate::FAMILIES`]) has, whatever
+/// its shape: the keys known are those of [`timm_keys`] with every family's option on (and
+/// off, for the patch embedding's bias, which the pre-norm drops), block indices aside.
+fn unknown_key(tensors: &HeaderTensors) -> Option<&String> {
+    let every = VitConfig::new(16, 4, 8, 1, 1, 1)
+        .with_dist_token(true)
+        .with_reg_tokens(1)
+        .with_layer_scale(true);
+    let known: BTreeSet<String> = [every.clone(), every.with_pre_norm(true)]
+        .iter()
+        .flat_map(|c| timm_keys(c).into_keys())
+        .collect();
+    // `blocks.{n}.{name}` is known as block 0's.
+    let as_block_0 = |key: &str| {
+        let (n, name) = key.strip_prefix("blocks.")?.split_once('.')?;
+        n.parse::<usize>().ok().map(|_| format!("blocks.0.{name}"))
+    };
+    tensors.keys().find(|key| {
+        let key = as_block_0(key).unwrap_or_else(|| key.to_string());
+        !known.contains(&key)
+    })
 }
 
 /// The family options a checkpoint's keys show (what its state dict alone can tell:
 /// not QuickGELU nor the LayerNorm epsilon), as "family (options)" for messages.
 fn layout_of(keys: &HeaderTensors) -> String {
     let has = |k: &str| keys.contains_key(k);
+    let registers = keys
+        .get("reg_token")
+        .map_or(0, |(shape, _)| shape.get(1).copied().unwrap_or(0));
+    let shown = VitConfig::new(16, 4, 8, 1, 1, 1)
+        .with_dist_token(has("dist_token"))
+        .with_reg_tokens(registers)
+        .with_layer_scale(has("blocks.0.ls1.gamma"))
+        .with_pre_norm(has("norm_pre.weight"));
     let mut options = Vec::new();
-    if has("dist_token") {
+    if shown.dist_token {
         options.push("distillation token".to_owned());
     }
-    if let Some((shape, _)) = keys.get("reg_token") {
-        options.push(format!(
-            "{} register tokens",
-            shape.get(1).copied().unwrap_or(0)
-        ));
+    if has("reg_token") {
+        options.push(format!("{registers} register tokens"));
     }
-    if has("blocks.0.ls1.gamma") {
+    if shown.layer_scale {
         options.push("layer scale".to_owned());
     }
-    if has("norm_pre.weight") {
+    if shown.pre_norm {
         options.push("pre-norm".to_owned());
     }
     if has("cls_token") && !has("patch_embed.proj.bias") {
         options.push("no patch-embedding bias".to_owned());
     }
-    let family = if has("dist_token") {
-        "deit-distilled"
-    } else if has("blocks.0.ls1.gamma") || has("reg_token") {
-        "dinov2"
-    } else if has("norm_pre.weight") {
-        "clip"
-    } else {
-        "vit"
-    };
+    let family = shown.family();
     if options.is_empty() {
         family.to_owned()
     } else {
@@ -276,8 +250,13 @@ pub(crate) fn fitting_presets(tensors: &HeaderTensors) -> Vec<&'static str> {
         .collect()
 }
 
-/// Every key of `config`'s timm layout against the file's, all differences in one error.
-fn check_keys(config: &VitConfig, tensors: &HeaderTensors, path: &Path) -> Result<(), ModelError> {
+/// Every key of `config`'s timm layout against the file's, all differences in one error; the
+/// layout's keys when they fit.
+fn check_keys(
+    config: &VitConfig,
+    tensors: &HeaderTensors,
+    path: &Path,
+) -> Result<BTreeMap<String, Vec<usize>>, ModelError> {
     let expected = timm_keys(config);
     let mut missing = Vec::new();
     let mut shapes = Vec::new();
@@ -301,7 +280,7 @@ fn check_keys(config: &VitConfig, tensors: &HeaderTensors, path: &Path) -> Resul
         .cloned()
         .collect();
     if missing.is_empty() && unexpected.is_empty() && shapes.is_empty() {
-        return Ok(());
+        return Ok(expected);
     }
     let c = config;
     Err(ModelError::Mismatch(Box::new(KeyMismatch {
@@ -326,14 +305,13 @@ fn check_keys(config: &VitConfig, tensors: &HeaderTensors, path: &Path) -> Resul
 pub fn load_timm(vit: &mut Vit, path: &Path) -> Result<LoadReport, ModelError> {
     let shown = path.display().to_string();
     let (tensors, metadata) = read_header(path)?;
-    if let Some(key) = tensors.keys().find(|k| !known_key(k)) {
+    if let Some(key) = unknown_key(&tensors) {
         return Err(ModelError::UnknownFamily {
             path: shown,
             key: key.clone(),
         });
     }
-    check_keys(&vit.config, &tensors, path)?;
-    let expected = timm_keys(&vit.config);
+    let expected = check_keys(&vit.config, &tensors, path)?;
     let head_fits = expected
         .keys()
         .filter(|k| is_head(k))

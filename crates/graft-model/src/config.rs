@@ -127,6 +127,7 @@ impl VitConfig {
             shape(518, 14, 768, 12, 12),
             shape(518, 14, 1024, 24, 16),
         );
+        let l14_224 = shape(224, 14, 1024, 24, 16);
         let clip = |c: VitConfig, act| c.with_pre_norm(true).with_norm_eps(1e-5).with_mlp_act(act);
         let dinov2 = |c: VitConfig| c.with_layer_scale(true);
         let reg4 = |c| dinov2(c).with_reg_tokens(4).with_no_embed_class(true);
@@ -144,8 +145,8 @@ impl VitConfig {
             "dinov2-b14-reg4" => reg4(b14),
             "clip-b16" => clip(b16, MlpAct::Gelu),
             "clip-b16-quickgelu" => clip(b16, MlpAct::QuickGelu),
-            "clip-l14" => clip(shape(224, 14, 1024, 24, 16), MlpAct::Gelu),
-            "clip-l14-quickgelu" => clip(shape(224, 14, 1024, 24, 16), MlpAct::QuickGelu),
+            "clip-l14" => clip(l14_224, MlpAct::Gelu),
+            "clip-l14-quickgelu" => clip(l14_224, MlpAct::QuickGelu),
             "vit-cpu-small" => shape(32, 4, 192, 6, 3),
             "vit-cpu-p8" => shape(32, 8, 64, 4, 2),
             "vit-cpu-tiny" => shape(16, 4, 64, 2, 2),

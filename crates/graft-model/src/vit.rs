@@ -829,12 +829,10 @@ impl Vit {
     /// # Shapes
     /// last node `[batch, tokens, dim]` -> logits `[batch, classes]`
     pub fn logits(&self, last: Tensor<3>) -> Tensor<2> {
+        let head = |layer, x: &Tensor<2>| self.f32(rows(layer, self.low(x.clone())));
         match (&self.head_dist, self.pooled(last).as_slice()) {
-            (Some(head_dist), [cls, dist]) => {
-                let head = |layer, x: &Tensor<2>| self.f32(rows(layer, self.low(x.clone())));
-                (head(&self.head, cls) + head(head_dist, dist)) / 2.0
-            }
-            (None, [cls]) => self.f32(rows(&self.head, self.low(cls.clone()))),
+            (Some(head_dist), [cls, dist]) => (head(&self.head, cls) + head(head_dist, dist)) / 2.0,
+            (None, [cls]) => head(&self.head, cls),
             _ => unreachable!("the pooled tokens are the heads' tokens"),
         }
     }
