@@ -21,7 +21,9 @@
 //! reads any of them (some read theirs when the library loads). AVX2 with FMA is what every
 //! x86-64 machine graft supports has. A value the user sets wins, and
 //! `GRAFT_CPU_KERNELS=native` leaves all three to the libraries (faster on AVX-512 machines;
-//! results then depend on the machine). [`record`] says what was in effect; the tensor
+//! results then depend on the machine). A run computing in bf16 on the CPU lifts graft's
+//! pin ([`native_for_bf16`]: AVX2 has no bf16 arithmetic) unless the user set
+//! `GRAFT_CPU_KERNELS=avx2` by name. [`record`] says what was in effect; the tensor
 //! stages put it in their manifests, which are not part of an artifact's id.
 //!
 //! Covered: x86-64 CPUs with the tch backend. Not covered: other architectures (no pin is
@@ -104,33 +106,79 @@ pub fn pin_cpu_kernels() -> Result<(), BadMode> {
 
 #[cfg(unix)]
 fn reexec_with(set: &[(&str, &str)]) {
+    let names: Vec<&str> = set.iter().map(|(k, _)| *k).collect();
+    exec_again("pin", |c| {
+        c.envs(set.iter().copied()).env(PINNED_VAR, names.join(","));
+    });
+}
+
+#[cfg(not(unix))]
+fn reexec_with(_set: &[(&str, &str)]) {}
+
+/// Marks a process whose kernels graft left to the machine for a bf16 run
+/// ([`native_for_bf16`]); [`record`] says so.
+pub const BF16_VAR: &str = "GRAFT_CPU_KERNELS_BF16";
+
+/// What a bf16 run on the CPU does with graft's pin: lifts it. AVX2 has no bf16 arithmetic,
+/// so under the pin LibTorch's bf16 matrix products leave oneDNN's AVX-512 BF16 kernels for
+/// a generic path, slower than f32; and bf16 promises no bit-identity across machines
+/// anyway (its roundings differ with the kernel). Call it once the run is known to have
+/// work, before anything touches a tensor: when graft pinned this process
+/// ([`PINNED_VAR`]) and `GRAFT_CPU_KERNELS` is not set to `avx2` by the user, it executes
+/// the binary again without graft's pins and with `GRAFT_CPU_KERNELS=native` (its workers
+/// inherit both) and does not return. Pins the user set stay, and so does everything when
+/// the user asked for `avx2` by name: the user's choice wins over the precision's.
+pub fn native_for_bf16() {
+    if !cfg!(all(feature = "tch", target_arch = "x86_64", unix)) {
+        return;
+    }
+    let Ok(pinned) = std::env::var(PINNED_VAR) else {
+        return;
+    };
+    if std::env::var(MODE_VAR).is_ok_and(|m| m.trim() == "avx2") {
+        return;
+    }
+    let names: Vec<String> = pinned
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    #[cfg(unix)]
+    exec_again("take the machine's own CPU kernels for bf16", |c| {
+        for name in &names {
+            c.env_remove(name);
+        }
+        c.env_remove(PINNED_VAR)
+            .env(MODE_VAR, "native")
+            .env(BF16_VAR, "1");
+    });
+}
+
+/// Executes this binary again with its arguments and the environment `configure` sets;
+/// returns (with a warning naming `why`) only when that fails.
+#[cfg(unix)]
+fn exec_again(why: &str, configure: impl FnOnce(&mut std::process::Command)) {
     use std::os::unix::process::CommandExt;
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
             eprintln!(
-                "warning: cannot find this binary to pin its CPU kernels ({e}): computing with the machine's own"
+                "warning: cannot find this binary to {why} ({e}): computing with the kernels in effect"
             );
             return;
         }
     };
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
-    let names: Vec<&str> = set.iter().map(|(k, _)| *k).collect();
-    let error = std::process::Command::new(&exe)
-        .arg0(arg0)
-        .args(args)
-        .envs(set.iter().copied())
-        .env(PINNED_VAR, names.join(","))
-        .exec();
+    let mut command = std::process::Command::new(&exe);
+    command.arg0(arg0).args(args);
+    configure(&mut command);
+    let error = command.exec();
     eprintln!(
-        "warning: cannot execute {} again to pin its CPU kernels ({error}): computing with the machine's own",
+        "warning: cannot execute {} again to {why} ({error}): computing with the kernels in effect",
         exe.display()
     );
 }
-
-#[cfg(not(unix))]
-fn reexec_with(_set: &[(&str, &str)]) {}
 
 /// The CPU kernel settings this process computes with, for a manifest: the backend, the
 /// switch, and each of [`PINS`] with its value and who set it (`graft`, `environment`, or
@@ -140,10 +188,12 @@ pub fn record() -> BTreeMap<String, String> {
     let by_graft: Vec<&str> = pinned.split(',').filter(|s| !s.is_empty()).collect();
     let mut out = BTreeMap::new();
     out.insert("backend".to_owned(), crate::backend_name().to_owned());
-    out.insert(
-        MODE_VAR.to_owned(),
-        std::env::var(MODE_VAR).unwrap_or_else(|_| "avx2 (default)".to_owned()),
-    );
+    let mode = match (std::env::var(MODE_VAR), std::env::var_os(BF16_VAR)) {
+        (Ok(m), Some(_)) => format!("{m} (graft, for bf16)"),
+        (Ok(m), None) => m,
+        (Err(_), _) => "avx2 (default)".to_owned(),
+    };
+    out.insert(MODE_VAR.to_owned(), mode);
     for (name, _) in PINS {
         let value = match std::env::var(name) {
             Ok(v) if by_graft.contains(&name) => format!("{v} (graft)"),

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use graft_graph::{Edge, Graph, Placement};
-use graft_model::{AdapterAct, LoraConfig, VitConfig};
+use graft_model::{AdapterAct, LoraConfig, Precision, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, Publisher};
 use graft_tables::{MeanStd, Method, ProposalRow, RunMeasurement, RunRow, RunStatus, Table};
@@ -162,6 +162,13 @@ pub struct FinetuneParams {
         skip_serializing_if = "is_default_lora_alpha"
     )]
     pub lora_alpha: f64,
+    /// What the matrix products and attention compute in, with autocast's semantics
+    /// (`graft_model::Precision`): `f32` (the default), `bf16`, or `fp16` (a CUDA device
+    /// only, under a dynamic loss scale). A bf16 run on the CPU takes the machine's own CPU
+    /// kernels (`graft_backend::numerics::native_for_bf16`). In the stage's key and every
+    /// run's, except at f32 (so adding it kept every existing key).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
     /// Worker processes at once (location: not in the key).
     #[serde(default = "default_jobs")]
     pub jobs: usize,
@@ -359,6 +366,7 @@ impl Stage for Finetune {
             }
         }
         graft_train::check_base_params(p.preset.as_deref(), p.checkpoint.as_deref())?;
+        graft_train::check_precision(p.precision, &p.device)?;
         if let (Some(preset), false) = (&p.preset, p.placements.is_empty()) {
             let graph = VitConfig::preset(preset, 1).map(|c| c.graph());
             if let Some(graph) = graph {
@@ -390,6 +398,10 @@ impl Stage for Finetune {
     /// on the backend.
     fn backend_decides(p: &FinetuneParams) -> bool {
         p.executor != "slurm" && graft_backend::backend_decides(&p.device)
+    }
+
+    fn before_work(p: &FinetuneParams) -> Option<fn()> {
+        graft_train::before_work(p.precision, &p.device)
     }
 
     fn location_params() -> &'static [&'static str] {

@@ -226,6 +226,7 @@ pub fn run_specs(
         adapter_act: p.adapter_act,
         adapter_scale: p.adapter_scale,
         lora: None,
+        precision: p.precision,
     };
     let lora = graft_model::LoraConfig::new()
         .with_rank(p.lora_rank)
@@ -514,6 +515,17 @@ mod tests {
                 .then(|| graft_model::LoraConfig::new().with_rank(4).with_alpha(8.0));
             assert_eq!(s.protocol.lora, want, "{}", s.placement_id);
         }
+        assert!(plan.specs.iter().all(|s| s.protocol.precision.is_f32()));
+        let bf16 = FinetuneParams {
+            precision: graft_model::Precision::Bf16,
+            ..p.clone()
+        };
+        let plan = run_specs(&bf16, &rows, &ctx()).unwrap();
+        assert!(
+            plan.specs
+                .iter()
+                .all(|s| s.protocol.precision == graft_model::Precision::Bf16)
+        );
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["lora_rank"], 4);
         assert!(json.get("lora_alpha").is_none());

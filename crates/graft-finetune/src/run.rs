@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use graft_graph::{Edge, Placement};
-use graft_model::{AdapterAct, AdapterConfig, LoraConfig, Trainable, VitConfig};
+use graft_model::{AdapterAct, AdapterConfig, LoraConfig, Precision, Trainable, VitConfig};
 use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, StageKey, Store};
 use graft_tables::{EpochRow, RunStatus, Table};
 use graft_train::{CachedNodes, Progress, Rows, TrainConfig, TrainError, TrainProtocol};
@@ -89,6 +89,10 @@ pub struct Protocol {
     /// LoRA's rank and alpha, for `lora` runs alone (the other runs' keys stay as they were).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraConfig>,
+    /// What the products compute in; in the key except at f32 (the runs' keys from before
+    /// it was a parameter stay as they were).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 /// Everything a run needs; all of it but `placement_id`, the paths and the device's index
@@ -372,7 +376,9 @@ pub fn train_run_with(
         })?;
         model = model.with_lora(lora);
     }
-    let model = model.with_trainable(trainable(spec.method));
+    let model = model
+        .with_trainable(trainable(spec.method))
+        .with_precision(spec.protocol.precision);
     let count = model.param_count();
     let forward_flops = model.forward_flops();
     let p = &spec.protocol;
@@ -396,9 +402,14 @@ pub fn train_run_with(
             None => (2 * config.depth, Vec::new(), true),
         }),
     };
+    // The caches' backbone: its weights and what they compute in.
     let backbone = match spec.method {
         Method::AdaptersRandomInit => format!("random-init {} seed {}", spec.preset, spec.seed),
         _ => format!("{} {}", spec.preset, spec.base),
+    };
+    let backbone = match spec.protocol.precision.low() {
+        Some(_) => format!("{backbone} {:?}", spec.protocol.precision),
+        None => backbone,
     };
     let worker_bytes = bench.cache_bytes();
     let mut caches = Vec::new();

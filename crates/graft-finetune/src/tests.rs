@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use graft_model::VitConfig;
+use graft_model::{Precision, VitConfig};
 use graft_tables::EpochRow;
 use graft_train::{DatasetInfo, Split};
 
@@ -56,6 +56,7 @@ fn spec(dir: &Path, method: Method, edges: Vec<Edge>, lr: f64) -> RunSpec {
             adapter_act: AdapterAct::Gelu,
             adapter_scale: 1.0,
             lora: (method == Method::Lora).then(|| graft_model::LoraConfig::new().with_rank(4)),
+            precision: Precision::F32,
         },
         dataset: ArtifactId::parse(&"a".repeat(64)).unwrap(),
         base: ArtifactId::parse(&"b".repeat(64)).unwrap(),
@@ -222,6 +223,7 @@ fn run_keys_follow_what_is_trained_not_where() {
     changed(&|c| c.protocol.train.lr = 2e-3);
     changed(&|c| c.protocol.bottleneck = 16);
     changed(&|c| c.protocol.kind = ProtocolKind::Final);
+    changed(&|c| c.protocol.precision = Precision::Bf16);
     // `select` stays out of the key, so runs trained before `protocol` existed (all of them
     // `select`) keep their keys.
     assert!(a.key_params()["protocol"].get("kind").is_none());
@@ -965,6 +967,35 @@ fn execution_parameters_stay_out_of_the_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("workers_per_gpu"), "{e}");
+}
+
+/// `precision` enters the stage's parameters and every run's protocol except at f32 (so the
+/// keys from before it existed stay), fp16 is refused on the CPU, and a bf16 run on the CPU
+/// asks for the machine's own kernels before its work.
+#[test]
+fn precision_enters_the_keys_except_at_f32_and_fp16_needs_a_gpu() {
+    let parse = |v: Value| Finetune::validate(serde_json::from_value(v).unwrap());
+    let plain = parse(json!({})).unwrap();
+    assert_eq!(plain.precision, Precision::F32);
+    assert!(
+        serde_json::to_value(&plain)
+            .unwrap()
+            .get("precision")
+            .is_none()
+    );
+    assert!(Finetune::before_work(&plain).is_none());
+    let bf16 = parse(json!({"precision": "bf16"})).unwrap();
+    assert_eq!(serde_json::to_value(&bf16).unwrap()["precision"], "bf16");
+    assert!(Finetune::before_work(&bf16).is_some());
+    let e = parse(json!({"precision": "fp16"})).unwrap_err().to_string();
+    assert!(
+        e.contains("precision = \"fp16\"") && e.contains("CUDA"),
+        "{e}"
+    );
+    let e = serde_json::from_value::<FinetuneParams>(json!({"precision": "f8"}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`f8`") && e.contains("`bf16`"), "{e}");
 }
 
 /// Reading the loss back every few steps trains the same run as every step: the same

@@ -275,6 +275,12 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Whether this is f32, the default: the stages leave it out of their keys then, so the
+    /// keys of runs from before precision was a parameter stay as they were.
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
     /// The low dtype the products run in; `None` for f32.
     pub fn low(self) -> Option<burn::tensor::FloatDType> {
         match self {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow::array::{Float64Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use graft_model::{Trainable, VitConfig};
+use graft_model::{Precision, Trainable, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, Publisher};
 use graft_train::{DatasetInfo, Progress, Split, TrainConfig, TrainProtocol, progress};
@@ -41,6 +41,11 @@ pub struct PretrainParams {
     /// GPU compute other numbers; the index only says where it ran (a location).
     #[serde(default = "default_device")]
     pub device: String,
+    /// What the products compute in (`graft_model::Precision`, autocast's semantics): `f32`
+    /// (the default), `bf16`, or `fp16` (a CUDA device only, under a dynamic loss scale).
+    /// The weights train and are saved in f32. In the key except at f32.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 fn default_preset() -> String {
@@ -95,11 +100,16 @@ impl Stage for Pretrain {
             .into());
         }
         graft_backend::device(&p.device)?;
+        graft_train::check_precision(p.precision, &p.device)?;
         Ok(p)
     }
 
     fn backend_decides(p: &PretrainParams) -> bool {
         graft_backend::backend_decides(&p.device)
+    }
+
+    fn before_work(p: &PretrainParams) -> Option<fn()> {
+        graft_train::before_work(p.precision, &p.device)
     }
 
     fn location_params() -> &'static [&'static str] {
@@ -134,7 +144,10 @@ impl Stage for Pretrain {
         let test = Split::read(dataset.dir(), "test", pre.image_size)?;
         let device = graft_backend::device(&p.device)?;
         graft_backend::seed(&device, p.seed);
-        let model = config.init(&device).with_trainable(Trainable::Full);
+        let model = config
+            .init(&device)
+            .with_trainable(Trainable::Full)
+            .with_precision(p.precision);
         let tc = TrainConfig::from(&p.train).with_seed(p.seed);
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
@@ -427,5 +440,26 @@ mod tests {
         assert_eq!(check_accuracy(&p, 0.9, 0.9, 3), Ok(()));
         let unset: PretrainParams = serde_json::from_value(json!({})).unwrap();
         assert_eq!(check_accuracy(&unset, 0.0, 0.0, 1), Ok(()));
+    }
+
+    /// `precision` enters the key except at f32, and fp16 on the CPU is refused at the check.
+    #[test]
+    fn precision_enters_the_key_except_at_f32_and_fp16_needs_a_gpu() {
+        let parse = |v: Value| Pretrain::validate(serde_json::from_value(v).unwrap());
+        let plain = parse(json!({})).unwrap();
+        assert!(
+            serde_json::to_value(&plain)
+                .unwrap()
+                .get("precision")
+                .is_none()
+        );
+        let bf16 = parse(json!({"precision": "bf16"})).unwrap();
+        assert_eq!(serde_json::to_value(&bf16).unwrap()["precision"], "bf16");
+        assert!(Pretrain::before_work(&bf16).is_some() && Pretrain::before_work(&plain).is_none());
+        let e = parse(json!({"precision": "fp16"})).unwrap_err().to_string();
+        assert!(
+            e.contains("precision = \"fp16\"") && e.contains("CUDA"),
+            "{e}"
+        );
     }
 }

@@ -72,6 +72,16 @@ fn pretrain(
     threads: usize,
     env: &[(&str, &str)],
 ) -> (String, Value) {
+    pretrain_with(ci_params("pretrain"), base, dataset, (name, threads, env))
+}
+
+/// [`pretrain`] with `params` instead of the CI pipeline's.
+fn pretrain_with(
+    params: Value,
+    base: &Path,
+    dataset: &str,
+    (name, threads, env): (&str, usize, &[(&str, &str)]),
+) -> (String, Value) {
     let store = base.with_file_name(name);
     copy_dir(base, &store);
     let bin = tch_binary();
@@ -87,7 +97,7 @@ fn pretrain(
         .arg("--store")
         .arg(&store)
         .arg("--params-json")
-        .arg(ci_params("pretrain").to_string())
+        .arg(params.to_string())
         .arg("-i")
         .arg(format!("dataset={dataset}"))
         .arg("--json")
@@ -142,4 +152,25 @@ fn the_ci_backbone_is_one_artifact_whatever_the_kernels_and_threads() {
     } else {
         eprintln!("no AVX-512 on this CPU: the machine's own kernels are the pinned ones");
     }
+}
+
+/// A bf16 run lifts graft's pin (`graft_backend::numerics::native_for_bf16`) and says so in
+/// its manifest, unless the user asked for the pin by name; an f32 run keeps it.
+#[test]
+fn a_bf16_pretrain_takes_the_machines_kernels_unless_the_user_pins_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let dataset = source_store(&base);
+    let mut params = ci_params("pretrain");
+    params["epochs"] = 1.into();
+    params["precision"] = "bf16".into();
+    let (_, kernels) = pretrain_with(params.clone(), &base, &dataset, ("bf16", 2, &[]));
+    assert_eq!(kernels[MODE_VAR], "native (graft, for bf16)", "{kernels}");
+    for (name, _) in PINS {
+        assert_eq!(kernels[name], "unset", "{kernels}");
+    }
+    let pinned = [(MODE_VAR, "avx2")];
+    let (_, kernels) = pretrain_with(params, &base, &dataset, ("bf16-avx2", 2, &pinned));
+    assert_eq!(kernels[MODE_VAR], "avx2", "{kernels}");
+    assert_eq!(kernels["ATEN_CPU_CAPABILITY"], "avx2 (graft)", "{kernels}");
 }

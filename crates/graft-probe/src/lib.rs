@@ -29,7 +29,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor};
 use graft_graph::Edge;
-use graft_model::{Trainable, Vit, VitConfig};
+use graft_model::{Precision, Trainable, Vit, VitConfig};
 use graft_stage::{BoxError, Stage};
 use graft_store::{Artifact, ArtifactId, KeyInput, PublishInfo, Publisher, Store};
 use graft_tables::{ModelInfo, ProbeCost, ProbeRow, Table};
@@ -96,6 +96,13 @@ pub struct ProbeParams {
     /// (and the head's).
     #[serde(default = "default_device")]
     pub device: String,
+    /// What the forward and backward passes' products compute in (`graft_model::Precision`,
+    /// autocast's semantics): `f32` (the default) or `bf16`. Not `fp16`: the probe's one
+    /// backward pass has no loss scale to keep the node gradients' small values from
+    /// flushing to zero in fp16's range, which would change the ranks. The head's fit and the measured training step use it too; the gradient sums and
+    /// their SVDs stay f32 and f64. In the key (and the head's) except at f32.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 fn default_batch() -> usize {
@@ -164,6 +171,10 @@ impl Stage for Probe {
         graft_backend::backend_decides(&p.device)
     }
 
+    fn before_work(p: &ProbeParams) -> Option<fn()> {
+        graft_train::before_work(p.precision, &p.device)
+    }
+
     fn location_params() -> &'static [&'static str] {
         &["checkpoint", "device"]
     }
@@ -207,6 +218,11 @@ pub fn validate(p: ProbeParams) -> Result<ProbeParams, ProbeError> {
     graft_train::check_base_params(p.preset.as_deref(), p.checkpoint.as_deref())
         .map_err(ProbeError::Param)?;
     graft_backend::device(&p.device)?;
+    if p.precision == Precision::Fp16 {
+        return Err(ProbeError::Param(
+            "precision = \"fp16\": the probe's single backward pass has no loss scale, so gradients below fp16's range would flush to zero and change the ranks; use \"bf16\" (f32's range) or \"f32\"".into(),
+        ));
+    }
     Ok(p)
 }
 
@@ -264,7 +280,9 @@ pub fn probe(
     if let Some(h) = &head {
         model = graft_model::checkpoint::load_adapters(model, &h.file(HEAD_FILE))?.0;
     }
-    let model = model.with_trainable(Trainable::HeadOnly);
+    let model = model
+        .with_trainable(Trainable::HeadOnly)
+        .with_precision(p.precision);
 
     // Probe batches: a seeded sample of the training split.
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -287,7 +305,13 @@ pub fn probe(
     let probe_rows = edge_scores(&grads, dim, p.tol_rule, p.tol)?;
     let svd_seconds = t1.elapsed().as_secs_f64();
 
-    let step_seconds = train_step_seconds(&config, &base_path, &train, &rows[0], &pre, &device)?;
+    let step_seconds = train_step_seconds(
+        (&config, &base_path, p.precision),
+        &train,
+        &rows[0],
+        &pre,
+        &device,
+    )?;
     ProbeRow::write(&out.file(ProbeRow::FILE), &probe_rows)?;
     ModelInfo {
         preset: preset.clone(),
@@ -575,7 +599,9 @@ fn ensure_head(
         graft_backend::seed(device, p.seed);
         let mut model = config.init(device);
         graft_model::checkpoint::load_timm(&mut model, base_path)?;
-        let model = model.with_trainable(Trainable::HeadOnly);
+        let model = model
+            .with_trainable(Trainable::HeadOnly)
+            .with_precision(p.precision);
         let tc = TrainConfig::new(p.head_epochs, p.head_lr)
             .with_batch(p.batch)
             .with_warmup_epochs(0.0)
@@ -621,13 +647,16 @@ pub fn head_key_params(p: &ProbeParams) -> BTreeMap<String, Value> {
     if let Some((name, class)) = graft_stage::device_key_param(&p.device) {
         params.insert(name.to_owned(), class);
     }
+    if !p.precision.is_f32() {
+        params.insert("precision".to_owned(), json!(p.precision));
+    }
     params
 }
 
-/// Median seconds of one full fine-tuning step (forward, backward, AdamW) on `rows`.
+/// Median seconds of one full fine-tuning step (forward, backward, AdamW) on `rows`, of the
+/// base model at `base_path` computing in `precision`.
 fn train_step_seconds(
-    config: &VitConfig,
-    base_path: &std::path::Path,
+    (config, base_path, precision): (&VitConfig, &std::path::Path, Precision),
     train: &Split,
     rows: &[usize],
     pre: &Preprocessing,
@@ -636,7 +665,10 @@ fn train_step_seconds(
     let ad = device.clone().autodiff();
     let mut model = config.init(&ad);
     graft_model::checkpoint::load_timm(&mut model, base_path)?;
-    let mut model = model.train().with_trainable(Trainable::Full);
+    let mut model = model
+        .train()
+        .with_trainable(Trainable::Full)
+        .with_precision(precision);
     let mut optim = AdamWConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let mut times = Vec::new();

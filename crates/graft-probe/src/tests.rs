@@ -119,12 +119,18 @@ fn class_token_probe_uses_the_exact_shortcut_and_scores_every_edge() {
 }
 
 fn tiny_probe(tokens: Tokens) -> EdgeGradients {
+    let (vit, images, labels) = tiny_inputs();
+    edge_gradients(&vit, std::iter::once((images, labels)), tokens).unwrap()
+}
+
+/// vit-cpu-tiny for 5 classes drawn at seed 13, 4 random images and their labels.
+fn tiny_inputs() -> (Vit, Tensor<4>, Tensor<1, Int>) {
     let dev = graft_backend::device("cpu").unwrap().autodiff();
     dev.seed(13);
     let vit = VitConfig::preset("vit-cpu-tiny", 5).unwrap().init(&dev);
     let images = Tensor::<4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
     let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), &dev);
-    edge_gradients(&vit, std::iter::once((images, labels)), tokens).unwrap()
+    (vit, images, labels)
 }
 
 #[test]
@@ -280,4 +286,50 @@ fn a_timm_name_missing_from_the_hugging_face_cache_is_refused_by_validate() {
     let p: ProbeParams = serde_json::from_value(serde_json::json!({"checkpoint": name})).unwrap();
     let e = validate(p).unwrap_err().to_string();
     assert!(e.contains("needs preset"), "{e}");
+}
+
+/// In bf16 the probe's gradients G_ij stay within bf16's rounding of f32's (relative
+/// Frobenius error over all n² blocks; bf16 keeps 8 bits of mantissa, 2^-8 = 3.9e-3 per
+/// product), and they are not f32's bit for bit, so the casts ran.
+#[test]
+fn a_bf16_probe_is_the_f32_probe_within_its_rounding() {
+    let (vit, images, labels) = tiny_inputs();
+    let probe = |vit: &Vit| {
+        let batch = (images.clone(), labels.clone());
+        edge_gradients(vit, std::iter::once(batch), Tokens::All).unwrap()
+    };
+    let f32 = probe(&vit);
+    let bf16 = probe(&vit.clone().with_precision(Precision::Bf16));
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: Vec<f32> = f32.g.iter().zip(&bf16.g).map(|(a, b)| a - b).collect();
+    let rel = norm(&diff) / norm(&f32.g);
+    assert!(rel < 3e-2, "bf16 G off by {rel:.2e} (relative)");
+    assert!(rel > 0.0, "bf16 G equals f32's bit for bit");
+}
+
+/// `precision` enters the probe's key and the head's except at f32; fp16 is refused (no
+/// loss scale in one backward pass).
+#[test]
+fn precision_enters_the_keys_except_at_f32_and_fp16_is_refused() {
+    let parse = |v: serde_json::Value| validate(serde_json::from_value(v).unwrap());
+    let plain = parse(serde_json::json!({})).unwrap();
+    assert!(
+        serde_json::to_value(&plain)
+            .unwrap()
+            .get("precision")
+            .is_none()
+    );
+    assert!(!head_key_params(&plain).contains_key("precision"));
+    assert!(Probe::before_work(&plain).is_none());
+    let bf16 = parse(serde_json::json!({"precision": "bf16"})).unwrap();
+    assert_eq!(head_key_params(&bf16)["precision"], "bf16");
+    assert_eq!(serde_json::to_value(&bf16).unwrap()["precision"], "bf16");
+    assert!(Probe::before_work(&bf16).is_some());
+    let e = parse(serde_json::json!({"precision": "fp16"}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("precision = \"fp16\"") && e.contains("bf16"),
+        "{e}"
+    );
 }

@@ -52,6 +52,14 @@ pub trait Stage {
         false
     }
 
+    /// What to do once a run is known to have work (its output is not in the store, or
+    /// `--force`), before it reads its inputs: a tensor stage computing in bf16 on the CPU
+    /// executes its binary again there with the machine's own CPU kernels
+    /// (`graft_backend::numerics::native_for_bf16`). Nothing by default.
+    fn before_work(_params: &Self::Params) -> Option<fn()> {
+        None
+    }
+
     /// Parameter names that say where something is, not what it is (a directory path).
     /// They are recorded in the manifest but left out of the key; the content they point
     /// at enters the key through [`Stage::fingerprints`].
@@ -660,8 +668,16 @@ pub fn execute_or_delegate<S: Stage>(
         outcome.seconds = start.elapsed().as_secs_f64();
         return Ok(Some(outcome));
     }
-    if delegate && (args.force || !matches!(store.lookup(&key).map_err(serr)?, Lookup::Hit(_))) {
+    let work = || -> Result<bool, StageError> {
+        Ok(args.force || !matches!(store.lookup(&key).map_err(serr)?, Lookup::Hit(_)))
+    };
+    if delegate && work()? {
         return Ok(None);
+    }
+    if let Some(prepare) = S::before_work(&r.params)
+        && work()?
+    {
+        prepare();
     }
 
     let ensured = store

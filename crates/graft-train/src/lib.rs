@@ -15,6 +15,7 @@ pub mod cache;
 mod data;
 pub mod hub;
 pub mod progress;
+pub mod scale;
 
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor};
-use graft_model::Vit;
+use graft_model::{Precision, Vit};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -36,6 +37,7 @@ pub use batches::{Batch, Batches, LossReadback};
 pub use cache::{CachedNodes, NodeCache, Residence, Rows};
 pub use data::{DatasetInfo, Preprocessing, Split};
 pub use progress::Progress;
+pub use scale::LossScale;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -150,6 +152,9 @@ pub struct TrainConfig {
     /// [`default_loss_every`] for the device. It changes when progress is reported, never
     /// what is trained or recorded.
     pub loss_every: Option<usize>,
+    /// The first loss scale of a model computing in fp16 ([`LossScale`]); `None`:
+    /// [`scale::INIT_SCALE`]. Unused in f32 and bf16.
+    pub loss_scale: Option<f32>,
 }
 
 /// Steps between two reads of the loss on a GPU, where each read waits for the device, when
@@ -176,6 +181,7 @@ impl TrainConfig {
             },
             seed: 0,
             loss_every: None,
+            loss_scale: None,
         }
     }
 
@@ -203,6 +209,11 @@ impl TrainConfig {
         self.loss_every = every;
         self
     }
+
+    pub fn with_loss_scale(mut self, init: Option<f32>) -> TrainConfig {
+        self.loss_scale = init;
+        self
+    }
 }
 
 impl From<&TrainProtocol> for TrainConfig {
@@ -212,6 +223,7 @@ impl From<&TrainProtocol> for TrainConfig {
             protocol: protocol.clone(),
             seed: 0,
             loss_every: None,
+            loss_scale: None,
         }
     }
 }
@@ -234,6 +246,28 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
+/// Checks a stage's `precision` against its `device` (`cpu`, `cuda`, `cuda:k`): fp16 is for
+/// GPUs. On the CPU LibTorch has no fast fp16 kernels (a step takes many times its f32
+/// time, BENCHMARKS.md "Precision"), so a run there is refused before it starts; bf16 is
+/// the CPU's low precision.
+pub fn check_precision(precision: Precision, device: &str) -> Result<(), String> {
+    let cpu = matches!(device.parse(), Ok(graft_backend::DeviceSpec::Cpu));
+    if cpu && precision == Precision::Fp16 {
+        return Err(format!(
+            "precision = \"fp16\" on device = {device:?}: fp16 needs a CUDA device (the CPU has no fast fp16 kernels and runs it many times slower than f32); use \"bf16\" on the CPU, or \"f32\""
+        ));
+    }
+    Ok(())
+}
+
+/// What a tensor stage's `Stage::before_work` gives for `precision` on `device`: a bf16 run on the CPU takes the machine's own CPU kernels
+/// ([`graft_backend::numerics::native_for_bf16`]); nothing otherwise.
+pub fn before_work(precision: Precision, device: &str) -> Option<fn()> {
+    let cpu = matches!(device.parse(), Ok(graft_backend::DeviceSpec::Cpu));
+    (cpu && precision == Precision::Bf16)
+        .then_some(graft_backend::numerics::native_for_bf16 as fn())
+}
+
 /// The outcome of [`fit`] (the best epoch's model) or [`fit_final`] (the last epoch's) and
 /// the curves.
 #[derive(Debug)]
@@ -247,6 +281,9 @@ pub struct FitResult {
     /// Training throughput over all epochs (forward, backward and optimiser step).
     pub images_per_second: f64,
     pub train_seconds: f64,
+    /// fp16's loss scale at the end and the steps it skipped for an overflow; `None` in
+    /// f32 and bf16.
+    pub loss_scale: Option<LossScale>,
 }
 
 /// Trains `model` (on the autodiff version of `device`) on `train`, choosing the epoch
@@ -294,7 +331,9 @@ pub fn fit_final(
 
 /// [`fit`] (with `val`) or [`fit_final`] (without) on any [`Rows`]: images, or a node's
 /// cached values (the frozen-prefix activation cache), which must then be the model's
-/// plain values at a [`Vit::plain_start`] (its entry and reads) or below its entry.
+/// plain values at a [`Vit::plain_start`] (its entry and reads) or below its entry. A model
+/// computing in fp16 trains under a dynamic loss scale ([`LossScale`]): a step whose
+/// gradients overflow is skipped.
 pub fn fit_rows(
     model: Vit,
     train: Rows<'_>,
@@ -320,6 +359,7 @@ pub fn fit_rows(
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let steps_per_epoch = train.len().div_ceil(config.batch);
     let total = steps_per_epoch * config.epochs;
+    let mut scale = LossScale::for_precision(model.precision, config.loss_scale);
     let mut losses = LossReadback::new(config.loss_every.unwrap_or(default_loss_every(device)));
     let mut step = 0;
     let mut history = Vec::new();
@@ -334,8 +374,14 @@ pub fn fit_rows(
             let loss = loss_fn.forward(model.forward_input(batch.input), batch.labels);
             lr = config.lr_at(step, steps_per_epoch);
             losses.push(loss.clone(), step, lr, batch.rows);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
+            let loss = match &scale {
+                Some(s) => loss * s.scale(),
+                None => loss,
+            };
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if scale.as_mut().is_none_or(|s| s.unscale(&mut grads, &model)) {
+                model = optim.step(lr, model, grads);
+            }
             step += 1;
             if losses.due() {
                 losses.settle(epoch, total, &mut loss_sum, &mut on_progress)?;
@@ -375,6 +421,7 @@ pub fn fit_rows(
         history,
         images_per_second: (train.len() * config.epochs) as f64 / train_seconds.max(1e-9),
         train_seconds,
+        loss_scale: scale,
     })
 }
 
