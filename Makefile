@@ -6,6 +6,7 @@
 #   make bench-sweep [TASK=ci]  a pipeline's whole fine-tune sweep, graft against PyTorch
 #   make bench-cache [TASK=ci]  the fine-tune stage with and without the activation cache
 #   make bench-precision       the ViT-B/16 adapter step in f32 and bf16, graft against PyTorch
+#   make bench-precision-probe the ViT-B/16 probe's passes in f32 and bf16, the same way
 # PyTorch 2.9.0 (for burn-tch and the reference scripts) is installed by pip into
 # .venv on first use; nothing is downloaded by the programs themselves.
 #   make ... PYTHON=/path/to/python   use that interpreter's PyTorch instead (bring your own:
@@ -32,7 +33,7 @@ ARGS      ?=
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 	LD_LIBRARY_PATH="$$($(PY) -c 'import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec("torch").origin), "lib"))'):$$LD_LIBRARY_PATH"
 
-.PHONY: pipeline status gc test test-flex test-tch bench bench-step bench-sweep bench-cache bench-pinning bench-precision venv clean-venv chromium slurm-up slurm-down gpu-binaries
+.PHONY: pipeline status gc test test-flex test-tch bench bench-step bench-sweep bench-cache bench-pinning bench-precision bench-precision-probe venv clean-venv chromium slurm-up slurm-down gpu-binaries
 
 $(VENV)/.installed-$(TORCH)-$(TIMM):
 	python3 -m venv $(VENV)
@@ -150,12 +151,16 @@ bench-sweep: venv
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))
 	$(TCH_ENV) bash bench/sweep.sh $(or $(TASK),ci)
 
-# What pinning LibTorch's CPU kernels to AVX2 costs: the default's pretrain in alternating
-# rounds, then the whole default once pinned and once with GRAFT_CPU_KERNELS=native.
 # The ViT-B/16 adapter step in f32 and bf16, graft against PyTorch eager and autocast.
 bench-precision: venv
 	bash bench/precision.sh $(or $(PRESET),vit-b16) $(or $(BATCH),16) $(or $(ROUNDS),5)
 
+# The ViT-B/16 probe's passes in f32 and bf16, the same way.
+bench-precision-probe: venv
+	MODE=probe bash bench/precision.sh $(or $(PRESET),vit-b16) $(or $(BATCH),8) $(or $(ROUNDS),5) 4
+
+# What pinning LibTorch's CPU kernels to AVX2 costs: the default's pretrain in alternating
+# rounds, then the whole default once pinned and once with GRAFT_CPU_KERNELS=native.
 bench-pinning: venv
 	$(TCH_ENV) $(CARGO) build --release $(addprefix -p ,$(TENSOR_BINS)) --no-default-features --features tch
 	$(CARGO) build --release $(addprefix -p ,$(PLAIN_BINS))

@@ -8,7 +8,8 @@
       backbone frozen, one forward with a zero tap at every residual node, one backward,
       then G = Δᵀ X for all n² edges as one [n·d, n·d] product, like graft-probe per batch)
   python bench/torch_vit.py --graft vit-b16 --mode adapters --autocast bf16   (the forward and
-      the loss under torch.autocast in bf16, as timm's train.py --amp)
+      the loss under torch.autocast in bf16, as timm's train.py --amp; with --mode probe the
+      probe's forward and loss)
 Prints one JSON line: model, batch, device, threads, seconds per step (median), images/s.
 """
 import argparse
@@ -98,7 +99,7 @@ def main():
     ap.add_argument("--mode", default="full", choices=["full", "adapters", "probe"])
     ap.add_argument("--classes", type=int, default=47)
     ap.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
-                    help="run the training step's forward and loss under torch.autocast")
+                    help="run the training step's (or the probe's) forward and loss under torch.autocast")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -116,9 +117,20 @@ def main():
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-4) if trainable else None
 
+    def sync():
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def autocast():
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.autocast)
+        return torch.autocast(a.device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+
     def probe_step():
-        logits, taps, acts = probe_forward(model, x)
-        loss_fn(logits, y).backward()
+        # Under autocast the residual stream, and so the taps, the activations and G, stay f32.
+        with autocast():
+            logits, taps, acts = probe_forward(model, x)
+            loss = loss_fn(logits, y)
+        loss.backward()
         d = x.shape[0] * acts[0].shape[1]
         deltas = torch.cat([t.grad.reshape(d, -1) for t in taps], 1)
         xs = torch.cat([a.reshape(d, -1) for a in acts], 1)
@@ -127,13 +139,6 @@ def main():
             torch.cuda.synchronize()
         return g
 
-    def sync():
-        if a.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def autocast():
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.autocast)
-        return torch.autocast(a.device.split(":")[0], dtype=dtype, enabled=dtype is not None)
 
     def step():
         """Seconds of the forward (to the loss), the backward and the optimiser step."""

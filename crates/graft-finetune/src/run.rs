@@ -219,6 +219,10 @@ pub struct RunResult {
     /// Manifest: the frozen-prefix activation cache the run trained from, if any.
     #[serde(skip)]
     pub activation_cache: Option<CacheUse>,
+    /// An fp16 run's optimiser steps skipped for an overflow of its loss scale
+    /// (`graft_train::LossScale`); absent in f32 and bf16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp16_skipped_steps: Option<usize>,
 }
 
 /// How a run used the activation cache (its manifest's `activation_cache`).
@@ -264,6 +268,7 @@ impl RunResult {
             weights: false,
             epoch_seconds: Vec::new(),
             activation_cache: None,
+            fp16_skipped_steps: None,
         }
     }
 }
@@ -546,6 +551,7 @@ pub fn train_run_with(
         weights,
         epoch_seconds: fit.history.iter().map(|h| h.seconds).collect(),
         activation_cache,
+        fp16_skipped_steps: fit.loss_scale.map(|s| s.skipped),
         ..base
     })
 }

@@ -127,6 +127,44 @@ fn adapter_only_files_reload_to_the_same_accuracy() {
     assert_eq!(Some(acc), result.test_accuracy);
 }
 
+/// A bf16 or fp16 run trains (from activation caches of its own precision) and saves f32
+/// adapter and head weights that, reloaded into a model of that precision, give its test
+/// accuracy; an fp16 run counts the steps its loss scale skipped, a bf16 run has none.
+#[test]
+fn low_precision_runs_save_f32_weights_and_fp16_runs_count_their_skipped_steps() {
+    let rng = rng_lock();
+    let dir = setup(&rng);
+    for precision in [Precision::Bf16, Precision::Fp16] {
+        let mut s = spec(dir.path(), Method::Adapters, vec![Edge::new(1, 3)], 3e-3);
+        s.protocol.precision = precision;
+        let out = dir.path().join(format!("{precision:?}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let result = train_run(&s, &out, |_| {}).unwrap();
+        assert_eq!(result.status, RunStatus::Ok, "{precision:?}");
+        assert!(result.activation_cache.is_some(), "{precision:?}");
+        assert_eq!(
+            result.fp16_skipped_steps.is_some(),
+            precision == Precision::Fp16,
+            "{precision:?}"
+        );
+        let dev = graft_backend::device("cpu").unwrap();
+        let info = DatasetInfo::read(&s.dataset_dir).unwrap();
+        let mut vit = VitConfig::preset("vit-cpu-tiny", info.classes.len())
+            .unwrap()
+            .init(&dev);
+        graft_model::checkpoint::load_timm(&mut vit, &s.base_path).unwrap();
+        let (vit, _) =
+            graft_model::checkpoint::load_adapters(vit, &out.join(WEIGHTS_FILE)).unwrap();
+        // f32, as the class token (never cast) is.
+        let (up, cls) = (vit.adapters[0].up.weight.val(), vit.cls_token.val());
+        assert_eq!(up.dtype(), cls.dtype(), "{precision:?}");
+        let vit = vit.with_precision(precision);
+        let test = Split::read(&s.dataset_dir, "test", 16).unwrap();
+        let acc = graft_train::evaluate(&vit, &test, &info.preprocessing, &dev, 32);
+        assert_eq!(Some(acc), result.test_accuracy, "{precision:?}");
+    }
+}
+
 #[test]
 fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
     let rng = rng_lock();
