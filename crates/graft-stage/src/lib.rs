@@ -53,9 +53,10 @@ pub trait Stage {
     }
 
     /// What to do once a run is known to have work (its output is not in the store, or
-    /// `--force`), before it reads its inputs: a tensor stage computing in bf16 on the CPU
-    /// executes its binary again there with the machine's own CPU kernels
-    /// (`graft_backend::numerics::native_for_bf16`). Nothing by default.
+    /// `--force`), before [`Stage::run`] starts and before anything touches a tensor: a
+    /// tensor stage computing in bf16 on the CPU executes its binary again there with the
+    /// machine's own CPU kernels (`graft_backend::numerics::native_for_bf16`; the store's
+    /// lock, opened close-on-exec, is let go and taken again). Nothing by default.
     fn before_work(_params: &Self::Params) -> Option<fn()> {
         None
     }
