@@ -378,6 +378,8 @@ pub enum ProbeError {
     },
     #[error("no probe batch: the training split gave no rows")]
     NoBatches,
+    #[error("reading the edge gradients back from the device: {0}")]
+    Readback(String),
     #[error("edge {edge}: {reason}")]
     Edge { edge: Edge, reason: String },
     /// A parameter out of its range.
@@ -497,11 +499,13 @@ pub fn edge_gradients(
             None => g,
         });
     }
+    // One copy to the host, no per-element conversion: G holds (n·d)² values (1.5 GB for
+    // ViT-B/16).
     let g = acc
         .ok_or(ProbeError::NoBatches)?
-        .to_data()
-        .iter::<f32>()
-        .collect();
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| ProbeError::Readback(format!("{e:?}")))?;
     let factors = (keep_rows && rows < d).then(|| {
         let r = |v: &Vec<f64>| scores::thin_r_of_transpose(v, rows, d);
         (ds.iter().map(r).collect(), xs.iter().map(r).collect())
