@@ -157,7 +157,7 @@ bench-precision: venv
 
 # The ViT-B/16 probe's passes in f32 and bf16, the same way.
 bench-precision-probe: venv
-	MODE=probe bash bench/precision.sh $(or $(PRESET),vit-b16) $(or $(BATCH),8) $(or $(ROUNDS),5) 4
+	MODE=probe bash bench/precision.sh $(or $(PRESET),vit-b16) $(or $(BATCH),4) $(or $(ROUNDS),5) 2
 
 # What pinning LibTorch's CPU kernels to AVX2 costs: the default's pretrain in alternating
 # rounds, then the whole default once pinned and once with GRAFT_CPU_KERNELS=native.

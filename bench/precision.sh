@@ -13,7 +13,7 @@
 # the script prints each one's median, fastest and slowest round and the ratios of medians.
 # Usage: [MODE=probe] bash bench/precision.sh [preset] [batch] [rounds] [steps] [threads]
 #   (make bench-precision runs the step: vit-b16, batch 16, 5 rounds of 3 timed steps, 2
-#   threads; make bench-precision-probe the probe: vit-b16, batch 8, 5 rounds of 4 batches)
+#   threads; make bench-precision-probe the probe: vit-b16, batch 4, 5 rounds of 2 batches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${MODE:-step}
