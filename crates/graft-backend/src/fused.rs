@@ -1004,44 +1004,56 @@ mod tests {
         close1(dg(true), dg(false), 1e-5);
     }
 
-    /// Largest |a - b| over largest |b|, both read as f32.
+    /// ‖a − b‖ / ‖b‖ (Frobenius), both read as f32.
     fn relative<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
         let f = |t: Tensor<D>| -> Vec<f32> {
             let t = t.cast(burn::tensor::FloatDType::F32);
             t.into_data().try_to_vec().unwrap()
         };
         let (a, b) = (f(a), f(b));
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        worst / b.iter().map(|y| y.abs()).fold(0f32, f32::max)
+        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+        norm(&mut a.iter().zip(&b).map(|(x, y)| x - y)) / norm(&mut b.iter().copied())
+    }
+
+    /// A fixed `[rows, cols]` input, the same on every run and backend: `scale` times a
+    /// quasi-random sequence in (-1, 1).
+    fn fixed(
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        salt: f32,
+        dev: &burn::tensor::Device,
+    ) -> Tensor<2> {
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| scale * ((i as f32 * 0.618_034 + salt).fract() * 2.0 - 1.0))
+            .collect();
+        Tensor::from_data(burn::tensor::TensorData::new(v, [rows, cols]), dev)
     }
 
     /// The fused operations graft runs in bf16 under autocast (`graft_model::Precision`): the
     /// linear layer and attention, on bf16 inputs, against the same operation in f32, forward
-    /// and the gradients of every input (through the casts, so they arrive in f32). bf16
-    /// keeps 8 significant bits (each rounded input is off by up to 2^-9 = 2e-3 relative);
-    /// the errors stated are relative to the largest value (measured on flex: linear 4.6e-3,
-    /// its gradients 2.1e-3 to 3.7e-3; attention 8.2e-3, its gradient 8.7e-3). They must not
-    /// be zero: the bf16 kernels ran.
+    /// and the gradients of every input (through the casts, so they arrive in f32), on fixed
+    /// inputs. bf16 keeps 8 significant bits (each rounded input is off by up to 2^-9 = 2e-3
+    /// relative); the errors are relative Frobenius norms, with tolerances about twice those
+    /// measured (flex, tch: linear 4.0e-3, 3.6e-3; its gradients 1.6e-3 to 1.9e-3 on both;
+    /// attention 3.5e-3, 2.9e-3; its gradient 4.4e-3, 3.5e-3). They must not be zero: the
+    /// bf16 kernels ran.
     #[test]
     fn linear_and_attention_in_bf16_are_their_f32_results_within_its_rounding() {
         let bf16 = burn::tensor::FloatDType::BF16;
+        let f32 = burn::tensor::FloatDType::F32;
         let dev = crate::device("cpu").unwrap();
         let ad = dev.clone().autodiff();
         let leaf = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &ad).require_grad();
-        let x0 = Tensor::<2>::random([40, 96], Distribution::Normal(0.0, 1.0), &dev);
-        let w0 = Tensor::<2>::random([96, 48], Distribution::Normal(0.0, 0.1), &dev);
-        let b0 = Tensor::<2>::random([1, 48], Distribution::Normal(0.0, 0.1), &dev);
-        let r0 = Tensor::<2>::random([40, 48], Distribution::Normal(0.0, 1.0), &dev);
+        let x0 = fixed(40, 96, 1.0, 0.1, &dev);
+        let w0 = fixed(96, 48, 0.1, 0.2, &dev);
+        let b0 = fixed(1, 48, 0.1, 0.3, &dev);
+        let r0 = fixed(40, 48, 1.0, 0.4, &dev);
         let run_linear = |low: bool| {
             let (x, w, b) = (leaf(&x0), leaf(&w0), leaf(&b0));
             let cast = |t: Tensor<2>| if low { t.cast(bf16) } else { t };
             let b1: Tensor<1> = cast(b.clone()).reshape([48]);
-            let y =
-                linear(cast(x.clone()), cast(w.clone()), b1).cast(burn::tensor::FloatDType::F32);
+            let y = linear(cast(x.clone()), cast(w.clone()), b1).cast(f32);
             let r = Tensor::<2>::from_data(r0.to_data(), &ad);
             let grads = (y.clone() * r).sum().backward();
             let g = |t: &Tensor<2>| t.grad(&grads).unwrap();
@@ -1049,21 +1061,16 @@ mod tests {
         };
         let (y, dx, dw, db) = run_linear(false);
         let (yl, dxl, dwl, dbl) = run_linear(true);
-        for (what, err, tol) in [
-            ("linear", relative(yl, y), 1e-2),
-            ("linear dx", relative(dxl, dx), 1e-2),
-            ("linear dw", relative(dwl, dw), 1e-2),
-            ("linear db", relative(dbl, db), 1e-2),
-        ] {
-            assert!(
-                err > 0.0 && err < tol,
-                "{what} off by {err:.2e} (tolerance {tol:e})"
-            );
-        }
+        let mut errors = vec![
+            ("linear", relative(yl, y), 8e-3),
+            ("linear dx", relative(dxl, dx), 4e-3),
+            ("linear dw", relative(dwl, dw), 4e-3),
+            ("linear db", relative(dbl, db), 4e-3),
+        ];
 
         let (b, t, h, dh) = (3, 5, 2, 8);
-        let q0 = Tensor::<3>::random([b, t, 3 * h * dh], Distribution::Normal(0.0, 1.5), &dev);
-        let r0 = Tensor::<3>::random([b, t, h * dh], Distribution::Normal(0.0, 1.0), &dev);
+        let q0 = fixed(b * t, 3 * h * dh, 1.5, 0.5, &dev).reshape([b, t, 3 * h * dh]);
+        let r0 = fixed(b * t, h * dh, 1.0, 0.6, &dev).reshape([b, t, h * dh]);
         let run_attention = |low: bool| {
             let qkv = Tensor::<3>::from_data(q0.to_data(), &ad).require_grad();
             let input = if low {
@@ -1071,17 +1078,16 @@ mod tests {
             } else {
                 qkv.clone()
             };
-            let y = attention(input, h, (dh as f64).powf(-0.5)).cast(burn::tensor::FloatDType::F32);
+            let y = attention(input, h, (dh as f64).powf(-0.5)).cast(f32);
             let r = Tensor::<3>::from_data(r0.to_data(), &ad);
             let grads = (y.clone() * r).sum().backward();
             (y, qkv.grad(&grads).unwrap())
         };
         let (y, dq) = run_attention(false);
         let (yl, dql) = run_attention(true);
-        for (what, err, tol) in [
-            ("attention", relative(yl, y), 2e-2),
-            ("attention dqkv", relative(dql, dq), 2e-2),
-        ] {
+        errors.push(("attention", relative(yl, y), 8e-3));
+        errors.push(("attention dqkv", relative(dql, dq), 8e-3));
+        for (what, err, tol) in errors {
             assert!(
                 err > 0.0 && err < tol,
                 "{what} off by {err:.2e} (tolerance {tol:e})"
