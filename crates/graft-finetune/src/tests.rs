@@ -93,6 +93,26 @@ fn setup(rng: &RngGuard) -> tempfile::TempDir {
     dir
 }
 
+/// A run's model as a fresh process rebuilds it: the base from its file, adapters and head
+/// from the run's weights file in `out`.
+fn reloaded(s: &RunSpec, out: &Path) -> (graft_model::Vit, graft_model::checkpoint::AdapterMeta) {
+    let dev = graft_backend::device("cpu").unwrap();
+    let info = DatasetInfo::read(&s.dataset_dir).unwrap();
+    let mut vit = VitConfig::preset("vit-cpu-tiny", info.classes.len())
+        .unwrap()
+        .init(&dev);
+    graft_model::checkpoint::load_timm(&mut vit, &s.base_path).unwrap();
+    graft_model::checkpoint::load_adapters(vit, &out.join(WEIGHTS_FILE)).unwrap()
+}
+
+/// `vit`'s accuracy on the test split of `s`'s dataset, on the CPU.
+fn test_accuracy(s: &RunSpec, vit: &graft_model::Vit) -> f64 {
+    let dev = graft_backend::device("cpu").unwrap();
+    let info = DatasetInfo::read(&s.dataset_dir).unwrap();
+    let test = Split::read(&s.dataset_dir, "test", 16).unwrap();
+    graft_train::evaluate(vit, &test, &info.preprocessing, &dev, 32)
+}
+
 #[test]
 fn adapter_only_files_reload_to_the_same_accuracy() {
     let rng = rng_lock();
@@ -110,21 +130,13 @@ fn adapter_only_files_reload_to_the_same_accuracy() {
     assert!(result.weights);
 
     // A fresh process would do this: base from its file, adapters and head from theirs.
-    let dev = graft_backend::device("cpu").unwrap();
-    dev.seed(99);
-    let info = DatasetInfo::read(&s.dataset_dir).unwrap();
-    let mut vit = VitConfig::preset("vit-cpu-tiny", info.classes.len())
-        .unwrap()
-        .init(&dev);
-    graft_model::checkpoint::load_timm(&mut vit, &s.base_path).unwrap();
-    let (vit, meta) = graft_model::checkpoint::load_adapters(vit, &out.join(WEIGHTS_FILE)).unwrap();
+    graft_backend::device("cpu").unwrap().seed(99);
+    let (vit, meta) = reloaded(&s, &out);
     let mut sorted = s.edges.clone();
     sorted.sort();
     assert_eq!(meta.placement, sorted);
     assert_eq!(meta.adapter.rank, 4);
-    let test = Split::read(&s.dataset_dir, "test", 16).unwrap();
-    let acc = graft_train::evaluate(&vit, &test, &info.preprocessing, &dev, 32);
-    assert_eq!(Some(acc), result.test_accuracy);
+    assert_eq!(Some(test_accuracy(&s, &vit)), result.test_accuracy);
 }
 
 /// A bf16 or fp16 run trains (from activation caches of its own precision) and saves f32
@@ -147,20 +159,12 @@ fn low_precision_runs_save_f32_weights_and_fp16_runs_count_their_skipped_steps()
             precision == Precision::Fp16,
             "{precision:?}"
         );
-        let dev = graft_backend::device("cpu").unwrap();
-        let info = DatasetInfo::read(&s.dataset_dir).unwrap();
-        let mut vit = VitConfig::preset("vit-cpu-tiny", info.classes.len())
-            .unwrap()
-            .init(&dev);
-        graft_model::checkpoint::load_timm(&mut vit, &s.base_path).unwrap();
-        let (vit, _) =
-            graft_model::checkpoint::load_adapters(vit, &out.join(WEIGHTS_FILE)).unwrap();
+        let (vit, _) = reloaded(&s, &out);
         // f32, as the class token (never cast) is.
         let (up, cls) = (vit.adapters[0].up.weight.val(), vit.cls_token.val());
         assert_eq!(up.dtype(), cls.dtype(), "{precision:?}");
         let vit = vit.with_precision(precision);
-        let test = Split::read(&s.dataset_dir, "test", 16).unwrap();
-        let acc = graft_train::evaluate(&vit, &test, &info.preprocessing, &dev, 32);
+        let acc = test_accuracy(&s, &vit);
         assert_eq!(Some(acc), result.test_accuracy, "{precision:?}");
     }
 }
@@ -199,16 +203,8 @@ fn the_final_protocol_trains_on_train_and_val_and_tests_the_last_epoch() {
     assert_eq!(result.train_loss, Some(epochs[2].train_loss));
 
     // The test accuracy is the last epoch's weights on test.
-    let dev = graft_backend::device("cpu").unwrap();
-    let info = DatasetInfo::read(&s.dataset_dir).unwrap();
-    let mut vit = VitConfig::preset("vit-cpu-tiny", info.classes.len())
-        .unwrap()
-        .init(&dev);
-    graft_model::checkpoint::load_timm(&mut vit, &s.base_path).unwrap();
-    let (vit, _) = graft_model::checkpoint::load_adapters(vit, &out.join(WEIGHTS_FILE)).unwrap();
-    let test = Split::read(&s.dataset_dir, "test", 16).unwrap();
-    let acc = graft_train::evaluate(&vit, &test, &info.preprocessing, &dev, 32);
-    assert_eq!(Some(acc), result.test_accuracy);
+    let (vit, _) = reloaded(&s, &out);
+    assert_eq!(Some(test_accuracy(&s, &vit)), result.test_accuracy);
 }
 
 #[test]
