@@ -5,9 +5,10 @@
 #   step:  the preset's 2L parallel adapters, r = 8, backbone frozen, AdamW on the adapters
 #          and head; `steps` timed steps per round (step_bench, torch_vit.py --mode adapters).
 #   probe: per batch, one forward with a tap at every residual node, one backward and the
-#          batch's share of G = Δᵀ X for all n² edges (probe_bench: `steps` batches summed per
-#          probe as the stage sums them, G read back once; torch_vit.py --mode probe: `steps`
-#          timed batches). The SVDs are not timed.
+#          batch's share of G = Δᵀ X for all n² edges, summed in place over `steps` batches
+#          as the stage sums them, after a one-batch probe as warm-up; graft reads G back to
+#          the host once (probe_bench), PyTorch's G is there already (torch_vit.py --mode
+#          probe). The SVDs are not timed.
 # LibTorch runs its native CPU kernels here (the examples do not pin them: bf16 needs
 # AVX-512 BF16 or AMX where the CPU has them). Each round runs the four, in the same order;
 # the script prints each one's median, fastest and slowest round and the ratios of medians.

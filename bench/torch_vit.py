@@ -4,9 +4,12 @@
   python bench/torch_vit.py --graft vit-cpu-small --mode adapters   (graft's preset shapes,
       adapters on the 2L parallel edges, r = 8, backbone frozen, AdamW step included: the
       same step as `cargo run --example step_bench`)
-  python bench/torch_vit.py --graft vit-b16 --mode probe --device cuda   (the probe's passes:
-      backbone frozen, one forward with a zero tap at every residual node, one backward,
-      then G = Δᵀ X for all n² edges as one [n·d, n·d] product, like graft-probe per batch)
+  python bench/torch_vit.py --graft vit-b16 --mode probe --device cuda   (the probe's passes,
+      as graft-probe makes them: backbone frozen, per batch one forward with a zero tap at
+      every residual node, one backward, and G = Δᵀ X for all n² edges as one [n·d, n·d]
+      product, summed in place over --steps batches (addmm_); the time is the probe's over
+      its batches, after a one-batch probe as warm-up, G ending on the host (on the CPU it is
+      there already))
   python bench/torch_vit.py --graft vit-b16 --mode adapters --autocast bf16   (the forward and
       the loss under torch.autocast in bf16, as timm's train.py --amp; with --mode probe the
       probe's forward and loss)
@@ -125,7 +128,7 @@ def main():
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.autocast)
         return torch.autocast(a.device.split(":")[0], dtype=dtype, enabled=dtype is not None)
 
-    def probe_step():
+    def probe_batch(g):
         # Under autocast the residual stream, and so the taps, the activations and G, stay f32.
         with autocast():
             logits, taps, acts = probe_forward(model, x)
@@ -134,18 +137,20 @@ def main():
         d = x.shape[0] * acts[0].shape[1]
         deltas = torch.cat([t.grad.reshape(d, -1) for t in taps], 1)
         xs = torch.cat([a.reshape(d, -1) for a in acts], 1)
-        g = deltas.T @ xs
-        if a.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return g
+        return deltas.T @ xs if g is None else g.addmm_(deltas.T, xs)
+
+    def probe(batches):
+        """Seconds per batch of one probe summing G over `batches` batches."""
+        t = time.perf_counter()
+        g = None
+        for _ in range(batches):
+            g = probe_batch(g)
+        g = g.cpu()
+        return (time.perf_counter() - t) / batches
 
 
     def step():
         """Seconds of the forward (to the loss), the backward and the optimiser step."""
-        if a.mode == "probe":
-            t = time.perf_counter()
-            probe_step()
-            return time.perf_counter() - t, 0.0, 0.0
         t0 = time.perf_counter()
         optim.zero_grad(set_to_none=True)
         with autocast():
@@ -159,9 +164,13 @@ def main():
         sync()
         return t1 - t0, t2 - t1, time.perf_counter() - t2
 
-    for _ in range(a.warmup):
-        step()
-    parts = [step() for _ in range(a.steps)]
+    if a.mode == "probe":
+        probe(1)
+        parts = [(probe(a.steps), 0.0, 0.0)]
+    else:
+        for _ in range(a.warmup):
+            step()
+        parts = [step() for _ in range(a.steps)]
     s = statistics.median(sum(p) for p in parts)
     fwd, bwd, opt = (statistics.median(p[k] for p in parts) for k in range(3))
     print(json.dumps({"impl": "pytorch+timm", "torch": torch.__version__, "model": a.model, "autocast": a.autocast, "batch": a.batch,

@@ -34,7 +34,9 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Dispatch, Shape, Slice, TensorMetadata, backend_extension};
+use burn::backend::{
+    Autodiff, AutodiffBackend, Dispatch, Shape, Slice, TensorMetadata, backend_extension,
+};
 use burn::tensor::Tensor;
 
 /// The operations, one dispatch entry each.
@@ -72,6 +74,25 @@ pub trait FusedOps: Backend {
     fn fused_linear(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `x + y` in `x`'s dtype, with `y` read in its own: a low-precision branch joining the
+    /// f32 residual stream as PyTorch's type promotion adds it, in one pass. `y`'s gradient
+    /// is `x`'s cast to `y`'s dtype.
+    ///
+    /// # Shapes
+    /// x `[...]`, y `[...]` (the same) -> `[...]`
+    fn fused_add_promoted(x: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `acc + aᵀ b`, written into `acc` where the backend can. Without a gradient: on
+    /// `Autodiff` the result is untracked.
+    ///
+    /// # Shapes
+    /// acc `[p, q]`, a `[rows, p]`, b `[rows, q]` -> `[p, q]`
+    fn fused_add_at_b(
+        acc: FloatTensor<Self>,
+        a: FloatTensor<Self>,
         b: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 }
@@ -181,6 +202,27 @@ pub trait Kernels: Backend {
         b: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         Self::linear(x, w, Some(b))
+    }
+
+    /// `x + y` in `x`'s dtype: `y` cast, then added.
+    ///
+    /// # Shapes
+    /// x `[...]`, y `[...]` -> `[...]`
+    fn add_promoted(x: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self> {
+        let dtype = x.dtype().into();
+        Self::float_add(x, Self::float_cast(y, dtype))
+    }
+
+    /// `acc + aᵀ b`: a product and an addition.
+    ///
+    /// # Shapes
+    /// acc `[p, q]`, a `[rows, p]`, b `[rows, q]` -> `[p, q]`
+    fn add_at_b(
+        acc: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::float_add(acc, Self::float_matmul(Self::float_swap_dims(a, 0, 1), b))
     }
 }
 
@@ -345,6 +387,18 @@ impl FusedOps for burn::backend::Flex {
     ) -> FloatTensor<Self> {
         Self::linear_forward(x, w, b)
     }
+
+    fn fused_add_promoted(x: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::add_promoted(x, y)
+    }
+
+    fn fused_add_at_b(
+        acc: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::add_at_b(acc, a, b)
+    }
 }
 
 #[cfg(feature = "tch")]
@@ -433,6 +487,29 @@ mod libtorch {
         fn linear_forward(x: TchTensor, w: TchTensor, b: TchTensor) -> TchTensor {
             TchTensor::new(b.tensor.addmm(&x.tensor, &w.tensor))
         }
+
+        /// One addition with LibTorch's type promotion, into `x` when its storage is not
+        /// shared.
+        fn add_promoted(mut x: TchTensor, y: TchTensor) -> TchTensor {
+            if x.can_mut() {
+                let _ = x.tensor.g_add_(&y.tensor);
+                x
+            } else {
+                TchTensor::new(x.tensor.g_add(&y.tensor))
+            }
+        }
+
+        /// One `addmm_` into `acc` when its storage is not shared (the product accumulates
+        /// in place, no `[p, q]` temporary), else one `addmm`.
+        fn add_at_b(mut acc: TchTensor, a: TchTensor, b: TchTensor) -> TchTensor {
+            let at = a.tensor.tr();
+            if acc.can_mut() {
+                let _ = acc.tensor.addmm_(&at, &b.tensor);
+                acc
+            } else {
+                TchTensor::new(acc.tensor.addmm(&at, &b.tensor))
+            }
+        }
     }
 
     impl FusedOps for LibTorch {
@@ -455,6 +532,14 @@ mod libtorch {
 
         fn fused_linear(x: TchTensor, w: TchTensor, b: TchTensor) -> TchTensor {
             Self::linear_forward(x, w, b)
+        }
+
+        fn fused_add_promoted(x: TchTensor, y: TchTensor) -> TchTensor {
+            Self::add_promoted(x, y)
+        }
+
+        fn fused_add_at_b(acc: TchTensor, a: TchTensor, b: TchTensor) -> TchTensor {
+            Self::add_at_b(acc, a, b)
         }
     }
 }
@@ -670,6 +755,58 @@ impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             )),
         }
     }
+
+    fn fused_add_promoted(x: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AddPromotedStep;
+
+        impl<B: Kernels> Backward<B, 2> for AddPromotedStep {
+            // y's dtype.
+            type State = burn::tensor::FloatDType;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [x_node, y_node] = ops.parents;
+                let g = grads.consume::<B>(&ops.node);
+                if let Some(node) = y_node {
+                    grads.register::<B>(node.id, B::float_cast(g.clone(), ops.state));
+                }
+                if let Some(node) = x_node {
+                    grads.register::<B>(node.id, g);
+                }
+            }
+        }
+
+        let y_dtype = y.primitive().dtype().into();
+        match AddPromotedStep
+            .prepare::<C>([x.node(), y.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish(y_dtype, B::add_promoted(Self::inner(x), Self::inner(y)))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::add_promoted(Self::inner(x), Self::inner(y)))
+            }
+        }
+    }
+
+    fn fused_add_at_b(
+        acc: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::add_at_b(
+            Self::inner(acc),
+            Self::inner(a),
+            Self::inner(b),
+        ))
+    }
 }
 
 /// LayerNorm over the last axis, one operation (and one backward step) on every backend.
@@ -728,6 +865,35 @@ pub fn linear(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>) -> Tensor<2> {
     ))
 }
 
+/// `x + y` in `x`'s dtype, `y` read in its own, one operation: where a bf16 or fp16 branch
+/// joins the f32 residual stream, as PyTorch adds them under autocast (on tch one promoting
+/// addition, written into `x` when nothing else holds it; elsewhere a cast and an addition).
+/// `y`'s gradient arrives in `y`'s dtype.
+///
+/// # Shapes
+/// x `[...]`, y `[...]` (the same) -> `[...]`
+pub fn add_promoted<const D: usize>(x: Tensor<D>, y: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_add_promoted(
+        x.into_dispatch(),
+        y.into_dispatch(),
+    ))
+}
+
+/// `acc + aᵀ b`, accumulated into `acc` where the backend can: on tch one in-place
+/// `addmm_` when nothing else holds `acc` (the probe sums G = Δᵀ X over batches with it, so
+/// no `[p, q]` product is allocated per batch). No gradient flows through it: the result
+/// is untracked.
+///
+/// # Shapes
+/// acc `[p, q]`, a `[rows, p]`, b `[rows, q]` -> `[p, q]`
+pub fn add_at_b(acc: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_add_at_b(
+        acc.into_dispatch(),
+        a.into_dispatch(),
+        b.into_dispatch(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,6 +914,29 @@ mod tests {
     fn close1(a: Tensor<1>, b: Tensor<1>, tol: f32) {
         let n = a.dims()[0];
         close(a.reshape([1, 1, n]), b.reshape([1, 1, n]), tol)
+    }
+
+    /// `add_at_b` gives `acc + aᵀ b` with and without autodiff, in place (an accumulator
+    /// nothing else holds) and not (one that is shared), and leaves a shared one as it was.
+    #[test]
+    fn add_at_b_accumulates_and_leaves_a_shared_accumulator_alone() {
+        let dev = crate::device("cpu").unwrap();
+        for device in [dev.clone(), dev.autodiff()] {
+            let draw = |dims: [usize; 2]| {
+                Tensor::<2>::random(dims, Distribution::Normal(0.0, 1.0), &device)
+            };
+            let (a, b, acc) = (draw([6, 3]), draw([6, 4]), draw([3, 4]));
+            let product = a.clone().transpose().matmul(b.clone());
+            let want = acc.clone() + product.clone();
+            let before = acc.to_data();
+            let shared = add_at_b(acc.clone(), a.clone(), b.clone());
+            assert_eq!(acc.to_data(), before, "a shared accumulator was written");
+            close(shared.clone().unsqueeze(), want.clone().unsqueeze(), 1e-5);
+            let own = acc.clone() * 1.0; // a tensor of its own
+            let twice = add_at_b(add_at_b(own, a.clone(), b.clone()), a, b);
+            close(twice.unsqueeze(), (want + product).unsqueeze(), 1e-5);
+            assert_eq!(acc.to_data(), before);
+        }
     }
 
     /// Forward and every gradient agree with burn's composed LayerNorm and softmax, on the

@@ -30,6 +30,7 @@ pub use burn::tensor::Device;
 
 pub mod canary;
 pub mod fused;
+pub mod gram;
 pub mod numerics;
 pub mod transfer;
 

@@ -545,12 +545,23 @@ impl Vit {
         as_dtype(x, DType::F32)
     }
 
-    /// Adapter `a` on `x`, in the model's precision; f32 out.
+    /// `x + f`: a branch's output `f`, in the model's precision, joining the f32 residual
+    /// stream `x` in one promoting addition ([`graft_backend::fused::add_promoted`]), as
+    /// autocast's bf16 output joins PyTorch's f32 residual.
+    fn join<const D: usize>(&self, x: Tensor<D>, f: Tensor<D>) -> Tensor<D> {
+        if f.dtype() == x.dtype() {
+            x + f
+        } else {
+            graft_backend::fused::add_promoted(x, f)
+        }
+    }
+
+    /// Adapter `a` on `x`, in the model's precision (its output too: [`Vit::join`] adds it).
     ///
     /// # Shapes
     /// `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     fn adapter(&self, a: &Adapter, x: Tensor<3>) -> Tensor<3> {
-        self.f32(a.forward(self.low(x)))
+        a.forward(self.low(x))
     }
 
     /// Sets which parameters train: the adapters (and LoRA) and the head, everything, or the
@@ -629,10 +640,9 @@ impl Vit {
             let h = self.low(self.layer_norm(&block.norm2, x.clone()));
             (block.mlp.forward(h), &block.ls2)
         };
-        let f = self.f32(f);
         match scale {
-            Some(ls) => x + ls.forward(f),
-            None => x + f,
+            Some(ls) => x + ls.forward(self.f32(f)),
+            None => self.join(x, f),
         }
     }
 
@@ -658,18 +668,18 @@ impl Vit {
             for a in &self.adapters {
                 match a.edge().kind() {
                     EdgeKind::Parallel | EdgeKind::LongRange if a.dst == k => {
-                        x = x + self.adapter(a, nodes[a.src].clone())
+                        x = self.join(x, self.adapter(a, nodes[a.src].clone()))
                     }
                     EdgeKind::Recurrent if a.dst == k => {
                         if let Some(first) = first {
-                            x = x + self.adapter(a, first[a.src].clone());
+                            x = self.join(x, self.adapter(a, first[a.src].clone()));
                         }
                     }
                     _ => {}
                 }
             }
             for a in self.adapters.iter().filter(|a| a.src == k && a.dst == k) {
-                x = x.clone() + self.adapter(a, x);
+                x = self.join(x.clone(), self.adapter(a, x));
             }
             nodes.push(x);
         }
@@ -895,10 +905,10 @@ impl Vit {
                 x = self.sublayer(k, plain[k - 1].clone());
             }
             for a in self.adapters.iter().filter(|a| a.dst == k && a.src < k) {
-                x = x + self.adapter(a, plain[a.src].clone());
+                x = self.join(x, self.adapter(a, plain[a.src].clone()));
             }
             for a in self.adapters.iter().filter(|a| a.src == k && a.dst == k) {
-                x = x.clone() + self.adapter(a, x);
+                x = self.join(x.clone(), self.adapter(a, x));
             }
             x = tap(x, &mut nodes, &mut taps);
             plain.push(x.clone());

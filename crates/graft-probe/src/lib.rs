@@ -28,6 +28,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor};
+use graft_backend::gram::GramSum;
 use graft_graph::Edge;
 use graft_model::{Precision, Trainable, Vit, VitConfig};
 use graft_stage::{BoxError, Stage};
@@ -455,7 +456,7 @@ pub fn edge_gradients(
 ) -> Result<EdgeGradients, ProbeError> {
     let n = 2 * model.config.depth + 1;
     let d = model.config.dim;
-    let mut acc: Option<Tensor<2>> = None;
+    let mut gram: Option<GramSum> = None;
     let mut rows = 0;
     let mut xs: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut ds: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -493,19 +494,16 @@ pub fn edge_gradients(
         }
         let xcat = Tensor::cat(x, 1);
         let dcat = Tensor::cat(dl, 1);
-        let g = dcat.transpose().matmul(xcat);
-        acc = Some(match acc {
-            Some(a) => a + g,
-            None => g,
-        });
+        gram.get_or_insert_with(|| GramSum::new(n * d, n * d, &device))
+            .add(dcat, xcat);
     }
-    // One copy to the host, no per-element conversion: G holds (n·d)² values (1.5 GB for
-    // ViT-B/16).
-    let g = acc
+    // G holds (n·d)² values (1.5 GB for ViT-B/16): on LibTorch's CPU it is summed in host
+    // memory and reading it is no copy; elsewhere it is one.
+    let g = gram
         .ok_or(ProbeError::NoBatches)?
-        .into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| ProbeError::Readback(format!("{e:?}")))?;
+        .into_host()
+        .map_err(ProbeError::Readback)?
+        .ok_or(ProbeError::NoBatches)?;
     let factors = (keep_rows && rows < d).then(|| {
         let r = |v: &Vec<f64>| scores::thin_r_of_transpose(v, rows, d);
         (ds.iter().map(r).collect(), xs.iter().map(r).collect())
