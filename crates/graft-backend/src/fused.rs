@@ -916,6 +916,44 @@ mod tests {
         close(a.reshape([1, 1, n]), b.reshape([1, 1, n]), tol)
     }
 
+    /// `add_promoted` of an f32 `x` and a bf16 `y` is the cast and the addition, to the bit,
+    /// with its gradients (`y`'s in bf16), and leaves an `x` that something else holds as it
+    /// was.
+    #[test]
+    fn add_promoted_is_a_cast_and_an_addition() {
+        let dev = crate::device("cpu").unwrap();
+        let ad = dev.autodiff();
+        let x0 = Tensor::<3>::random([2, 3, 5], Distribution::Normal(0.0, 1.0), &ad);
+        let y0 = Tensor::<3>::random([2, 3, 5], Distribution::Normal(0.0, 1.0), &ad)
+            .cast(burn::tensor::DType::BF16);
+        let w = Tensor::<3>::random([2, 3, 5], Distribution::Normal(0.0, 1.0), &ad);
+        let run = |fused: bool| {
+            let (x, y) = (x0.clone().require_grad(), y0.clone().require_grad());
+            let before = x.to_data();
+            let z = if fused {
+                add_promoted(x.clone(), y.clone())
+            } else {
+                x.clone() + y.clone().cast(burn::tensor::DType::F32)
+            };
+            assert_eq!(x.to_data(), before, "a shared x was written");
+            let grads = (z.clone() * w.clone()).sum().backward();
+            let (gx, gy) = (x.grad(&grads).unwrap(), y.grad(&grads).unwrap());
+            (z.into_data(), gx.into_data(), gy)
+        };
+        let (z, gx, gy) = run(true);
+        let (z_ref, gx_ref, gy_ref) = run(false);
+        assert_eq!(z, z_ref);
+        assert_eq!(gx, gx_ref);
+        assert_eq!(gy.dtype(), burn::tensor::DType::BF16);
+        assert_eq!(gy.into_data(), gy_ref.into_data());
+        let own = x0.clone() * 1.0; // a tensor of its own: written in place on tch
+        let sum = add_promoted(own, y0.clone());
+        assert_eq!(
+            sum.into_data(),
+            (x0 + y0.cast(burn::tensor::DType::F32)).into_data()
+        );
+    }
+
     /// `add_at_b` gives `acc + aᵀ b` with and without autodiff, in place (an accumulator
     /// nothing else holds) and not (one that is shared), and leaves a shared one as it was.
     #[test]

@@ -8,7 +8,51 @@
 //! has what it cost). Elsewhere (flex, a GPU) the sum is a tensor on the device, added into in place where the
 //! backend can ([`crate::fused::add_at_b`]) and copied to the host once at the end.
 
+use std::ops::{Deref, DerefMut};
+
 use burn::tensor::{Device, Tensor};
+
+/// f32 values in host memory whose first one is 64-byte aligned, read as a slice. LibTorch
+/// aligns its own CPU tensors so, and MKL's GEMM writes into memory that is not more slowly
+/// (BENCHMARKS.md, "Precision").
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostMatrix {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl HostMatrix {
+    /// `len` zeros (memory the system maps on first touch).
+    pub fn zeros(len: usize) -> HostMatrix {
+        let buf = vec![0f32; len + 15];
+        let start = match buf.as_ptr().align_offset(64) {
+            k if k < 16 => k,
+            _ => 0,
+        };
+        HostMatrix { buf, start, len }
+    }
+}
+
+impl From<Vec<f32>> for HostMatrix {
+    fn from(buf: Vec<f32>) -> HostMatrix {
+        let len = buf.len();
+        HostMatrix { buf, start: 0, len }
+    }
+}
+
+impl Deref for HostMatrix {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl DerefMut for HostMatrix {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
 
 /// `G = Σ aᵀ b` over [`GramSum::add`]'s calls, in f32.
 pub struct GramSum {
@@ -54,7 +98,7 @@ impl GramSum {
     }
 
     /// The sum on the host, row-major `[p, q]`; `None` when nothing was added.
-    pub fn into_host(self) -> Result<Option<Vec<f32>>, String> {
+    pub fn into_host(self) -> Result<Option<HostMatrix>, String> {
         match self.sum {
             #[cfg(feature = "tch")]
             Sum::Host(sum) => Ok(sum.into_host()),
@@ -63,7 +107,7 @@ impl GramSum {
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec::<f32>()
-                .map(Some)
+                .map(|g| Some(g.into()))
                 .map_err(|e| format!("{e:?}")),
         }
     }
@@ -73,6 +117,7 @@ impl GramSum {
 mod libtorch {
     #![allow(deprecated)]
 
+    use super::HostMatrix;
     use burn::backend::{DispatchDevice, LibTorch, LibTorchDevice};
     use burn::tensor::{Device, Tensor};
 
@@ -88,27 +133,22 @@ mod libtorch {
     pub(super) struct HostSum {
         // Declared before `buf`, so dropped before it: the view never outlives the memory.
         view: tch::Tensor,
-        buf: Vec<f32>,
+        buf: HostMatrix,
         added: bool,
     }
 
     impl HostSum {
         pub(super) fn new(p: usize, q: usize) -> HostSum {
-            let buf = vec![0f32; p * q];
+            let mut buf = HostMatrix::zeros(p * q);
+            let data = buf.as_mut_ptr().cast::<u8>();
             let (p, q) = (p as i64, q as i64);
             // SAFETY: `buf` holds p·q f32 values, contiguous, row stride q; its heap memory
-            // stays where it is while `view` lives (the Vec is neither grown nor read nor
-            // dropped before `view` is: see `into_host` and the field order), and no other
+            // stays where it is while `view` lives (it is neither grown nor read nor dropped
+            // before `view` is: see `into_host` and the field order), and no other
             // tensor keeps a reference to it (the handles LibTorch's in-place operations
             // return are dropped at once).
             let view = unsafe {
-                tch::Tensor::from_blob(
-                    buf.as_ptr().cast::<u8>(),
-                    &[p, q],
-                    &[q, 1],
-                    tch::Kind::Float,
-                    tch::Device::Cpu,
-                )
+                tch::Tensor::from_blob(data, &[p, q], &[q, 1], tch::Kind::Float, tch::Device::Cpu)
             };
             HostSum {
                 view,
@@ -129,7 +169,7 @@ mod libtorch {
             }
         }
 
-        pub(super) fn into_host(self) -> Option<Vec<f32>> {
+        pub(super) fn into_host(self) -> Option<HostMatrix> {
             let HostSum { view, buf, added } = self;
             drop(view);
             added.then_some(buf)
@@ -180,5 +220,16 @@ mod tests {
             }
             assert_eq!(GramSum::new(3, 4, &device).into_host().unwrap(), None);
         }
+    }
+
+    #[test]
+    fn a_host_matrix_starts_64_byte_aligned() {
+        for len in [1, 15, 16, 1000] {
+            let m = HostMatrix::zeros(len);
+            assert_eq!(m.len(), len);
+            assert_eq!(m.as_ptr() as usize % 64, 0);
+            assert!(m.iter().all(|&v| v == 0.0));
+        }
+        assert_eq!(&*HostMatrix::from(vec![1.0, 2.0]), &[1.0, 2.0]);
     }
 }

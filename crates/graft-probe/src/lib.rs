@@ -28,7 +28,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor};
-use graft_backend::gram::GramSum;
+use graft_backend::gram::{GramSum, HostMatrix};
 use graft_graph::Edge;
 use graft_model::{Precision, Trainable, Vit, VitConfig};
 use graft_stage::{BoxError, Stage};
@@ -418,7 +418,7 @@ pub struct EdgeGradients {
     /// Rows (examples × tokens) summed over.
     pub rows: usize,
     /// Row-major `[n·d, n·d]`: block (j, i) is G_ij = Δ_jᵀ X_i.
-    pub g: Vec<f32>,
+    pub g: HostMatrix,
     /// With fewer rows than `dim`: the R factors of Δ_jᵀ and X_iᵀ per node, for the exact
     /// m×m shortcut.
     pub factors: Option<NodeFactors>,

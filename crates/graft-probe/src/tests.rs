@@ -301,7 +301,12 @@ fn a_bf16_probe_is_the_f32_probe_within_its_rounding() {
     let f32 = probe(&vit);
     let bf16 = probe(&vit.clone().with_precision(Precision::Bf16));
     let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    let diff: Vec<f32> = f32.g.iter().zip(&bf16.g).map(|(a, b)| a - b).collect();
+    let diff: Vec<f32> = f32
+        .g
+        .iter()
+        .zip(bf16.g.iter())
+        .map(|(a, b)| a - b)
+        .collect();
     let rel = norm(&diff) / norm(&f32.g);
     assert!(rel < 3e-2, "bf16 G off by {rel:.2e} (relative)");
     assert!(rel > 0.0, "bf16 G equals f32's bit for bit");
