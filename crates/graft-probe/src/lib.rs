@@ -151,9 +151,12 @@ impl Stage for Probe {
     /// 3: the fused LayerNorm, softmax, attention and linear
     /// operations compute other roundings than the composed ones they replaced, and the tch
     /// build's CPU kernels are pinned to AVX2 (`graft_backend::numerics`).
+    /// 4: on tch, the batches' G are summed in place (`addmm_` into the first batch's
+    /// product, `graft_backend::gram`) where each was a product and then an addition: other
+    /// roundings from the second batch on (flex computes what it did).
     /// Bump it with [`HEAD_VERSION`]: the scores read the head, whose version is not in this
     /// stage's key.
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     type Params = ProbeParams;
 
     fn input_names(p: &ProbeParams) -> Vec<String> {
