@@ -4,9 +4,10 @@
 //! On LibTorch's CPU the sum lives in host memory from the start: LibTorch writes the first
 //! batch's product into it (`mm_out`) and adds the others in place (`addmm_`), so reading
 //! it back is no copy, and no `[p, q]` temporary is made per batch (reading a 1.5 GB tensor
-//! back through `into_data` is a copy into freshly mapped memory; BENCHMARKS.md, "Precision",
-//! has what it cost). Elsewhere (flex, a GPU) the sum is a tensor on the device, added into in place where the
-//! backend can ([`crate::fused::add_at_b`]) and copied to the host once at the end.
+//! back through `into_data` is a copy into freshly mapped memory; BENCHMARKS.md,
+//! "Precision", has what it cost). Elsewhere (flex, a GPU) the sum is a tensor on the
+//! device, added into in place where the backend can ([`crate::fused::add_at_b`]) and
+//! copied to the host once at the end.
 
 use std::ops::{Deref, DerefMut};
 
@@ -15,7 +16,6 @@ use burn::tensor::{Device, Tensor};
 /// f32 values in host memory whose first one is 64-byte aligned, read as a slice. LibTorch
 /// aligns its own CPU tensors so, and MKL's GEMM writes into memory that is not more slowly
 /// (BENCHMARKS.md, "Precision").
-#[derive(Debug, Clone, PartialEq)]
 pub struct HostMatrix {
     buf: Vec<f32>,
     start: usize,
@@ -31,6 +31,19 @@ impl HostMatrix {
             _ => 0,
         };
         HostMatrix { buf, start, len }
+    }
+}
+
+impl PartialEq for HostMatrix {
+    fn eq(&self, other: &HostMatrix) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for HostMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let head = &self[..self.len.min(8)];
+        write!(f, "HostMatrix {{ len: {}, first: {head:?} }}", self.len)
     }
 }
 
