@@ -491,24 +491,16 @@ mod libtorch {
         /// One addition with LibTorch's type promotion, into `x` when its storage is not
         /// shared.
         fn add_promoted(mut x: TchTensor, y: TchTensor) -> TchTensor {
-            if x.can_mut() {
-                let _ = x.tensor.g_add_(&y.tensor);
-                x
-            } else {
-                TchTensor::new(x.tensor.g_add(&y.tensor))
-            }
+            x.mut_ops(|x| x.g_add_(&y.tensor))
+                .unwrap_or_else(|| TchTensor::new(x.tensor.g_add(&y.tensor)))
         }
 
         /// One `addmm_` into `acc` when its storage is not shared (the product accumulates
         /// in place, no `[p, q]` temporary), else one `addmm`.
         fn add_at_b(mut acc: TchTensor, a: TchTensor, b: TchTensor) -> TchTensor {
             let at = a.tensor.tr();
-            if acc.can_mut() {
-                let _ = acc.tensor.addmm_(&at, &b.tensor);
-                acc
-            } else {
-                TchTensor::new(acc.tensor.addmm(&at, &b.tensor))
-            }
+            acc.mut_ops(|acc| acc.addmm_(&at, &b.tensor))
+                .unwrap_or_else(|| TchTensor::new(acc.tensor.addmm(&at, &b.tensor)))
         }
     }
 
